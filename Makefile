@@ -1,0 +1,30 @@
+# `make test` and `make demo` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch first, so no other requirement pulls a different build (CPU wheel here, CUDA elsewhere).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup test demo clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# The reference implementation, for parity tests and benchmarks; its own pins would replace torch.
+	$(BIN)/python -m pip install --quiet --no-deps transcriptformer==0.6.1
+	touch $@
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/tfx registry
+	$(BIN)/python tools/parity_check.py
+
+clean:
+	rm -rf $(VENV) quickstart

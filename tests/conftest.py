@@ -1,0 +1,90 @@
+"""Shared fixtures: real data when present, and checkpoints built by the reference package."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+MOUSE = ROOT.parent / "shared" / "data" / "mouse_val.h5ad"
+
+
+@pytest.fixture(scope="session")
+def mouse() -> anndata.AnnData:
+    if not MOUSE.exists():
+        pytest.skip(f"real data {MOUSE} is absent (it lives in ../shared/data beside the project)")
+    return anndata.read_h5ad(MOUSE)
+
+
+def write_h5ad(path: Path, genes, counts, obs: pd.DataFrame | None = None) -> Path:
+    counts = sp.csr_matrix(np.asarray(counts, dtype=np.float32))
+    obs = obs if obs is not None else pd.DataFrame(index=[f"cell{i}" for i in range(counts.shape[0])])
+    var = pd.DataFrame({"ensembl_id": list(genes)}, index=[f"g{i}" for i in range(len(genes))])
+    anndata.AnnData(X=counts, obs=obs, var=var).write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_data(mouse, tmp_path_factory) -> dict:
+    """48 real mouse cells (half with an assay the vocab lacks) plus cells of 0 to 400 genes."""
+    rng = np.random.default_rng(7)
+    genes = list(mouse.var["ensembl_id"])
+    vocab_genes = [g for g in genes if rng.random() < 0.85]
+    real = mouse.X[:48].toarray()
+    lengths = [0, 1, 2, 7, 29, 30, 31, 32, 64, 400]
+    crafted = np.zeros((len(lengths), len(genes)), dtype=np.float32)
+    for row, n in enumerate(lengths):
+        cols = rng.choice(len(genes), size=n, replace=False)
+        crafted[row, cols] = rng.integers(1, 60, size=n)  # some counts above the clip of 30
+    assays = ["MERFISH", "an assay the vocabulary lacks"] * 24 + ["10x 3' v3"] * len(lengths)
+    obs = pd.DataFrame(
+        {"assay": assays, "cell_type": list(mouse.obs["cell_type"].astype(str)[:48]) + ["crafted"] * len(lengths)},
+        index=[f"c{i}" for i in range(48 + len(lengths))],
+    )
+    path = write_h5ad(tmp_path_factory.mktemp("parity") / "cells.h5ad", genes, np.vstack([real, crafted]), obs)
+    return {"path": path, "genes": genes, "vocab_genes": vocab_genes}
+
+
+@pytest.fixture(scope="session", params=["aux_seq31", "noaux_seq127"])
+def ref_checkpoint(request, parity_data, tmp_path_factory) -> Path:
+    """A random-weight checkpoint that the reference package itself builds and saves."""
+    import reference
+
+    aux, seq_len = (True, 31) if request.param == "aux_seq31" else (False, 127)
+    out = tmp_path_factory.mktemp(request.param) / "ckpt"
+    return reference.build_reference_checkpoint(
+        out, {"mus_musculus": parity_data["vocab_genes"]}, seq_len=seq_len, aux=aux, seed=3
+    )
+
+
+def tiny_model(vocab_size: int = 40, emb_dim: int = 12, seed: int = 0, **cfg):
+    """A small random TranscriptFormer (special ids: pad 1, start 2, end 3) and its config."""
+    import torch
+
+    from tfx.model import ModelConfig, SpecialIds, TranscriptFormer
+
+    torch.manual_seed(seed)
+    defaults = dict(embed_dim=16, num_heads=2, num_layers=2, model_dim=32, seq_len=15, dropout=0.0,
+                    gene_head_hidden_dim=24, attention="eager")
+    model_cfg = ModelConfig(**{**defaults, **cfg})
+    table = torch.randn(vocab_size, emb_dim)
+    aux = {"assay": {"unknown": 0, "a": 1, "b": 2}}
+    return TranscriptFormer(model_cfg, table, SpecialIds(pad=1, start=2, end=3), aux, max_counts=30)
+
+
+def random_cells(n: int, vocab_size: int = 40, max_len: int = 15, seed: int = 0):
+    """Cells of 0..max_len distinct genes (ids >= 7, past the special tokens) with counts 1..40."""
+    rng = np.random.default_rng(seed)
+    cells = []
+    for _ in range(n):
+        k = int(rng.integers(0, max_len + 1))
+        ids = rng.choice(np.arange(7, vocab_size), size=k, replace=False)
+        cells.append((ids.astype(np.int64), np.minimum(rng.integers(1, 40, size=k), 30).astype(np.float32)))
+    return cells

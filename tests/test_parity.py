@@ -1,0 +1,76 @@
+"""tfx against the reference package on checkpoints the reference built: the correctness anchor.
+
+Two checkpoints (with the assay token and seq_len 31, so most real cells are longer than
+seq_len; without it and seq_len 127) and cells of 0 to 400 expressed genes. Max relative error
+(max |diff| / max |reference|) at most 1e-5 in fp32.
+"""
+
+from __future__ import annotations
+
+import anndata
+import numpy as np
+import pytest
+import torch
+
+import reference
+from parity import max_rel_error
+from tfx.checkpoint import load_checkpoint
+from tfx.cli import main
+from tfx.infer import tokenize_file
+from tfx.tokenize import collate
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def reference_cell_run(ref_checkpoint, parity_data, tmp_path_factory):
+    work = tmp_path_factory.mktemp("ref_cell")
+    return reference.run_reference(ref_checkpoint, parity_data["path"], output_keys=["embeddings", "llh"],
+                                   workdir=work)
+
+
+def test_cell_embeddings_and_llh_match_reference(ref_checkpoint, parity_data, reference_cell_run, tmp_path):
+    out = tmp_path / "out.h5ad"
+    assert main(["infer", "--checkpoint", str(ref_checkpoint), "--data", str(parity_data["path"]),
+                 "--output", str(out), "--outputs", "embeddings,llh", "--device", "cpu"]) == 0
+    ours = anndata.read_h5ad(out)
+    ref = reference_cell_run
+    assert ours.obsm["embeddings"].dtype == np.float32
+    assert list(ours.obs.index) == list(anndata.read_h5ad(parity_data["path"]).obs.index)
+    assert max_rel_error(ours.obsm["embeddings"], ref.obsm["embeddings"]) <= TOL
+    ref_llh = ref.uns["llh"]["llh"].to_numpy()
+    assert np.isnan(ref_llh[48])  # the reference's llh of a cell without genes; ours agrees below
+    assert max_rel_error(ours.obs["llh"].to_numpy(), ref_llh) <= TOL
+    # obs is copied whole
+    assert (ours.obs["cell_type"].astype(str).to_numpy() == ref.obs["cell_type"].astype(str).to_numpy()).all()
+
+
+def test_contextual_gene_embeddings_match_reference(ref_checkpoint, parity_data, tmp_path):
+    ref = reference.run_reference(ref_checkpoint, parity_data["path"], emb_type="cge",
+                                  output_keys=["embeddings"], workdir=tmp_path / "ref")
+    out = tmp_path / "cge.h5ad"
+    assert main(["infer", "--checkpoint", str(ref_checkpoint), "--data", str(parity_data["path"]),
+                 "--output", str(out), "--emb-type", "cge", "--device", "cpu"]) == 0
+    ours = anndata.read_h5ad(out)
+    np.testing.assert_array_equal(ours.uns["cge_gene_names"].astype(str), ref.uns["cge_gene_names"].astype(str))
+    np.testing.assert_array_equal(ours.uns["cge_cell_indices"], ref.uns["cge_cell_indices"])
+    assert max_rel_error(ours.uns["cge_embeddings"], ref.uns["cge_embeddings"]) <= TOL
+
+
+@pytest.mark.parametrize("attention", ["eager", "flex"])
+def test_mu_and_gene_logits_match_reference(ref_checkpoint, parity_data, attention):
+    ref = reference.reference_forward(ref_checkpoint, parity_data["path"])
+    ckpt = load_checkpoint(ref_checkpoint, attention=attention)
+    seq_len = ckpt.model_cfg.seq_len
+    (_, cells, aux, _), = list(tokenize_file(ckpt, parity_data["path"]))
+    # the tokens are the reference's: same genes, order, truncation and clipped counts
+    for i, (ids, _) in enumerate(cells):
+        np.testing.assert_array_equal(ids, ref["gene_token_indices"][i, : len(ids)])
+        assert (ref["gene_token_indices"][i, len(ids):] == ckpt.vocab.pad).all()
+    batch = collate(cells, ckpt.vocab.pad, seq_len, aux)
+    with torch.no_grad():
+        out = ckpt.model(batch, embed=True)
+    length = batch.gene_ids.shape[1]
+    valid = ~ref["mask"][:, :length]
+    assert max_rel_error(out.mu.numpy()[valid], ref["mu"][:, :length][valid]) <= TOL
+    assert max_rel_error(out.gene_logits.numpy()[valid], ref["gene_logit"][:, :length][valid]) <= TOL

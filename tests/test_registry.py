@@ -1,0 +1,85 @@
+"""The registry, and a third-party plugin installed from a fixture package and used by name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_cells, tiny_model
+from tfx.registry import LIKELIHOODS, Registry, load_plugins
+from tfx.tokenize import collate
+
+FIXTURE = Path(__file__).parent / "fixtures" / "tfx_plugin_demo"
+
+
+def test_registry_builds_by_name_and_names_what_it_knows():
+    reg = Registry("widget")
+
+    @reg.register("square")
+    def square(x):
+        return x * x
+
+    assert reg.build("square", x=3) == 9
+    assert "square" in reg and reg.names() == ["square"]
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("square", lambda x: x)
+    with pytest.raises(KeyError, match=r"unknown widget 'cube' \(registered: square\)"):
+        reg.get("cube")
+
+
+def test_unknown_likelihood_in_a_config_fails_before_compute():
+    with pytest.raises(KeyError, match="unknown likelihood 'zinb'"):
+        tiny_model(likelihood="zinb")
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory):
+    """pip-install the fixture plugin package into its own site directory."""
+    site = tmp_path_factory.mktemp("plugin_site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(FIXTURE)],
+        check=True, cwd=tmp_path_factory.mktemp("build"),
+    )
+    return site
+
+
+def test_plugin_appears_in_tfx_registry(plugin_site):
+    env = {**os.environ, "PYTHONPATH": str(plugin_site)}
+    out = subprocess.run([sys.executable, "-m", "tfx.cli", "registry"], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    line = next(l for l in out.splitlines() if "shifted_geometric" in l)
+    assert "plugin tfx-plugin-demo" in line
+    assert "ztp" in out and "flex" in out and "mus_musculus" in out
+
+
+def test_plugin_likelihood_trains_and_evaluates_by_name(plugin_site, monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(plugin_site))
+    load_plugins(force=True)
+    assert "shifted_geometric" in LIKELIHOODS
+
+    model = tiny_model(likelihood="shifted_geometric").train()
+    assert type(model.likelihood).__module__ == "tfx_plugin_demo"
+    cells = random_cells(32, seed=2)
+    batch = collate(cells, 1, 15, np.ones((32, 1), dtype=np.int64))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = model.losses(model(batch), batch)["count"].item()
+    for _ in range(30):
+        loss = model.losses(model(batch), batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        out = model(batch, embed=True)
+        nll = model.cell_nll(out, batch)
+        last = model.losses(out, batch)["count"].item()
+    assert last < first
+    nonempty = np.array([len(ids) > 0 for ids, _ in cells])
+    assert torch.isfinite(nll[nonempty]).all() and torch.isnan(nll[~nonempty]).all()

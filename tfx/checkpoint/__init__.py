@@ -1,0 +1,9 @@
+"""The one checkpoint format (the official release layout), for everything tfx reads and writes.
+
+``DIR/config.json``, ``DIR/model_weights.pt`` (a plain state_dict, loaded with weights_only),
+``DIR/vocabs/<species>_gene.h5`` and ``DIR/vocabs/<column>_vocab.json``.
+"""
+
+from tfx.checkpoint.io import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+
+__all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]

@@ -1,0 +1,125 @@
+"""Load and save checkpoint directories in the official layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tfx.atomic import atomic_path
+from tfx.model.config import ConfigError, DataConfig, ModelConfig, config_dict, parse_config
+from tfx.model.transcriptformer import SpecialIds, TranscriptFormer
+from tfx.vocab import GeneVocab, read_aux_vocab, write_aux_vocab, write_gene_embeddings
+
+TABLE_KEY = "gene_embeddings.embedding.weight"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+@dataclass
+class Checkpoint:
+    model: TranscriptFormer
+    vocab: GeneVocab
+    aux_vocabs: dict[str, dict[str, int]]
+    model_cfg: ModelConfig
+    data_cfg: DataConfig
+    path: Path | None = None
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing; a checkpoint directory holds config.json, model_weights.pt, vocabs/")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: holds pickled objects, not a plain state_dict; tfx never unpickles code "
+            "(export it with `tfx export` or save model.state_dict())"
+        ) from err
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: not a torch weights file ({err})") from err
+    if isinstance(state, dict) and "state_dict" in state and not torch.is_tensor(state["state_dict"]):
+        raise CheckpointError(f"{path}: a training checkpoint, not inference weights; run `tfx export RUN_DIR`")
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state_dict of tensors")
+    return state
+
+
+def load_checkpoint(path: str | os.PathLike, attention: str | None = None) -> Checkpoint:
+    """Load an official release or a tfx export; ``attention`` overrides the backend by name."""
+    path = Path(path)
+    if path.is_file():
+        raise CheckpointError(f"{path}: expected a checkpoint directory (config.json, model_weights.pt, vocabs/)")
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise CheckpointError(f"{config_path}: missing; is {path} a TranscriptFormer checkpoint directory?")
+    try:
+        model_cfg, data_cfg = parse_config(json.loads(config_path.read_text()), str(config_path))
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(str(err)) from err
+    if attention:
+        model_cfg.attention = attention
+    weights = load_weights(path / "model_weights.pt")
+
+    vocab_files = [path / "vocabs" / name for name in data_cfg.esm2_mappings]
+    for f in vocab_files:
+        if not f.exists():
+            raise CheckpointError(f"{f}: listed in config.json data_config.esm2_mappings but missing")
+    # The frozen table is in the weights: read only the gene ids from the h5 files.
+    vocab, table = GeneVocab.from_files(data_cfg.special_tokens, vocab_files, arrays=TABLE_KEY not in weights)
+    if table is None:
+        table = weights[TABLE_KEY]
+    if table.shape[0] != len(vocab):
+        raise CheckpointError(
+            f"{path}: model_weights.pt has {table.shape[0]} gene rows but vocabs/ defines {len(vocab)} tokens; "
+            "the vocabulary files do not belong to these weights"
+        )
+    aux_vocabs = read_aux_vocab(path / "vocabs", data_cfg.aux_cols) if data_cfg.aux_cols else {}
+    model = build_model(model_cfg, data_cfg, vocab, torch.as_tensor(table), aux_vocabs)
+    try:
+        result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(f"{path / 'model_weights.pt'}: weights do not fit config.json ({err})") from err
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path / 'model_weights.pt'}: weights do not fit config.json "
+            f"(missing {result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]}); "
+            "the checkpoint is from another model"
+        )
+    model.eval()
+    return Checkpoint(model, vocab, aux_vocabs, model_cfg, data_cfg, path)
+
+
+def build_model(model_cfg, data_cfg, vocab: GeneVocab, table: torch.Tensor, aux_vocabs, attention=None):
+    return TranscriptFormer(
+        model_cfg,
+        table,
+        SpecialIds(pad=vocab.pad, start=vocab.start, end=vocab.end),
+        aux_vocabs=aux_vocabs or None,
+        max_counts=data_cfg.clip_counts,
+        attention=attention,
+    )
+
+
+def save_checkpoint(ckpt: Checkpoint, out_dir: str | os.PathLike) -> Path:
+    """Write ``ckpt`` in the official layout, atomically (the reference loads it as it is)."""
+    out_dir = Path(out_dir)
+    table = ckpt.model.gene_embeddings.embedding.weight.detach().cpu().numpy()
+    state = {k: v.detach().cpu().contiguous() for k, v in ckpt.model.state_dict().items()}
+    with atomic_path(out_dir) as tmp:
+        (tmp / "vocabs").mkdir(parents=True)
+        (tmp / "config.json").write_text(json.dumps(config_dict(ckpt.model_cfg, ckpt.data_cfg), indent=2))
+        torch.save(state, tmp / "model_weights.pt")
+        for file_name, genes in ckpt.vocab.files:
+            rows = np.array([ckpt.vocab.index[g] for g in genes], dtype=np.int64)
+            write_gene_embeddings(tmp / "vocabs" / file_name, genes, table[rows])
+        for col, vocab in ckpt.aux_vocabs.items():
+            write_aux_vocab(tmp / "vocabs", col, vocab)
+    return out_dir

@@ -1,0 +1,101 @@
+"""The `tfx` command: parses arguments and delegates."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _use_raw(value: str) -> bool | None:
+    v = value.lower()
+    if v not in ("auto", "true", "false"):
+        raise argparse.ArgumentTypeError("expected auto, true or false")
+    return None if v == "auto" else v == "true"
+
+
+def cmd_registry(args) -> int:
+    from tfx.components import load_all
+    from tfx.registry import describe
+
+    load_all()
+    current = None
+    for kind, name, origin in describe():
+        if kind != current:
+            print(f"{kind}:")
+            current = kind
+        print(f"  {name:<28} {origin}")
+    return 0
+
+
+def cmd_infer(args) -> int:
+    from tfx.checkpoint import load_checkpoint
+    from tfx.infer.run import InferOptions, infer_file
+
+    outputs = {o.strip() for o in args.outputs.split(",") if o.strip()}
+    unknown = outputs - {"embeddings", "llh"}
+    if unknown:
+        raise SystemExit(f"tfx infer: unknown --outputs {sorted(unknown)}; choose from embeddings, llh")
+    ckpt = load_checkpoint(args.checkpoint, attention=args.attention)
+    if args.species_embedding:
+        from tfx.checkpoint.surgery import with_species_embeddings
+
+        ckpt = with_species_embeddings(ckpt, args.species_embedding)
+    opts = InferOptions(
+        emb_type=args.emb_type, llh="llh" in outputs, gene_col=args.gene_col, use_raw=args.use_raw,
+        remove_duplicate_genes=args.remove_duplicate_genes, clip_counts=args.clip_counts, device=args.device,
+        precision=args.precision, token_budget=args.token_budget, max_cells=args.batch_size,
+    )
+    summary = infer_file(ckpt, args.data, args.output, opts)
+    rate = summary["cells"] / max(summary["seconds"], 1e-9)
+    print(f"wrote {summary['output']}: {summary['cells']} cells in {summary['seconds']:.1f} s ({rate:.0f} cells/s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfx", description="Train, continue, fine-tune and serve TranscriptFormer models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("registry", help="list registered components, plugins included")
+    p.set_defaults(func=cmd_registry)
+
+    p = sub.add_parser("infer", help="cell / contextual-gene embeddings and log-likelihoods for an h5ad")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (official release or tfx export)")
+    p.add_argument("--data", required=True, help="input h5ad (raw counts)")
+    p.add_argument("--output", required=True, help="output h5ad")
+    p.add_argument("--emb-type", choices=["cell", "cge"], default="cell")
+    p.add_argument("--outputs", default="embeddings", help="comma list of: embeddings, llh")
+    p.add_argument("--batch-size", type=int, default=256, help="most cells per batch")
+    p.add_argument("--token-budget", type=int, default=16384, help="most cells x padded length per batch")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32")
+    p.add_argument("--attention", default=None, help="attention backend (registry name); default: the checkpoint's")
+    p.add_argument("--gene-col", default="ensembl_id", help="var column of gene ids ('index' for the var index)")
+    p.add_argument("--use-raw", type=_use_raw, default=None, help="auto (default), true or false")
+    p.add_argument("--remove-duplicate-genes", action="store_true")
+    p.add_argument("--clip-counts", type=float, default=30)
+    p.add_argument("--species-embedding", nargs="+", default=None,
+                   help="gene embedding h5 files of out-of-distribution species")
+    p.set_defaults(func=cmd_infer)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from tfx.checkpoint import CheckpointError
+    from tfx.data.anndata import InputError
+    from tfx.vocab.genes import VocabError
+
+    try:
+        return args.func(args)
+    except (CheckpointError, InputError, VocabError, KeyError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"tfx {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

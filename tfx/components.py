@@ -1,0 +1,11 @@
+"""Import the modules whose built-in components register themselves, then the plugins."""
+
+from tfx.registry import load_plugins
+
+
+def load_all() -> list[str]:
+    import tfx.model  # noqa: F401  attention backends, heads, likelihoods
+    import tfx.tokenize  # noqa: F401  gene orderings
+    import tfx.vocab  # noqa: F401  species
+
+    return load_plugins()

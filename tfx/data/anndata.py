@@ -1,0 +1,130 @@
+"""Reading cells from h5ad files: validation with one-line errors, streamed in row chunks.
+
+Files are opened backed (memory-mapped), so peak memory is bounded by the chunk size whatever
+the number of cells. Each cell comes out as its expressed, in-vocabulary genes in var order with
+their raw counts: exactly the genes the reference keeps before it pads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+log = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """Bad input data; the message names the file and the fix."""
+
+
+def strip_version(gene_ids) -> np.ndarray:
+    return np.array([str(g).split(".")[0] for g in gene_ids], dtype=object)
+
+
+class CellReader:
+    """Cells of one h5ad file, mapped to a gene index (vocabulary ids, or any id -> int map)."""
+
+    def __init__(self, path: str | os.PathLike, gene_index, gene_col: str = "ensembl_id",
+                 use_raw: bool | None = None, remove_duplicate_genes: bool = False):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(f"{self.path}: no such file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.adata = anndata.read_h5ad(self.path, backed="r")
+        except Exception as err:  # h5py/anndata raise many types for a bad file
+            raise InputError(f"{self.path}: not a readable h5ad file ({type(err).__name__}: {err})") from err
+        self.obs = self.adata.obs
+        has_raw = self.adata.raw is not None
+        if use_raw and not has_raw:
+            raise InputError(f"{self.path}: --use-raw true but the file has no .raw; use --use-raw false or auto")
+        self.using_raw = bool(has_raw if use_raw is None else use_raw)
+        var = self.adata.raw.var if self.using_raw else self.adata.var
+        self.X = self.adata.raw.X if self.using_raw else self.adata.X
+        if self.X is None:
+            raise InputError(f"{self.path}: the file has no expression matrix X")
+
+        self.genes = strip_version(self._gene_ids(var, gene_col))
+        self.column_ids = self._map_columns(gene_index, remove_duplicate_genes, gene_col)
+        self._warned_non_integer = False
+
+    @property
+    def n_cells(self) -> int:
+        return self.adata.n_obs
+
+    def _gene_ids(self, var: pd.DataFrame, gene_col: str):
+        if gene_col in var.columns:
+            return var[gene_col].astype(str).to_numpy()
+        if gene_col == "index":
+            return var.index.astype(str).to_numpy()
+        cols = ", ".join(map(str, var.columns[:10])) or "none"
+        raise InputError(
+            f"{self.path}: var has no gene column '{gene_col}' (columns: {cols}); "
+            "pass --gene-col NAME, or --gene-col index to use the var index"
+        )
+
+    def _map_columns(self, gene_index, remove_duplicate_genes: bool, gene_col: str) -> np.ndarray:
+        genes = pd.Series(self.genes)
+        dup = genes.duplicated()
+        if dup.any():
+            if not remove_duplicate_genes:
+                raise InputError(
+                    f"{self.path}: {int(dup.sum())} duplicate genes in var['{gene_col}'] after stripping versions "
+                    f"(e.g. {genes[dup].iloc[0]}); remove them or pass --remove-duplicate-genes"
+                )
+            log.warning("%s: dropped %d duplicate genes (first occurrence kept)", self.path, int(dup.sum()))
+        ids = np.asarray(gene_index(self.genes), dtype=np.int64)
+        ids[dup.to_numpy()] = -1
+        if not (ids >= 0).any():
+            raise InputError(
+                f"{self.path}: none of the {len(ids)} genes in var['{gene_col}'] (e.g. {self.genes[0]}) is in the "
+                "model's vocabulary; check --gene-col and the species (--species-embedding)"
+            )
+        return ids
+
+    def _check_values(self, data: np.ndarray, start: int) -> None:
+        if np.isnan(data).any():
+            raise InputError(f"{self.path}: X holds NaN (in cells from row {start}); counts must be raw, finite counts")
+        if (data < 0).any():
+            raise InputError(f"{self.path}: X holds negative values (in cells from row {start}); pass raw counts")
+        if not self._warned_non_integer and not np.allclose(data, np.round(data), atol=1e-6):
+            self._warned_non_integer = True
+            log.warning(
+                "%s: X holds non-integer values; TranscriptFormer expects raw counts, not normalised data "
+                "(use .raw or the counts layer)", self.path,
+            )
+
+    def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
+        chunk = self.X[start:stop]
+        if sp.issparse(chunk):
+            return sp.csr_matrix(chunk)
+        return sp.csr_matrix(np.asarray(chunk))
+
+    def iter_chunks(self, chunk_size: int = 4096) -> Iterator[tuple[int, list[tuple[np.ndarray, np.ndarray]]]]:
+        """Yield (first row, cells) where each cell is (gene ids in var order, counts)."""
+        keep = np.flatnonzero(self.column_ids >= 0)
+        keep_ids = self.column_ids[keep]
+        for start in range(0, self.n_cells, chunk_size):
+            x = self.read_rows(start, min(start + chunk_size, self.n_cells))
+            self._check_values(x.data, start)
+            x = x[:, keep]
+            x.eliminate_zeros()
+            x.sort_indices()
+            cells = [
+                (keep_ids[x.indices[s:e]], x.data[s:e].astype(np.float32))
+                for s, e in zip(x.indptr[:-1], x.indptr[1:])
+            ]
+            yield start, cells
+
+    def close(self) -> None:
+        if self.adata.isbacked:
+            self.adata.file.close()

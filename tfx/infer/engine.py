@@ -1,0 +1,85 @@
+"""Running a model over tokenized cells: length-sorted batches under a token budget, padded only
+to each batch's longest cell, results scattered back to input order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tfx.model.transcriptformer import TranscriptFormer
+from tfx.tokenize import collate
+
+
+@dataclass
+class Outputs:
+    """What inference produced for a run of cells, in input order."""
+
+    embeddings: np.ndarray | None = None  # [N, E] cell embeddings
+    llh: np.ndarray | None = None  # [N] the reference's per-cell mean count NLL
+    cge_embeddings: list[np.ndarray] = field(default_factory=list)  # per cell: [n_genes, E]
+    cge_gene_ids: list[np.ndarray] = field(default_factory=list)  # per cell: vocab ids
+
+
+def length_batches(lengths: np.ndarray, token_budget: int, max_cells: int) -> Iterator[np.ndarray]:
+    """Indices grouped longest-first so that cells x padded length stays within the budget."""
+    order = np.argsort(-lengths, kind="stable")
+    start = 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, min(max_cells, token_budget // longest))
+        yield order[start : start + size]
+        start += size
+
+
+def autocast(device: torch.device, precision: str):
+    if precision in ("32", "32-true", "fp32"):
+        return nullcontext()
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def run_cells(
+    model: TranscriptFormer,
+    cells: list[tuple[np.ndarray, np.ndarray]],
+    aux_ids: np.ndarray | None,
+    pad_id: int,
+    *,
+    emb_type: str = "cell",
+    llh: bool = False,
+    token_budget: int = 16384,
+    max_cells: int = 256,
+    device: torch.device | str = "cpu",
+    precision: str = "32",
+) -> Outputs:
+    device = torch.device(device)
+    seq_len = model.cfg.seq_len
+    lengths = np.array([min(len(ids), seq_len) + 1 for ids, _ in cells])
+    n = len(cells)
+    out = Outputs()
+    if emb_type == "cell":
+        out.embeddings = np.zeros((n, model.cfg.embed_dim), dtype=np.float32)
+    else:
+        out.cge_embeddings, out.cge_gene_ids = [None] * n, [None] * n
+    if llh:
+        out.llh = np.zeros(n, dtype=np.float32)
+    for idx in length_batches(lengths, token_budget, max_cells):
+        batch = collate([cells[i] for i in idx], pad_id, seq_len, None if aux_ids is None else aux_ids[idx])
+        batch = batch.to(device)
+        with autocast(device, precision):
+            res = model(batch, embed=True, heads=llh)
+        if emb_type == "cell":
+            out.embeddings[idx] = model.cell_embeddings(res).float().cpu().numpy()
+        else:
+            hidden = res.hidden.float().cpu().numpy()
+            for row, i in enumerate(idx):
+                k = min(len(cells[i][0]), seq_len)
+                out.cge_embeddings[i] = hidden[row, :k]
+                out.cge_gene_ids[i] = batch.gene_ids[row, :k].cpu().numpy()
+        if llh:
+            out.llh[idx] = model.cell_nll(res, batch).float().cpu().numpy()
+    return out

@@ -1,0 +1,34 @@
+"""Output heads: the gene-identity head and the count head coupled to the current gene."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from tfx.model.layers import MLP, masked_softmax
+from tfx.registry import HEADS
+
+
+@HEADS.register("gene_id")
+class GeneIdHead(MLP):
+    """Logits over the vocabulary for the next gene."""
+
+    def __init__(self, embed_dim: int, hidden_dim: int, vocab_size: int, dropout: float = 0.0):
+        super().__init__(embed_dim, hidden_dim, vocab_size, dropout)
+
+
+@HEADS.register("count")
+class CountHead(nn.Module):
+    """Share of the cell's total count at each position.
+
+    An MLP on concat(transformer output, the gene's own input embedding) plus a per-gene bias,
+    softmax over the cell's non-padding positions. Multiplied by the cell's total count it is mu.
+    """
+
+    def __init__(self, embed_dim: int, vocab_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.gene_embedding = nn.Embedding(vocab_size, 1)  # per-gene bias
+        self.mlp = MLP(2 * embed_dim, 2 * embed_dim // 4, 1, dropout)
+
+    def forward(self, conditioned: Tensor, gene_ids: Tensor, masked: Tensor) -> Tensor:
+        logit = self.gene_embedding(gene_ids) + self.mlp(conditioned)
+        return masked_softmax(logit.squeeze(-1), masked, dim=1)

@@ -1,0 +1,110 @@
+"""The component registries: recipes and checkpoints name components, the registry builds them.
+
+Configs only ever hold registry names, never import paths, so loading a config cannot run code.
+Third-party packages add components through the entry-point group ``tfx.plugins``: each entry
+point names a module (or a callable) whose import registers its components.
+
+This module imports nothing from tfx; built-in components register themselves when their own
+module is imported (see ``tfx.components``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Iterator
+from typing import Any
+
+PLUGIN_GROUP = "tfx.plugins"
+
+_plugin_origin: str | None = None  # set while a plugin's entry point is loading
+_plugins_loaded = False
+
+
+class Registry:
+    """A named set of components of one kind (likelihoods, attention backends, ...)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, tuple[Any, str]] = {}
+
+    def register(self, name: str, obj: Any = None, *, override: bool = False):
+        """Register ``obj`` under ``name``; without ``obj``, return a decorator."""
+        if obj is None:
+            return lambda o: self.register(name, o, override=override)
+        if name in self._entries and not override and self._entries[name][0] is not obj:
+            raise ValueError(
+                f"{self.kind} '{name}' is already registered by {self._entries[name][1]}; "
+                "pass override=True to replace it"
+            )
+        origin = _plugin_origin or getattr(obj, "__module__", "?")
+        self._entries[name] = (obj, origin)
+        return obj
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            load_plugins()
+        if name not in self._entries:
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise KeyError(f"unknown {self.kind} '{name}' (registered: {known})")
+        return self._entries[name][0]
+
+    def build(self, name: str, /, **kwargs) -> Any:
+        return self.get(name)(**kwargs)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def items(self) -> Iterator[tuple[str, Any, str]]:
+        for name in sorted(self._entries):
+            obj, origin = self._entries[name]
+            yield name, obj, origin
+
+
+SPECIES = Registry("species")
+TOKENIZERS = Registry("tokenizer")
+ATTENTION = Registry("attention backend")
+HEADS = Registry("head")
+LIKELIHOODS = Registry("likelihood")
+TASKS = Registry("task")
+
+REGISTRIES: dict[str, Registry] = {
+    "species": SPECIES,
+    "tokenizers": TOKENIZERS,
+    "attention": ATTENTION,
+    "heads": HEADS,
+    "likelihoods": LIKELIHOODS,
+    "tasks": TASKS,
+}
+
+
+def load_plugins(force: bool = False) -> list[str]:
+    """Import every ``tfx.plugins`` entry point once; return the names loaded."""
+    global _plugins_loaded, _plugin_origin
+    if _plugins_loaded and not force:
+        return []
+    _plugins_loaded = True
+    loaded = []
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        _plugin_origin = f"plugin {dist} ({ep.value})"
+        try:
+            target: Any = ep.load()
+            if callable(target):
+                target()
+        except Exception as err:  # a broken plugin must not take tfx down with it
+            raise RuntimeError(f"tfx plugin '{ep.name}' from {dist} failed to load: {err}") from err
+        finally:
+            _plugin_origin = None
+        loaded.append(ep.name)
+    return loaded
+
+
+def describe() -> Iterator[tuple[str, str, str]]:
+    """(registry, name, origin) for everything registered, plugins included."""
+    for kind, registry in REGISTRIES.items():
+        for name, _, origin in registry.items():
+            yield kind, name, origin
+

@@ -1,0 +1,29 @@
+"""Aux (assay) vocabularies: ``vocabs/<column>_vocab.json`` mapping values to ids, with 'unknown'."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tfx.vocab.genes import VocabError
+
+
+def read_aux_vocab(vocab_dir: str | os.PathLike, columns: list[str]) -> dict[str, dict[str, int]]:
+    vocabs = {}
+    for col in columns:
+        path = Path(vocab_dir) / f"{col}_vocab.json"
+        if not path.exists():
+            raise VocabError(f"{path}: missing aux vocabulary for column '{col}'")
+        vocab = json.loads(path.read_text())
+        if "unknown" not in vocab:
+            raise VocabError(f"{path}: aux vocabulary has no 'unknown' entry")
+        vocabs[col] = {str(k): int(v) for k, v in vocab.items()}
+    return vocabs
+
+
+def write_aux_vocab(vocab_dir: str | os.PathLike, column: str, vocab: dict[str, int]) -> None:
+    path = Path(vocab_dir) / f"{column}_vocab.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(vocab, indent=2))
+    os.replace(tmp, path)
