@@ -45,10 +45,60 @@ def cmd_infer(args) -> int:
         emb_type=args.emb_type, llh="llh" in outputs, gene_col=args.gene_col, use_raw=args.use_raw,
         remove_duplicate_genes=args.remove_duplicate_genes, clip_counts=args.clip_counts, device=args.device,
         precision=args.precision, token_budget=args.token_budget, max_cells=args.batch_size,
+        chunk_size=args.chunk_size,
     )
     summary = infer_file(ckpt, args.data, args.output, opts)
     rate = summary["cells"] / max(summary["seconds"], 1e-9)
     print(f"wrote {summary['output']}: {summary['cells']} cells in {summary['seconds']:.1f} s ({rate:.0f} cells/s)")
+    return 0
+
+
+def cmd_embed_proteins(args) -> int:
+    from tqdm import tqdm
+
+    from tfx.esm import embed_proteins
+
+    try:
+        with tqdm(unit="seq", desc="embed-proteins", disable=None) as bar:
+            def show(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            summary = embed_proteins(
+                args.fasta, args.output, args.model, gene_map=args.gene_map, layer=args.layer,
+                isoforms=args.isoforms, max_residues=args.max_residues, token_budget=args.token_budget,
+                device=args.device, progress=show,
+            )
+    except KeyboardInterrupt:
+        print(f"tfx embed-proteins: interrupted; finished genes are kept in {args.output}.partial, "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"wrote {summary['output']}: {summary['genes']} genes x {summary['dim']} "
+          f"({summary['computed']} computed, {summary['resumed']} resumed) in {summary['seconds']:.1f} s")
+    return 0
+
+
+def cmd_add_species(args) -> int:
+    from tfx.checkpoint import load_checkpoint, save_checkpoint
+    from tfx.checkpoint.surgery import add_species
+
+    ckpt = add_species(load_checkpoint(args.checkpoint), args.embeddings)
+    save_checkpoint(ckpt, args.output)
+    print(f"wrote {args.output}: vocabulary of {len(ckpt.vocab)} tokens ({', '.join(f for f, _ in ckpt.vocab.files)})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from tfx.train.run import train_from_cli
+
+    print(f"exported {train_from_cli(args.recipe, args.overrides)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from tfx.train.export import export_run
+
+    print(f"exported {export_run(args.run_dir, args.output)}")
     return 0
 
 
@@ -75,9 +125,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-raw", type=_use_raw, default=None, help="auto (default), true or false")
     p.add_argument("--remove-duplicate-genes", action="store_true")
     p.add_argument("--clip-counts", type=float, default=30)
+    p.add_argument("--chunk-size", type=int, default=4096, help="cells read from the file at a time")
     p.add_argument("--species-embedding", nargs="+", default=None,
                    help="gene embedding h5 files of out-of-distribution species")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("embed-proteins", help="per-gene ESM-2 embeddings of a protein FASTA, as a species gene h5")
+    p.add_argument("--fasta", required=True, help="protein FASTA (.fa or .fa.gz); Ensembl peptide headers carry gene:ID")
+    p.add_argument("--model", default="esm2_t36_3B_UR50D",
+                   help="fair-esm model name (read from the torch hub cache) or a local .pt file")
+    p.add_argument("--output", required=True, help="output SPECIES_gene.h5")
+    p.add_argument("--gene-map", default=None, help="TSV of protein_id<TAB>gene_id, for headers without gene:ID")
+    p.add_argument("--layer", type=int, default=33, help="representation layer (0 = token embeddings, -1 = the last)")
+    p.add_argument("--isoforms", choices=["first", "longest", "mean"], default="first",
+                   help="the gene's first or longest protein, or the mean of all its proteins' embeddings")
+    p.add_argument("--max-residues", type=int, default=1022, help="residues kept per protein")
+    p.add_argument("--token-budget", type=int, default=4096, help="most tokens (sequences x padded length) per batch")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=cmd_embed_proteins)
+
+    p = sub.add_parser("add-species", help="a checkpoint whose vocabulary also holds new species' genes")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--embeddings", required=True, nargs="+", help="SPECIES_gene.h5 files (official layout)")
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_add_species)
+
+    p = sub.add_parser("train", help="run a Hydra recipe: pretraining, continuation or fine-tuning")
+    p.add_argument("recipe", help="a recipe under recipes/ (e.g. pretrain/tiny) or a YAML path")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.shards=DIR output_dir=runs/x")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="consolidated inference checkpoint from a training run (ZeRO shards too)")
+    p.add_argument("run_dir")
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+OFFICIAL_SPECIAL_TOKENS = ["unknown", "[PAD]", "[START]", "[END]", "[RD]", "[CELL]", "[MASK]"]
+# The order the reference's embedding surgery rebuilds the special tokens in.
+SURGERY_SPECIAL_TOKENS = ["unknown", "[START]", "[END]", "[RD]", "[CELL]", "[PAD]", "[MASK]"]
 ASSAYS = {"unknown": 0, "10x 3' v3": 1, "MERFISH": 2, "Smart-seq2": 3}
 
 
@@ -52,6 +55,7 @@ def build_reference_checkpoint(
     seq_len: int = 31,
     aux: bool = True,
     seed: int = 0,
+    special_tokens: list[str] | None = None,
 ) -> Path:
     """Write vocabs with the reference's own h5 writer, build its model at random, save it."""
     from transcriptformer.model.model import Transcriptformer
@@ -78,7 +82,7 @@ def build_reference_checkpoint(
                 "sort_genes": None, "randomize_genes": None, "min_expressed_genes": None,
                 "gene_pad_token": "[PAD]", "aux_pad_token": "unknown", "esm2_mappings_path": None,
                 "esm2_mappings": files,
-                "special_tokens": ["unknown", "[PAD]", "[START]", "[END]", "[RD]", "[CELL]", "[MASK]"],
+                "special_tokens": special_tokens or OFFICIAL_SPECIAL_TOKENS,
             },
             "model_config": {
                 "_target_": "transcriptformer.data.dataclasses.ModelConfig",
@@ -128,7 +132,9 @@ def run_reference(ckpt_dir, h5ad, *, emb_type="cell", output_keys=("embeddings",
     ckpt_dir = Path(ckpt_dir)
     cfg = _reference_cfg(ckpt_dir, emb_type=emb_type, output_keys=list(output_keys), batch_size=batch_size)
     if pretrained_embedding:
-        cfg.model.inference_config.pretrained_embedding = [str(p) for p in pretrained_embedding]
+        # as its CLI does: one path as a string (a config list is not taken as a list there)
+        paths = [str(p) for p in pretrained_embedding]
+        cfg.model.inference_config.pretrained_embedding = paths[0] if len(paths) == 1 else paths
     with _in_dir(Path(workdir or ckpt_dir / "reference_run")):  # it writes CSV logs to ./logs
         return run_inference(cfg, data_files=[str(h5ad)])
 

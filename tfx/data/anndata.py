@@ -30,9 +30,13 @@ def strip_version(gene_ids) -> np.ndarray:
 
 
 class CellReader:
-    """Cells of one h5ad file, mapped to a gene index (vocabulary ids, or any id -> int map)."""
+    """Cells of one h5ad file, mapped to a gene index (vocabulary ids, or any id -> int map).
 
-    def __init__(self, path: str | os.PathLike, gene_index, gene_col: str = "ensembl_id",
+    Without a gene index, a cell's genes come out as positions in ``self.genes`` (raw identifiers,
+    for model-independent shards); duplicate genes still follow ``remove_duplicate_genes``.
+    """
+
+    def __init__(self, path: str | os.PathLike, gene_index=None, gene_col: str = "ensembl_id",
                  use_raw: bool | None = None, remove_duplicate_genes: bool = False):
         self.path = Path(path)
         if not self.path.exists():
@@ -82,8 +86,13 @@ class CellReader:
                     f"(e.g. {genes[dup].iloc[0]}); remove them or pass --remove-duplicate-genes"
                 )
             log.warning("%s: dropped %d duplicate genes (first occurrence kept)", self.path, int(dup.sum()))
-        ids = np.asarray(gene_index(self.genes), dtype=np.int64)
+        if gene_index is None:
+            ids = np.arange(len(self.genes), dtype=np.int64)
+        else:
+            ids = np.asarray(gene_index(self.genes), dtype=np.int64)
         ids[dup.to_numpy()] = -1
+        if not len(ids):
+            raise InputError(f"{self.path}: var lists no gene; the file holds no expression to read")
         if not (ids >= 0).any():
             raise InputError(
                 f"{self.path}: none of the {len(ids)} genes in var['{gene_col}'] (e.g. {self.genes[0]}) is in the "
@@ -109,13 +118,15 @@ class CellReader:
             return sp.csr_matrix(chunk)
         return sp.csr_matrix(np.asarray(chunk))
 
-    def iter_chunks(self, chunk_size: int = 4096) -> Iterator[tuple[int, list[tuple[np.ndarray, np.ndarray]]]]:
-        """Yield (first row, cells) where each cell is (gene ids in var order, counts)."""
+    def iter_chunks(self, chunk_size: int = 4096, start: int = 0, stop: int | None = None
+                    ) -> Iterator[tuple[int, list[tuple[np.ndarray, np.ndarray]]]]:
+        """Yield (first row, cells) for rows start..stop, each cell (gene ids in var order, counts)."""
         keep = np.flatnonzero(self.column_ids >= 0)
         keep_ids = self.column_ids[keep]
-        for start in range(0, self.n_cells, chunk_size):
-            x = self.read_rows(start, min(start + chunk_size, self.n_cells))
-            self._check_values(x.data, start)
+        stop = self.n_cells if stop is None else min(stop, self.n_cells)
+        for row in range(start, stop, chunk_size):
+            x = self.read_rows(row, min(row + chunk_size, stop))
+            self._check_values(x.data, row)
             x = x[:, keep]
             x.eliminate_zeros()
             x.sort_indices()
@@ -123,7 +134,7 @@ class CellReader:
                 (keep_ids[x.indices[s:e]], x.data[s:e].astype(np.float32))
                 for s, e in zip(x.indptr[:-1], x.indptr[1:])
             ]
-            yield start, cells
+            yield row, cells
 
     def close(self) -> None:
         if self.adata.isbacked:

@@ -3,7 +3,6 @@ to each batch's longest cell, results scattered back to input order."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 
 from tfx.model.transcriptformer import TranscriptFormer
-from tfx.tokenize import collate
+from tfx.tokenize import collate, length_batches
 
 
 @dataclass
@@ -22,17 +21,6 @@ class Outputs:
     llh: np.ndarray | None = None  # [N] the reference's per-cell mean count NLL
     cge_embeddings: list[np.ndarray] = field(default_factory=list)  # per cell: [n_genes, E]
     cge_gene_ids: list[np.ndarray] = field(default_factory=list)  # per cell: vocab ids
-
-
-def length_batches(lengths: np.ndarray, token_budget: int, max_cells: int) -> Iterator[np.ndarray]:
-    """Indices grouped longest-first so that cells x padded length stays within the budget."""
-    order = np.argsort(-lengths, kind="stable")
-    start = 0
-    while start < len(order):
-        longest = max(int(lengths[order[start]]), 1)
-        size = max(1, min(max_cells, token_budget // longest))
-        yield order[start : start + size]
-        start += size
 
 
 def autocast(device: torch.device, precision: str):

@@ -1,8 +1,10 @@
 """One cell -> tokens: gene order, truncation to seq_len, count normalisation and clipping;
-and a batch of cells -> a TokenBatch padded to its longest cell."""
+cells grouped into batches under a token budget; and a batch of cells -> a TokenBatch padded to its
+longest cell."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,3 +67,14 @@ def collate(cells: list[tuple[np.ndarray, np.ndarray]], pad_id: int, seq_len: in
         counts[row, : len(c)] = c
     aux = None if aux_ids is None else torch.from_numpy(np.asarray(aux_ids, dtype=np.int64))
     return TokenBatch(torch.from_numpy(gene_ids), torch.from_numpy(counts), aux)
+
+
+def length_batches(lengths: np.ndarray, token_budget: int, max_cells: int) -> Iterator[np.ndarray]:
+    """Indices grouped longest-first so that cells x padded length stays within the budget."""
+    order = np.argsort(-lengths, kind="stable")
+    start = 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, min(max_cells, token_budget // longest))
+        yield order[start : start + size]
+        start += size

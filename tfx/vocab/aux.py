@@ -27,3 +27,8 @@ def write_aux_vocab(vocab_dir: str | os.PathLike, column: str, vocab: dict[str, 
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(vocab, indent=2))
     os.replace(tmp, path)
+
+
+def official_assay_vocab() -> dict[str, int]:
+    """The assay vocabulary of the official releases (CELLxGENE assay names), for new models."""
+    return json.loads((Path(__file__).parent / "assay_vocab.json").read_text())

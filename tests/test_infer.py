@@ -1,0 +1,124 @@
+"""`tfx infer` on real-world files: layers, gene columns, bad input, streaming, atomic output."""
+
+from __future__ import annotations
+
+import logging
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import reference
+from conftest import write_h5ad
+from tfx.cli import main
+
+GENES = [f"ENSSYN{i:011d}" for i in range(300)]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return reference.build_reference_checkpoint(tmp_path_factory.mktemp("infer") / "ckpt",
+                                                {"synthetic": GENES[:250]}, seq_len=63, seed=1)
+
+
+def _counts(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n, len(GENES))) < 0.2) * rng.integers(1, 50, size=(n, len(GENES)))
+    x[3] = 0  # a cell without any expressed gene
+    return x.astype(np.float32)
+
+
+def _obs(n):
+    return pd.DataFrame({"assay": ["10x 3' v3"] * n, "cell_type": ["t"] * n}, index=[f"c{i}" for i in range(n)])
+
+
+def _run(ckpt, data, out, *extra):
+    return main(["infer", "--checkpoint", str(ckpt), "--data", str(data), "--output", str(out), "--device", "cpu",
+                 *extra])
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line
+    return err[0]
+
+
+def test_streamed_chunks_equal_one_pass_and_empty_cells_are_kept(ckpt, tmp_path, caplog):
+    data = write_h5ad(tmp_path / "in.h5ad", GENES, _counts(), _obs(40))
+    with caplog.at_level(logging.WARNING):
+        assert _run(ckpt, data, tmp_path / "a.h5ad", "--outputs", "embeddings,llh") == 0
+    assert "1 of 40 cells have no expressed gene" in caplog.text
+    assert _run(ckpt, data, tmp_path / "b.h5ad", "--outputs", "embeddings,llh", "--chunk-size", "7",
+                "--token-budget", "200") == 0
+    a, b = anndata.read_h5ad(tmp_path / "a.h5ad"), anndata.read_h5ad(tmp_path / "b.h5ad")
+    assert a.n_obs == 40 and np.isnan(a.obs["llh"].iloc[3])
+    np.testing.assert_allclose(a.obsm["embeddings"], b.obsm["embeddings"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.obs["llh"], b.obs["llh"], rtol=1e-5)
+
+
+def test_raw_layer_gene_index_and_versions(ckpt, tmp_path):
+    x = _counts()
+    plain = write_h5ad(tmp_path / "plain.h5ad", GENES, x, _obs(40))
+    # normalised X, raw counts in .raw, versioned ids in the var index only
+    var = pd.DataFrame(index=[f"{g}.{i % 3 + 1}" for i, g in enumerate(GENES)])
+    adata = anndata.AnnData(X=sp.csr_matrix(np.log1p(x)), obs=_obs(40), var=var)
+    adata.raw = anndata.AnnData(X=sp.csr_matrix(x), var=var)
+    adata.write_h5ad(tmp_path / "raw.h5ad")
+    assert _run(ckpt, plain, tmp_path / "p.h5ad") == 0
+    assert _run(ckpt, tmp_path / "raw.h5ad", tmp_path / "r.h5ad", "--gene-col", "index") == 0
+    np.testing.assert_array_equal(anndata.read_h5ad(tmp_path / "p.h5ad").obsm["embeddings"],
+                                  anndata.read_h5ad(tmp_path / "r.h5ad").obsm["embeddings"])
+
+
+def test_missing_assay_column_uses_unknown_token(ckpt, tmp_path, caplog):
+    x = _counts()
+    no_assay = write_h5ad(tmp_path / "na.h5ad", GENES, x)
+    unknown = write_h5ad(tmp_path / "unk.h5ad", GENES, x, _obs(40).assign(assay="never seen"))
+    with caplog.at_level(logging.WARNING):
+        assert _run(ckpt, no_assay, tmp_path / "a.h5ad") == 0
+    assert "no 'assay' column" in caplog.text
+    assert _run(ckpt, unknown, tmp_path / "b.h5ad") == 0
+    np.testing.assert_array_equal(anndata.read_h5ad(tmp_path / "a.h5ad").obsm["embeddings"],
+                                  anndata.read_h5ad(tmp_path / "b.h5ad").obsm["embeddings"])
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: write_h5ad(p, [f"OTHER{i}" for i in range(300)], _counts()), "none of the 300 genes"),
+        (lambda p: write_h5ad(p, GENES[:299] + [GENES[0] + ".2"], _counts()), "duplicate genes"),
+        (lambda p: write_h5ad(p, GENES, np.where(_counts() > 40, np.nan, _counts())), "NaN"),
+        (lambda p: write_h5ad(p, GENES, -_counts()), "negative"),
+    ],
+    ids=["no-vocab-gene", "duplicates", "nan", "negative"],
+)
+def test_bad_input_gets_one_line_error_and_keeps_old_output(ckpt, tmp_path, capsys, make, message):
+    out = tmp_path / "out.h5ad"
+    out.write_bytes(b"previous result")
+    data = make(tmp_path / "bad.h5ad")
+    assert _run(ckpt, data, out) == 2
+    line = _error(capsys)
+    assert message in line and "bad.h5ad" in line
+    assert out.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.h5ad", "out.h5ad"]  # no temporary left
+
+
+def test_missing_gene_column_names_the_fix(ckpt, tmp_path, capsys):
+    data = write_h5ad(tmp_path / "in.h5ad", GENES, _counts())
+    assert _run(ckpt, data, tmp_path / "o.h5ad", "--gene-col", "gene_ids") == 2
+    line = _error(capsys)
+    assert "no gene column 'gene_ids'" in line and "--gene-col" in line
+
+
+def test_duplicates_can_be_dropped(ckpt, tmp_path):
+    data = write_h5ad(tmp_path / "in.h5ad", GENES[:299] + [GENES[0] + ".2"], _counts())
+    assert _run(ckpt, data, tmp_path / "o.h5ad", "--remove-duplicate-genes") == 0
+
+
+def test_normalised_values_warn(ckpt, tmp_path, caplog):
+    data = write_h5ad(tmp_path / "in.h5ad", GENES, np.log1p(_counts()))
+    with caplog.at_level(logging.WARNING):
+        assert _run(ckpt, data, tmp_path / "o.h5ad") == 0
+    assert "non-integer values" in caplog.text

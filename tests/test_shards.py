@@ -1,0 +1,223 @@
+"""`tfx shard`: h5ad files -> WebDataset shards that read back exactly; parallel, deterministic,
+atomic per shard, resumable after a kill; bad input refused in one line with nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+import webdataset as wds
+
+from conftest import MOUSE, ROOT, write_h5ad
+from tfx.data.anndata import InputError
+from tfx.data.shards import HEADER_KEY, ShardError, decode_expr, encode_expr, read_shard, write_shards
+
+
+def read_back(out: Path) -> tuple[dict, list[tuple]]:
+    """The manifest, and every cell of every shard in manifest order: (gene ids, counts, metadata)."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    cells = []
+    for shard in manifest["shards"]:
+        it = read_shard(str(out / shard["name"]))
+        table = np.array(next(it)["genes"])
+        cells += [(table[genes], counts, meta) for genes, counts, meta in it]
+    return manifest, cells
+
+
+def expected_cells(path: Path, gene_col: str = "ensembl_id") -> list[tuple]:
+    adata = anndata.read_h5ad(path)
+    genes = np.array([g.split(".")[0] for g in adata.var[gene_col].astype(str)])
+    x = adata.X.tocsr()
+    x.sort_indices()
+    return [(genes[x[i].indices], x[i].data.astype(np.float32), adata.obs.iloc[i], adata.obs_names[i])
+            for i in range(adata.n_obs)]
+
+
+def digests(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*")) if p.is_file()}
+
+
+def one_line(err) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def mouse_path():
+    if not MOUSE.exists():
+        pytest.skip(f"real data {MOUSE} is absent (it lives in ../shared/data beside the project)")
+    return MOUSE
+
+
+def test_real_cells_read_back_exactly(mouse_path, tmp_path):
+    extra = ["donor_id", "cluster_confidence_score", "high_quality_transfer"]
+    summary = write_shards([mouse_path], "mus_musculus", tmp_path, cells_per_shard=300, obs_keys=extra, processes=2)
+    assert summary["shards"] == summary["written"] == 4 and summary["cells"] == 1000
+
+    manifest, cells = read_back(tmp_path)
+    assert [s["rows"] for s in manifest["shards"]] == [[0, 300], [300, 600], [600, 900], [900, 1000]]
+    assert {s["source"] for s in manifest["shards"]} == {"mouse_val.h5ad"} and manifest["species"] == "mus_musculus"
+    expected = expected_cells(mouse_path)
+    assert len(cells) == len(expected) == 1000
+    for (genes, counts, meta), (e_genes, e_counts, e_obs, name) in zip(cells, expected):
+        np.testing.assert_array_equal(genes, e_genes)
+        np.testing.assert_array_equal(counts, e_counts)
+        assert meta["id"] == name and meta["species"] == "mus_musculus" and meta["dataset"] == "mouse_val"
+        assert meta["obs"] == {k: e_obs[k].item() if hasattr(e_obs[k], "item") else e_obs[k]
+                               for k in ["cell_type", "assay", "tissue", *extra]}
+    nonzero = sum(len(c[0]) for c in cells[:300])
+    assert manifest["shards"][0]["nonzero"] == nonzero
+    assert manifest["shards"][0]["genes"] == len(set(np.concatenate([c[0] for c in cells[:300]])))
+
+    # Plain webdataset reads them too: a header sample, then cells with a decodable npy and json.
+    samples = list(wds.WebDataset(str(tmp_path / "shard-000000.tar"), shardshuffle=False).decode())
+    assert samples[0]["__key__"] == HEADER_KEY and len(samples) == 301
+    assert samples[1]["expr.npy"]["count"].sum() == expected[0][1].sum() and samples[1]["json"]["id"] == expected[0][3]
+
+
+def test_odd_files_round_trip_with_safe_keys(tmp_path):
+    rng = np.random.default_rng(0)
+    names = ["a.b/c d", "x" * 200, "ünï cödé", "a.b/c d", "plain", "empty", "frac", "huge"]
+    counts = rng.integers(0, 4, size=(len(names), 30)).astype(np.float32)
+    counts[5] = 0  # a cell without genes is kept
+    counts[6, :3] = [0.5, 1.25, 2.0]  # non-integer values are stored exactly
+    counts[7, 0] = 70000  # beyond 16 bits
+    obs = pd.DataFrame({"cell_type": pd.Categorical(["t1", "t2", None, "t1", "t2", "t1", "t1", "t2"]),
+                        "batch": np.arange(8)}, index=names)
+    a = write_h5ad(tmp_path / "a.h5ad", [f"ENSG{i:05d}.{i % 3}" for i in range(30)], counts, obs)
+    b = write_h5ad(tmp_path / "b.h5ad", [f"ENSG{i:05d}" for i in range(100, 140)],
+                   rng.integers(0, 3, size=(5, 40)))
+    out = tmp_path / "shards"
+    write_shards([a, b], "homo_sapiens", out, cells_per_shard=3, obs_keys=["batch"], processes=1)
+
+    manifest, cells = read_back(out)
+    assert [(s["source"], s["rows"]) for s in manifest["shards"]] == [
+        ("a.h5ad", [0, 3]), ("a.h5ad", [3, 6]), ("a.h5ad", [6, 8]), ("b.h5ad", [0, 3]), ("b.h5ad", [3, 5])]
+    expected = expected_cells(a) + expected_cells(b)
+    assert len(cells) == len(expected) == 13
+    for (genes, counts, meta), (e_genes, e_counts, _, name) in zip(cells, expected):
+        np.testing.assert_array_equal(genes, e_genes)  # version suffixes stripped
+        np.testing.assert_array_equal(counts, e_counts)
+        assert meta["id"] == name
+    assert len(cells[5][0]) == 0 and cells[7][1].max() == 70000
+    assert cells[2][2]["obs"] == {"cell_type": None, "batch": 2}
+    assert cells[8][2]["obs"] == {} and cells[8][2]["dataset"] == "b"  # b has none of the obs columns
+
+    members = [m for s in manifest["shards"] for m in wds.tariterators.tar_file_iterator(open(out / s["name"], "rb"))]
+    keys = [m["fname"].split(".")[0] for m in members if m["fname"].endswith(".json")]
+    assert all(re.fullmatch(r"(__shard__|r\d{9}_[A-Za-z0-9_-]{0,64})", k) for k in keys)
+    assert len(set(keys) - {HEADER_KEY}) == 13 - 2  # unique within each file: two files share row numbers
+    assert max(len(m["fname"]) for m in members) < 100  # fits a ustar name
+
+    big = np.arange(0, 140000, 2)  # a gene table beyond 16 bits
+    genes, counts = decode_expr(encode_expr(big, np.full(len(big), 3.0, np.float32), 140001))
+    assert genes.dtype == np.uint32 and (genes == big).all() and (counts == 3).all()
+
+
+def test_parallel_deterministic_and_resumable(mouse_path, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    write_shards([mouse_path], "mus_musculus", full, cells_per_shard=100, processes=2)
+    write_shards([mouse_path], "mus_musculus", resumed, cells_per_shard=100, processes=1)
+    reference = digests(full)
+    assert len(reference) == 11 and digests(resumed) == reference  # as many processes as you like, same bytes
+
+    # The states a kill can leave: a shard missing, a shard renamed but not recorded, a temporary.
+    (resumed / "shard-000003.tar").unlink()
+    (resumed / ".progress" / "shard-000003.tar.json").unlink()
+    (resumed / ".progress" / "shard-000005.tar.json").unlink()
+    (resumed / "shard-000007.tar").rename(resumed / ".shard-000007.tar.tmp-99999")
+    (resumed / ".progress" / "shard-000007.tar.json").unlink()
+    (resumed / "manifest.json").unlink()
+    summary = write_shards([mouse_path], "mus_musculus", resumed, cells_per_shard=100, processes=2)
+    assert summary["written"] == 3 and digests(resumed) == reference
+    assert not list(resumed.glob(".*tmp*"))
+
+
+def test_killed_run_completes_identically(mouse_path, tmp_path):
+    out, reference = tmp_path / "killed", tmp_path / "reference"
+    code = (f"from tfx.data.shards import write_shards; "
+            f"write_shards([{str(mouse_path)!r}], 'mus_musculus', {str(out)!r}, cells_per_shard=25, processes=1)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:  # SIGKILL once a few shards are done: no clean-up code runs
+        while proc.poll() is None and len(list((out / ".progress").glob("shard-*"))) < 3:
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    write_shards([mouse_path], "mus_musculus", reference, cells_per_shard=25, processes=2)
+    summary = write_shards([mouse_path], "mus_musculus", out, cells_per_shard=25, processes=2)
+    assert summary["shards"] == 40 and digests(out) == digests(reference)
+
+
+def test_unknown_species_lists_the_known_ones(tmp_path):
+    data = write_h5ad(tmp_path / "in.h5ad", ["ENSG1", "ENSG2"], [[1, 0]])
+    with pytest.raises(InputError) as err:
+        write_shards([data], "homo_sapien", tmp_path / "out")
+    msg = one_line(err)
+    assert "unknown species" in msg and "homo_sapiens" in msg and "mus_musculus" in msg
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "make, options, message",
+    [
+        (lambda p: p.write_text("not hdf5"), {}, "not a readable h5ad"),
+        (lambda p: write_h5ad(p, ["ENSG1", "ENSG1.2"], [[1, 2]]), {}, "duplicate genes"),
+        (lambda p: write_h5ad(p, ["ENSG1", "ENSG2"], [[1, 2]]), {"gene_col": "gene_ids"}, "no gene column 'gene_ids'"),
+        (lambda p: write_h5ad(p, ["ENSG1", "ENSG2"], [[1, 2]]), {"obs_keys": ["donor"]}, "no column donor"),
+        (lambda p: None, {}, "no such file"),
+    ],
+    ids=["not-h5ad", "duplicates", "gene-col", "obs-key", "missing"],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, make, options, message):
+    good = write_h5ad(tmp_path / "good.h5ad", ["ENSG1", "ENSG2"], [[1, 2]])
+    bad = tmp_path / "bad.h5ad"
+    make(bad)
+    with pytest.raises(InputError) as err:
+        write_shards([good, bad], "homo_sapiens", tmp_path / "out", **options)
+    msg = one_line(err)
+    assert message in msg and "bad.h5ad" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_values_midway_leave_only_whole_shards(tmp_path):
+    counts = np.ones((40, 5), dtype=np.float32)
+    counts[33, 2] = np.nan
+    data = write_h5ad(tmp_path / "nan.h5ad", [f"ENSG{i}" for i in range(5)], counts)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"nan.h5ad: X holds NaN"):
+        write_shards([data], "homo_sapiens", out, cells_per_shard=10, processes=2)
+    assert not (out / "manifest.json").exists() and not list(out.glob(".*tmp*"))
+    for shard in out.glob("*.tar"):  # whatever was renamed into place is whole
+        assert sum(1 for _ in read_shard(str(shard))) == 11
+
+
+def test_output_of_another_run_is_refused(tmp_path):
+    data = write_h5ad(tmp_path / "in.h5ad", ["ENSG1", "ENSG2"], [[1, 2], [3, 0]])
+    write_shards([data], "homo_sapiens", tmp_path / "out", cells_per_shard=1)
+    with pytest.raises(InputError, match="another run") as err:
+        write_shards([data], "homo_sapiens", tmp_path / "out", cells_per_shard=2)
+    one_line(err)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not an empty directory"):
+        write_shards([data], "homo_sapiens", tmp_path / "other")
+
+
+def test_truncated_shard_is_detected(tmp_path):
+    data = write_h5ad(tmp_path / "in.h5ad", [f"ENSG{i}" for i in range(5)], np.ones((50, 5)))
+    write_shards([data], "homo_sapiens", tmp_path / "out", cells_per_shard=50)
+    shard = tmp_path / "out" / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(ShardError, match=r"shard-000000.tar: truncated or damaged, \d+ of the 50 cells"):
+        list(read_shard(str(shard)))

@@ -1,0 +1,311 @@
+"""Training batches streamed from tfx shards, mixing species (or datasets) by weight.
+
+    loader = ShardLoader(
+        {"human": {"urls": "/data/shards/human", "weight": 3},
+         "mouse": {"urls": "pipe:aws s3 cp s3://b/mouse/shard-{000000..000099}.tar -", "weight": 1}},
+        vocab, Tokenizer(seq_len=2047, order="random"), aux_vocabs={"assay": {...}},
+        token_budget=16384, max_cells=256, shuffle_buffer=2000, seed=0, num_workers=4)
+    for batch in loader: ...                 # tfx.model.TokenBatch, padded to the batch's longest cell
+    state = loader.state_dict()              # shards consumed so far (this rank)
+    loader.load_state_dict(state)            # a resumed run skips them
+
+A source's ``urls`` is a directory (its manifest.json, else its *.tar), a glob, a manifest path or
+URL, or anything webdataset opens: brace patterns, ``pipe:``, http(s), object stores. Per rank and
+data-loader worker the pipeline is: each source's shards in a seeded per-epoch order, split across
+ranks then workers (every rank computes the same order) -> cells mapped to the vocabulary through
+each shard's gene table and tokenized -> weighted mixing of the sources, one draw per cell ->
+shuffle buffer -> windows of cells cut into batches under a token budget (longest first).
+
+Epochs are per source: ``epochs=None`` streams forever (train by steps; the weights then hold
+exactly), ``epochs=n`` makes one iteration read every source n times over (a source that runs out
+drops out of the mix). A shard counts as consumed once every one of its cells went out in a batch
+(or was skipped); ``state_dict`` records those per source and epoch, and a loader given that state
+resumes in the same epoch without them. Cells in flight at the checkpoint come again with their
+shard. Resuming needs the same seed, rank and world size.
+
+Cells with no gene in the vocabulary are skipped and counted (``stats["skipped_cells"]``). A shard
+that cannot be opened, does not decode, or holds fewer cells than its header says (tar readers stop
+silently at a truncation) raises ``ShardError`` naming it, or with ``on_corrupt="skip"`` is logged by
+name, counted and left (cells read before the damage are kept).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from tfx.data.anndata import InputError
+from tfx.data.shards import MANIFEST, ShardError, read_shard
+from tfx.model.transcriptformer import TokenBatch
+from tfx.tokenize import Tokenizer, collate, length_batches
+from tfx.vocab import GeneVocab
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    name: str
+    urls: str | list[str]
+    weight: float = 1.0
+
+
+def resolve_urls(spec: str | list[str]) -> list[str]:
+    """The shard URLs a source names (see the module docstring)."""
+    if not isinstance(spec, str):
+        return [url for part in spec for url in resolve_urls(part)]
+    if spec.endswith(".json"):
+        with wds.gopen(spec) as f:
+            manifest = json.load(f)
+        base = spec.rsplit("/", 1)[0] + "/" if "/" in spec else ""
+        return [base + s["name"] for s in manifest["shards"]]
+    if os.path.isdir(spec):
+        if os.path.exists(os.path.join(spec, MANIFEST)):
+            return resolve_urls(os.path.join(spec, MANIFEST))
+        return sorted(glob.glob(os.path.join(spec, "*.tar")))
+    if "://" not in spec and not spec.startswith("pipe:") and glob.has_magic(spec):
+        return sorted(glob.glob(spec))
+    return wds.shardlists.expand_urls(spec)
+
+
+def epoch_order(urls: list[str], seed: int, source: str, epoch: int) -> list[str]:
+    """The same shuffled order on every rank."""
+    order = list(urls)
+    random.Random(f"{seed}/{source}/{epoch}").shuffle(order)
+    return order
+
+
+class _Progress:
+    """Per worker: which shards had every cell delivered in a batch (or skipped), and counters."""
+
+    def __init__(self):
+        self.reading: set[tuple] = set()
+        self.pending: Counter = Counter()
+        self.done: list[tuple] = []
+        self.skipped = 0
+        self.corrupt: list[str] = []
+
+    def open(self, shard):
+        self.reading.add(shard)
+
+    def finish(self, shard):
+        self.reading.discard(shard)
+        self._check(shard)
+
+    def deliver(self, shards):
+        for shard in shards:
+            self.pending[shard] -= 1
+            self._check(shard)
+
+    def _check(self, shard):
+        if shard not in self.reading and self.pending[shard] <= 0:
+            del self.pending[shard]
+            self.done.append(shard)
+
+    def report(self) -> dict:
+        info = {"done": self.done, "skipped_cells": self.skipped, "corrupt_shards": self.corrupt}
+        self.done, self.skipped, self.corrupt = [], 0, []
+        return info
+
+
+class _CellStream(torch.utils.data.IterableDataset):
+    """One rank's (or DataLoader worker's) pipeline, yielding (TokenBatch or None, progress report)."""
+
+    def __init__(self, loader: ShardLoader, start_epochs: dict[str, int], consumed: dict[str, dict[int, set]]):
+        self.loader, self.start_epochs, self.consumed = loader, start_epochs, consumed
+
+    def __iter__(self):
+        ld = self.loader
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        entropy = [ld.seed, ld.rank, worker, *self.start_epochs.values(),
+                   sum(len(c) for per_epoch in self.consumed.values() for c in per_epoch.values())]
+        rng = np.random.default_rng(entropy)
+        progress = _Progress()
+        streams = [self._source_cells(src, worker, workers, progress, rng) for src in ld.sources]
+        cells = _mix(streams, [src.weight for src in ld.sources], rng)
+        if ld.shuffle_buffer > 1:
+            cells = wds.shuffle(ld.shuffle_buffer, ld.shuffle_buffer, rng=random.Random(int(rng.integers(2**63))))(cells)
+        yield from self._batches(cells, progress, rng)
+
+    def _source_cells(self, src: ShardSource, worker: int, workers: int, progress: _Progress, rng):
+        ld = self.loader
+        first = self.start_epochs[src.name]
+        epoch = first
+        while ld.epochs is None or epoch < first + ld.epochs:
+            consumed = self.consumed[src.name].get(epoch, set())
+            todo = [u for u in ld.rank_shards(src, epoch) if u not in consumed]
+            for url in todo[worker::workers]:
+                yield from self._shard_cells((src.name, epoch, url), progress, rng)
+            epoch += 1
+
+    def _shard_cells(self, shard: tuple, progress: _Progress, rng):
+        ld, url = self.loader, shard[2]
+        progress.open(shard)
+        read = 0
+        try:
+            cells = read_shard(url)
+            table = ld.vocab.lookup(next(cells)["genes"])  # the shard's gene table -> vocabulary ids
+            for genes, counts, meta in cells:
+                read += 1
+                ids = table[genes]
+                keep = ids >= 0
+                if not keep.any():
+                    progress.skipped += 1
+                    continue
+                ids, counts = ld.tokenizer(ids[keep], counts[keep], rng)
+                progress.pending[shard] += 1
+                yield shard, ids, counts, ld.aux_ids(meta)
+        except ShardError as err:
+            if ld.on_corrupt == "raise":
+                raise ShardError(f"{err}; re-write the shard with tfx shard, or pass on_corrupt='skip' "
+                                 "to skip such shards") from err
+            log.warning("%s (skipped after %d cells, on_corrupt='skip')", err, read)
+            progress.corrupt.append(url)
+        progress.finish(shard)
+
+    def _batches(self, cells, progress: _Progress, rng):
+        """Windows of cells cut into token-budget batches, yielded in random order; the window's
+        last (shortest, often part-filled) batch waits for the next window."""
+        ld = self.loader
+        window = []
+        for cell in cells:
+            window.append(cell)
+            if len(window) >= ld.batch_window:
+                groups = list(length_batches(self._lengths(window), ld.token_budget, ld.max_cells))
+                carry = groups.pop() if len(groups) > 1 else []
+                for g in rng.permutation(len(groups)):
+                    yield self._emit([window[i] for i in groups[g]], progress)
+                window = [window[i] for i in carry]
+        for group in length_batches(self._lengths(window), ld.token_budget, ld.max_cells):
+            yield self._emit([window[i] for i in group], progress)
+        yield None, progress.report()  # what finished after the last batch (skipped cells, corrupt shards)
+
+    def _lengths(self, window) -> np.ndarray:
+        # positions in the model: aux tokens, [START] and the genes
+        return np.array([len(ids) + 1 + len(self.loader.aux_vocabs) for _, ids, _, _ in window])
+
+    def _emit(self, cells, progress: _Progress):
+        ld = self.loader
+        aux = np.array([c[3] for c in cells], dtype=np.int64) if ld.aux_vocabs else None
+        batch = collate([(ids, counts) for _, ids, counts, _ in cells], ld.vocab.pad, ld.tokenizer.seq_len, aux)
+        progress.deliver([c[0] for c in cells])
+        return batch, progress.report()
+
+
+def _mix(streams: list[Iterator], weights: list[float], rng, block: int = 256):
+    """One weighted draw of a source per cell; exhausted sources leave, the rest keep their ratios."""
+    live = list(range(len(streams)))
+    weights = np.asarray(weights, dtype=np.float64)
+    while live:
+        p = weights[live] / weights[live].sum()
+        for i in rng.choice(live, size=block, p=p):
+            try:
+                yield next(streams[i])
+            except StopIteration:
+                live.remove(i)
+                break
+
+
+def _identity(item):
+    return item
+
+
+class ShardLoader:
+    """Streams TokenBatches from weighted shard sources; see the module docstring."""
+
+    def __init__(self, sources: Mapping[str, Mapping] | list[ShardSource], vocab: GeneVocab, tokenizer: Tokenizer,
+                 *, aux_vocabs: Mapping[str, Mapping[str, int]] | None = None, token_budget: int = 16384,
+                 max_cells: int = 256, shuffle_buffer: int = 2000, batch_window: int | None = None, seed: int = 0,
+                 rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
+                 epochs: int | None = None, on_corrupt: str = "raise"):
+        if isinstance(sources, Mapping):
+            sources = [ShardSource(name, spec["urls"], float(spec.get("weight", 1.0))) for name, spec in sources.items()]
+        if not sources:
+            raise InputError("the loader has no shard source; name at least one")
+        if on_corrupt not in ("raise", "skip"):
+            raise InputError(f"on_corrupt={on_corrupt!r}: choose 'raise' or 'skip'")
+        if rank is None or world_size is None:
+            rank, world_size = wds.utils.pytorch_worker_info()[:2]
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        readers = world_size * max(1, num_workers)
+        self.sources, self.urls = [], {}
+        for src in sources:
+            if src.weight <= 0:
+                raise InputError(f"source {src.name}: weight {src.weight} must be positive")
+            urls = resolve_urls(src.urls)
+            if not urls:
+                raise InputError(f"source {src.name}: {src.urls} holds no shard; write some with tfx shard")
+            if len(urls) < readers:
+                raise InputError(f"source {src.name}: {len(urls)} shards in {src.urls} for {world_size} ranks x "
+                                 f"{max(1, num_workers)} workers; write more, smaller shards (--cells-per-shard) "
+                                 "or use fewer workers")
+            self.sources.append(src)
+            self.urls[src.name] = urls
+        self.vocab, self.tokenizer = vocab, tokenizer
+        self.aux_vocabs = dict(aux_vocabs or {})
+        self.token_budget, self.max_cells, self.shuffle_buffer = token_budget, max_cells, shuffle_buffer
+        self.batch_window = batch_window or 8 * max_cells
+        self.seed, self.epochs, self.on_corrupt = seed, epochs, on_corrupt
+        self.epoch = {src.name: 0 for src in self.sources}  # the first epoch not yet wholly consumed
+        self.consumed: dict[str, dict[int, set[str]]] = {src.name: {} for src in self.sources}
+        self.stats = {"batches": 0, "cells": 0, "skipped_cells": 0, "corrupt_shards": []}
+
+    def rank_shards(self, src: ShardSource, epoch: int) -> list[str]:
+        return epoch_order(self.urls[src.name], self.seed, src.name, epoch)[self.rank :: self.world_size]
+
+    def aux_ids(self, meta: dict) -> list[int]:
+        obs = meta.get("obs", {})
+        return [vocab.get(str(obs[col]) if obs.get(col) is not None else "unknown", vocab["unknown"])
+                for col, vocab in self.aux_vocabs.items()]
+
+    def __iter__(self) -> Iterator[TokenBatch]:
+        stream = _CellStream(self, dict(self.epoch), {k: {e: set(u) for e, u in v.items()} for k, v in self.consumed.items()})
+        if self.num_workers > 0:
+            stream = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                                                 collate_fn=_identity)
+        for batch, report in stream:
+            self._account(report)
+            if batch is not None:
+                self.stats["batches"] += 1
+                self.stats["cells"] += len(batch.gene_ids)
+                yield batch
+
+    def _account(self, report: dict) -> None:
+        self.stats["skipped_cells"] += report["skipped_cells"]
+        self.stats["corrupt_shards"] += report["corrupt_shards"]
+        for name, epoch, url in report["done"]:
+            self.consumed[name].setdefault(epoch, set()).add(url)
+        for src in self.sources:  # forget epochs this rank has wholly consumed
+            per_epoch, name = self.consumed[src.name], src.name
+            rank_total = len(range(self.rank, len(self.urls[name]), self.world_size))
+            while len(per_epoch.get(self.epoch[name], ())) == rank_total:
+                del per_epoch[self.epoch[name]]
+                self.epoch[name] += 1
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "rank": self.rank, "world_size": self.world_size,
+                "sources": {name: {"epoch": self.epoch[name],
+                                   "consumed": {str(e): sorted(u) for e, u in self.consumed[name].items()}}
+                            for name in self.epoch}}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = (state["seed"], state["rank"], state["world_size"])
+        if saved != (self.seed, self.rank, self.world_size):
+            raise InputError(f"loader state saved with seed, rank, world size {saved}, this loader has "
+                             f"{(self.seed, self.rank, self.world_size)}; resume with the same ones")
+        for name, s in state["sources"].items():
+            if name not in self.epoch:
+                raise InputError(f"loader state names source {name}, which this loader lacks; keep the sources")
+            self.epoch[name] = int(s["epoch"])
+            self.consumed[name] = {int(e): set(u) for e, u in s["consumed"].items()}

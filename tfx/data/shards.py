@@ -1,0 +1,319 @@
+"""h5ad files -> WebDataset tar shards that serve any vocabulary, model or species mix.
+
+    write_shards(inputs, species, output_dir, *, cells_per_shard=10_000, obs_keys=(), processes=None,
+                 gene_col="ensembl_id", use_raw=None, remove_duplicate_genes=False) -> summary dict
+
+Shards hold gene identifiers and raw counts, never vocabulary indices. Each tar opens with a header
+sample ``__shard__.json`` (format, species, source, row range, cell count and the source's gene table),
+then one sample per cell: ``<key>.expr.npy`` (a structured array of gene positions in that table and
+counts) and ``<key>.json`` (cell name, species, dataset and the chosen obs columns). The output
+directory also holds ``manifest.json`` (written last: a directory with a manifest is complete) and
+``.progress/`` (the run's plan and one record per finished shard, for resuming). The format is
+documented in docs/data-format.md.
+
+Every shard is one row range of one input file, so the plan depends only on the inputs and
+``cells_per_shard``: shards are written in parallel, each to a temporary name then renamed, and a
+re-run after a kill writes only the missing ones, byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import multiprocessing as mp
+import os
+import re
+import time
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
+from tqdm import tqdm
+
+import tfx.vocab.species  # noqa: F401  (registers the built-in species)
+from tfx.atomic import atomic_path
+from tfx.data.anndata import CellReader, InputError
+from tfx.registry import SPECIES
+
+log = logging.getLogger(__name__)
+
+FORMAT, VERSION = "tfx-shards", 1
+HEADER_KEY = "__shard__"
+MANIFEST = "manifest.json"
+PROGRESS = ".progress"
+DEFAULT_OBS_KEYS = ("cell_type", "assay", "tissue")
+CHUNK_VALUES = 1 << 23  # dense values read at once (32 MiB of float32): bounds a writer's memory
+
+
+class ShardError(InputError):
+    """A shard that cannot be read: missing, corrupt or truncated."""
+
+
+# ---- the per-cell format, shared with the loader -------------------------------------------------
+
+def cell_key(row: int, name: str) -> str:
+    """A tar-safe, unique key: the row in the source file, then the cell name with anything but
+    letters, digits, '_' and '-' replaced (a '.' would split the key, a '/' make a directory)."""
+    return f"r{row:09d}_{re.sub(r'[^A-Za-z0-9_-]', '_', str(name))[:64]}"
+
+
+def encode_expr(genes: np.ndarray, counts: np.ndarray, table_size: int) -> bytes:
+    """Gene positions and counts as one structured npy array, in the smallest exact dtypes."""
+    integral = counts.size == 0 or (counts.max() < 65536 and np.array_equal(counts, np.round(counts)))
+    dtype = [("gene", "<u2" if table_size <= 65536 else "<u4"), ("count", "<u2" if integral else "<f4")]
+    arr = np.empty(len(genes), dtype=dtype)
+    arr["gene"], arr["count"] = genes, counts
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_expr(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(gene positions in the shard's gene table, float32 counts)."""
+    end = 10 + int.from_bytes(data[8:10], "little")  # npy 1.0: magic, version, header length, header
+    dtype, shape = _npy_header(bytes(data[:end]))
+    arr = np.frombuffer(data, dtype=dtype, count=shape[0], offset=end)
+    return arr["gene"], arr["count"].astype(np.float32)
+
+
+@lru_cache(maxsize=16384)
+def _npy_header(header: bytes) -> tuple[np.dtype, tuple]:
+    """Parsing an npy header costs far more than reading the cell; headers repeat (one per dtype and
+    length), so each is parsed once."""
+    fp = io.BytesIO(header)
+    if np.lib.format.read_magic(fp) != (1, 0):
+        raise ValueError("expr.npy is not an npy 1.0 array")
+    shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(fp)
+    if fortran_order or len(shape) != 1 or dtype.names != ("gene", "count"):
+        raise ValueError(f"expr.npy holds {dtype} {shape}, not a 1-D (gene, count) array")
+    return dtype, shape
+
+
+def read_shard(url: str) -> Iterator:
+    """Yield a shard's header, then (gene positions, counts, metadata) per cell.
+
+    Raises ShardError naming the shard when it cannot be opened or decoded, or when it ends before
+    the cell count of its header: tar readers end silently at a truncation or a damaged header.
+    """
+    try:
+        stream = wds.gopen(url)
+    except Exception as err:
+        raise ShardError(f"{url}: cannot open ({type(err).__name__}: {err})") from err
+    try:
+        samples = group_by_keys(tar_file_expander([{"url": url, "stream": stream}], eof_value=None))
+        first = next(samples, None)
+        if first is None or first["__key__"] != HEADER_KEY or "json" not in first:
+            raise ShardError(f"{url}: no {HEADER_KEY}.json header first; not a tfx shard")
+        header = json.loads(first["json"])
+        if (header.get("format"), header.get("version")) != (FORMAT, VERSION):
+            raise ShardError(f"{url}: shard format {header.get('format')} v{header.get('version')}; "
+                             f"this tfx reads {FORMAT} v{VERSION}, re-write it with tfx shard")
+        yield header
+        read = 0
+        for sample in samples:
+            genes, counts = decode_expr(sample["expr.npy"])
+            meta = json.loads(sample["json"])
+            read += 1
+            yield genes, counts, meta
+        if read != header["cells"]:
+            raise ShardError(f"{url}: truncated or damaged, {read} of the {header['cells']} cells its header announces")
+        stream.close()  # a pipe: URL reports its command's failure here
+    except ShardError:
+        raise
+    except Exception as err:
+        raise ShardError(f"{url}: corrupt ({type(err).__name__}: {err})") from err
+    finally:
+        if not getattr(stream, "closed", False):
+            stream.close()
+
+
+def _dumps(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _json_value(v):
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return None
+    return v if isinstance(v, (str, int, float, bool)) else str(v)
+
+
+# ---- writing -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Options:
+    output: str
+    species: str
+    obs_keys: tuple[str, ...]
+    gene_col: str
+    use_raw: bool | None
+    remove_duplicate_genes: bool
+
+
+@dataclass(frozen=True)
+class _Task:
+    name: str  # shard file name
+    path: str  # source h5ad
+    source: str  # its file name
+    dataset: str  # its stem
+    start: int
+    stop: int
+
+
+def _reader(path, opts: _Options) -> CellReader:
+    return CellReader(path, None, gene_col=opts.gene_col, use_raw=opts.use_raw,
+                      remove_duplicate_genes=opts.remove_duplicate_genes)
+
+
+def _check_species(species: str) -> None:
+    try:
+        SPECIES.get(species)
+    except KeyError:
+        known = ", ".join(SPECIES.names()) or "none"
+        raise InputError(f"--species {species}: unknown species (registered: {known}); "
+                         "pass one of these or register the species first") from None
+
+
+def _plan(inputs, opts: _Options, cells_per_shard: int) -> tuple[dict, list[_Task]]:
+    """Validate every input (nothing is written before all pass) and cut them into shards."""
+    files, tasks = [], []
+    for path in map(Path, inputs):
+        reader = _reader(path, opts)
+        try:
+            n_cells, n_genes, columns = reader.n_cells, len(reader.genes), set(reader.obs.columns)
+        finally:
+            reader.close()
+        if n_cells == 0:
+            raise InputError(f"{path}: the file holds no cell; drop it from --input")
+        missing = [k for k in opts.obs_keys if k not in columns]
+        if missing:
+            cols = ", ".join(sorted(columns)[:15]) or "none"
+            raise InputError(f"{path}: obs has no column {missing[0]} (columns: {cols}); fix --obs-keys")
+        if any(f["name"] == path.name for f in files):
+            raise InputError(f"{path}: another input has the same file name; rename one (it names the dataset)")
+        files.append({"name": path.name, "path": str(path.resolve()), "bytes": path.stat().st_size,
+                      "cells": n_cells, "genes": n_genes})
+        for start in range(0, n_cells, cells_per_shard):
+            tasks.append(_Task(f"shard-{len(tasks):06d}.tar", str(path), path.name, path.stem,
+                               start, min(start + cells_per_shard, n_cells)))
+    plan = {"format": FORMAT, "version": VERSION, "species": opts.species, "cells_per_shard": cells_per_shard,
+            "obs_keys": list(opts.obs_keys), "gene_col": opts.gene_col, "use_raw": opts.use_raw,
+            "remove_duplicate_genes": opts.remove_duplicate_genes, "inputs": files}
+    return plan, tasks
+
+
+def _write_shard(opts: _Options, task: _Task) -> dict:
+    """Write one shard atomically; return its manifest record (also saved under .progress/)."""
+    out = Path(opts.output)
+    reader = _reader(task.path, opts)
+    try:
+        names = reader.obs.index
+        keys = [k for k in dict.fromkeys((*DEFAULT_OBS_KEYS, *opts.obs_keys)) if k in reader.obs.columns]
+        table = [str(g) for g in reader.genes]
+        expressed = np.zeros(len(table), dtype=bool)
+        nonzero = 0
+        header = {"format": FORMAT, "version": VERSION, "species": opts.species, "source": task.source,
+                  "dataset": task.dataset, "rows": [task.start, task.stop], "cells": task.stop - task.start,
+                  "genes": table}
+        chunk = max(16, min(4096, CHUNK_VALUES // len(table)))
+        with atomic_path(out / task.name) as tmp:
+            with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:  # fixed mtime: identical re-runs
+                tar.write({"__key__": HEADER_KEY, "json": _dumps(header)})
+                for first, cells in reader.iter_chunks(chunk, task.start, task.stop):
+                    obs = reader.obs.iloc[first : first + len(cells)]
+                    values = [[_json_value(v) for v in obs[k].tolist()] for k in keys]
+                    for i, (genes, counts) in enumerate(cells):
+                        row = first + i
+                        meta = {"id": str(names[row]), "species": opts.species, "dataset": task.dataset,
+                                "obs": {k: col[i] for k, col in zip(keys, values)}}
+                        tar.write({"__key__": cell_key(row, names[row]), "json": _dumps(meta),
+                                   "expr.npy": encode_expr(genes, counts, len(table))})
+                        expressed[genes] = True
+                        nonzero += len(genes)
+    finally:
+        reader.close()
+    record = {"name": task.name, "source": task.source, "dataset": task.dataset, "rows": [task.start, task.stop],
+              "cells": task.stop - task.start, "genes": int(expressed.sum()), "gene_table": len(table),
+              "nonzero": nonzero, "bytes": (out / task.name).stat().st_size}
+    with atomic_path(out / PROGRESS / f"{task.name}.json") as tmp:
+        tmp.write_text(json.dumps(record, sort_keys=True))
+    return record
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary files of a killed run (atomic_path names them '.<name>.tmp-<pid>')."""
+    for tmp in [*out.glob(".shard-*.tmp-*"), *out.glob(f".{MANIFEST}.tmp-*"), *(out / PROGRESS).glob(".*.tmp-*")]:
+        tmp.unlink(missing_ok=True)
+
+
+def _prepare_output(out: Path, plan: dict) -> None:
+    plan_file = out / PROGRESS / "plan.json"
+    if plan_file.exists():
+        if json.loads(plan_file.read_text()) != plan:
+            raise InputError(f"{out}: holds shards of another run (other inputs or options); "
+                             "choose an empty --output or delete this directory")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: exists and is not an empty directory from tfx shard; choose another --output")
+    with atomic_path(plan_file) as tmp:
+        tmp.write_text(json.dumps(plan, indent=1, sort_keys=True))
+
+
+def write_shards(inputs, species: str, output_dir: str | os.PathLike, *, cells_per_shard: int = 10_000,
+                 obs_keys=(), processes: int | None = None, gene_col: str = "ensembl_id",
+                 use_raw: bool | None = None, remove_duplicate_genes: bool = False) -> dict:
+    """Write (or finish writing) the shards of ``inputs`` into ``output_dir``; return a summary.
+
+    ``obs_keys`` are stored on top of cell_type, assay and tissue (those when present); every key
+    named must exist in every input. ``processes`` defaults to one per CPU, at most one per shard.
+    """
+    started = time.perf_counter()
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not inputs:
+        raise InputError("no --input file given; name one or more h5ad files")
+    if cells_per_shard < 1:
+        raise InputError(f"--cells-per-shard {cells_per_shard}: must be at least 1")
+    _check_species(species)
+    out = Path(output_dir)
+    opts = _Options(str(out), species, tuple(obs_keys), gene_col, use_raw, remove_duplicate_genes)
+    plan, tasks = _plan(inputs, opts, cells_per_shard)
+    _prepare_output(out, plan)
+    _remove_stale_temporaries(out)
+
+    records = {}
+    for task in tasks:  # a shard is done once its record exists (written after the shard's rename)
+        record_file = out / PROGRESS / f"{task.name}.json"
+        if record_file.exists() and (out / task.name).exists():
+            records[task.name] = json.loads(record_file.read_text())
+    todo = [t for t in tasks if t.name not in records]
+    processes = max(1, min(processes or os.cpu_count() or 1, len(todo)))
+    bar = tqdm(total=len(tasks), initial=len(records), unit="shard", desc="shard", disable=None)
+    try:
+        write = partial(_write_shard, opts)
+        if processes == 1:
+            for record in map(write, todo):
+                records[record["name"]] = record
+                bar.update()
+        else:
+            # fork: workers inherit the imports and open their own readers (no HDF5 file is open here)
+            with mp.get_context("fork").Pool(processes) as pool:
+                for record in pool.imap_unordered(write, todo):
+                    records[record["name"]] = record
+                    bar.update()
+    finally:
+        bar.close()
+        _remove_stale_temporaries(out)  # a failed worker's pool is terminated before it can clean up
+
+    manifest = {**plan, "cells": sum(r["cells"] for r in records.values()),
+                "shards": [records[t.name] for t in tasks]}
+    with atomic_path(out / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return {"output": str(out), "manifest": str(out / MANIFEST), "shards": len(tasks), "written": len(todo),
+            "cells": manifest["cells"], "seconds": time.perf_counter() - started}

@@ -1,0 +1,128 @@
+"""Reading what `tfx eval` scores: embeddings and labels, and optionally the counts of the same cells.
+
+Several embeddings files (one per species, as `tfx infer` writes them) are stacked in order; the
+counts files, when given, pair with them one to one and must hold the same cells.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata.io import read_elem
+from sklearn.decomposition import PCA
+
+from tfx.data.anndata import InputError
+
+EMBEDDINGS_KEY = "embeddings"
+
+
+@dataclass
+class EvalCells:
+    embeddings: np.ndarray  # cells x dim, float32
+    obs: pd.DataFrame  # the obs of every file, stacked
+    counts: sp.csr_matrix | None  # cells x union of genes, in the embeddings' cell order
+    sources: list[str]  # the embeddings file of each cell
+
+
+def load_cells(embeddings_paths: list[str | os.PathLike], columns: list[str],
+               counts_paths: list[str | os.PathLike] | None = None) -> EvalCells:
+    if counts_paths and len(counts_paths) != len(embeddings_paths):
+        raise InputError(f"{len(embeddings_paths)} embeddings files but {len(counts_paths)} counts files; "
+                         "give one --counts file per --embeddings file, in the same order")
+    embeddings, obs, sources = [], [], []
+    for path in map(Path, embeddings_paths):
+        emb, file_obs = _read_embeddings(path, columns)
+        embeddings.append(emb)
+        obs.append(file_obs)
+        sources += [str(path)] * len(file_obs)
+    counts = None
+    if counts_paths:
+        counts = _stack_counts([_read_counts(Path(c), Path(e), o.index)
+                                for c, e, o in zip(counts_paths, embeddings_paths, obs)])
+    return EvalCells(np.concatenate(embeddings), pd.concat(obs), counts, sources)
+
+
+def _read_embeddings(path: Path, columns: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """obsm["embeddings"] and obs only: the file may also hold a large X that eval does not need."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file; pass the h5ad written by `tfx infer`")
+    try:
+        with h5py.File(path, "r") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if f"obsm/{EMBEDDINGS_KEY}" not in f:
+                raise InputError(f"{path}: no obsm['{EMBEDDINGS_KEY}']; make it with "
+                                 "`tfx infer --emb-type cell --outputs embeddings`")
+            emb = np.asarray(read_elem(f[f"obsm/{EMBEDDINGS_KEY}"]), dtype=np.float32)
+            obs = read_elem(f["obs"])
+    except OSError as err:
+        raise InputError(f"{path}: not a readable h5ad file ({err})") from err
+    if emb.ndim != 2 or len(emb) != len(obs):
+        raise InputError(f"{path}: obsm['{EMBEDDINGS_KEY}'] has shape {emb.shape} for {len(obs)} cells; "
+                         "rewrite it with `tfx infer`")
+    if not np.isfinite(emb).all():
+        raise InputError(f"{path}: obsm['{EMBEDDINGS_KEY}'] holds NaN or infinite values; "
+                         "rerun `tfx infer` (check --precision) or drop those cells")
+    for col in columns:
+        if col not in obs.columns:
+            known = ", ".join(map(str, obs.columns[:12])) or "none"
+            raise InputError(f"{path}: obs has no column '{col}' (columns: {known}); "
+                             "pass --label/--batch with one of those")
+    return emb, obs
+
+
+def _read_counts(path: Path, embeddings_path: Path, cells: pd.Index) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Counts reordered to the embeddings' cells, and their gene ids."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file; pass the h5ad of counts given to `tfx infer`")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adata = anndata.read_h5ad(path)
+    except Exception as err:  # h5py/anndata raise many types for a bad file
+        raise InputError(f"{path}: not a readable h5ad file ({type(err).__name__}: {err})") from err
+    X, var = (adata.raw.X, adata.raw.var) if adata.raw is not None else (adata.X, adata.var)
+    if X is None:
+        raise InputError(f"{path}: the file has no expression matrix X; pass the h5ad of raw counts")
+    if not cells.is_unique or not adata.obs_names.is_unique or set(cells) != set(adata.obs_names):
+        missing = next(iter(set(cells) - set(adata.obs_names)), None)
+        raise InputError(
+            f"{path}: its {adata.n_obs} cells do not match the {len(cells)} cells of {embeddings_path}"
+            + (f" (e.g. '{missing}' is missing)" if missing is not None else "")
+            + "; pass the same h5ad that `tfx infer` read, with unique cell names"
+        )
+    genes = var["ensembl_id"] if "ensembl_id" in var.columns else var.index
+    rows = adata.obs_names.get_indexer(cells)
+    return sp.csr_matrix(X)[rows], np.asarray(genes, dtype=str)
+
+
+def _stack_counts(parts: list[tuple[sp.csr_matrix, np.ndarray]]) -> sp.csr_matrix:
+    """Stack per-file counts over the union of their genes (species share no gene ids)."""
+    union = pd.Index(pd.unique(np.concatenate([genes for _, genes in parts])))
+    blocks = []
+    for X, genes in parts:
+        coo = X.tocoo()
+        cols = union.get_indexer(genes)[coo.col]
+        blocks.append(sp.csr_matrix((coo.data, (coo.row, cols)), shape=(X.shape[0], len(union))))
+    return sp.vstack(blocks).tocsr()
+
+
+def pca_of_log_counts(counts: sp.csr_matrix, n_components: int = 50, n_genes: int = 2000,
+                      seed: int = 0) -> np.ndarray:
+    """The standard baseline: log1p of counts per 10k, the most variable genes, PCA."""
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    scaled = sp.diags(1e4 / np.maximum(totals, 1)) @ counts
+    logged = scaled.log1p().tocsc()
+    mean = np.asarray(logged.mean(axis=0)).ravel()
+    variance = np.asarray(logged.multiply(logged).mean(axis=0)).ravel() - mean**2
+    top = np.sort(np.argsort(-variance, kind="stable")[:n_genes])
+    dense = logged[:, top].toarray()
+    n_components = min(n_components, dense.shape[0] - 1, dense.shape[1])
+    return PCA(n_components, random_state=seed).fit_transform(dense).astype(np.float32)

@@ -1,0 +1,143 @@
+"""`tfx eval`: score cell embeddings beside a PCA-of-log-counts baseline on the same cells, and
+write ``report.json``, ``summary.md`` and UMAP PNGs (each written whole, then renamed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from tfx.atomic import atomic_path
+from tfx.data.anndata import InputError
+from tfx.eval import mixing, plots, probes
+from tfx.eval.inputs import load_cells, pca_of_log_counts
+
+PathOrPaths = str | os.PathLike | list[str | os.PathLike]
+
+
+def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.PathLike,
+             batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 0) -> dict:
+    """Score obsm["embeddings"] of one or more `tfx infer` outputs (stacked in order; counts files,
+    if given, pair with them one to one) and write the report under ``output_dir``."""
+    emb_paths = _as_list(embeddings_path)
+    counts_paths = _as_list(counts_path) if counts_path is not None else None
+    cells = load_cells(emb_paths, [label] + ([batch] if batch else []), counts_paths)
+
+    labelled = cells.obs[label].notna().to_numpy()
+    labels = cells.obs[label].astype(str).to_numpy()
+    keep, dropped = probes.large_classes(labels[labelled])
+    keep = np.flatnonzero(labelled)[keep]
+    labels = labels[keep]
+    if len(np.unique(labels)) < 2:
+        sizes = cells.obs[label].value_counts().head(5).to_dict()
+        raise InputError(
+            f"{emb_paths[0]}: fewer than 2 classes of '{label}' have at least {probes.MIN_CLASS_CELLS} cells "
+            f"(largest: {sizes}); evaluate more cells or pass another --label"
+        )
+    batches = cells.obs[batch].astype(str).to_numpy()[keep] if batch else None
+
+    representations = {"embeddings": cells.embeddings[keep]}
+    if cells.counts is not None:
+        representations["pca_log_counts"] = pca_of_log_counts(cells.counts[keep], seed=seed)
+    scores = {name: _score(features, labels, batches, seed) for name, features in representations.items()}
+
+    output_dir = Path(output_dir)
+    layouts = {name: plots.layout_2d(features, seed) for name, features in representations.items()}
+    plot_files = []
+    for column, colours in [(label, labels)] + ([(batch, batches)] if batch else []):
+        path = output_dir / f"umap_{re.sub(r'[^A-Za-z0-9_.-]+', '_', column)}.png"
+        plots.scatter_png(path, layouts, colours, f"coloured by {column}")
+        plot_files.append(path.name)
+
+    report = {
+        "inputs": {"embeddings": [str(p) for p in emb_paths], "counts": [str(p) for p in counts_paths or []],
+                   "label": label, "batch": batch, "seed": seed},
+        "cells": {"total": len(cells.obs), "scored": len(keep), "classes": sorted(np.unique(labels).tolist()),
+                  "dropped_classes": dropped, "unlabelled": int((~labelled).sum()),
+                  "batches": sorted(np.unique(batches).tolist()) if batch else None},
+        "method": {"folds": probes.N_FOLDS, "min_class_cells": probes.MIN_CLASS_CELLS,
+                   "classifiers": "StandardScaler + KNeighborsClassifier(k=5) | LogisticRegression",
+                   "baseline": "PCA (50) of log1p counts per 10k over the 2000 most variable genes"},
+        "representations": scores,
+        "headline": _headline(scores),
+        "plots": plot_files,
+    }
+    with atomic_path(output_dir / "summary.md") as tmp:
+        tmp.write_text(_markdown(report))
+    with atomic_path(output_dir / "report.json") as tmp:  # last: its presence means the report is complete
+        tmp.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _as_list(paths: PathOrPaths) -> list:
+    return list(paths) if isinstance(paths, (list, tuple)) else [paths]
+
+
+def _score(features: np.ndarray, labels: np.ndarray, batches: np.ndarray | None, seed: int) -> dict:
+    result = {"dim": int(features.shape[1]), "probes": probes.label_prediction(features, labels, seed),
+              "silhouette_label": mixing.silhouette(features, labels, seed)}
+    if batches is not None and len(np.unique(batches)) > 1:
+        result["silhouette_batch"] = mixing.silhouette(features, batches, seed)
+        result["batch_entropy"] = mixing.neighbourhood_entropy(features, batches)
+        result["label_transfer"] = probes.label_transfer(features, labels, batches)
+    return result
+
+
+def _headline(scores: dict) -> dict:
+    headline = {}
+    for name, prefix in [("embeddings", ""), ("pca_log_counts", "pca_")]:
+        s = scores.get(name)
+        headline[f"{prefix}knn_macro_f1"] = s["probes"]["knn"]["macro_f1"] if s else None
+        headline[f"{prefix}logistic_macro_f1"] = s["probes"]["logistic"]["macro_f1"] if s else None
+        if s and "label_transfer" in s:
+            headline[f"{prefix}transfer_knn_macro_f1"] = s["label_transfer"]["knn_macro_f1"]
+            headline[f"{prefix}batch_entropy"] = s["batch_entropy"]["mean"]
+    return headline
+
+
+def _markdown(report: dict) -> str:
+    inputs, cells = report["inputs"], report["cells"]
+    label, batch = inputs["label"], inputs["batch"]
+    dropped = ", ".join(f"{k} ({v})" for k, v in cells["dropped_classes"].items()) or "none"
+    lines = [
+        f"# tfx eval: {label}",
+        "",
+        f"{cells['scored']} of {cells['total']} cells scored, {len(cells['classes'])} classes of `{label}`"
+        + (f", {len(cells['batches'])} values of `{batch}`" if batch else "")
+        + f". Classes under {report['method']['min_class_cells']} cells dropped: {dropped}.",
+        "",
+    ]
+    header = ["representation", "kNN macro-F1", "kNN accuracy", "logistic macro-F1", "logistic accuracy",
+              f"silhouette ({label})"]
+    multi = any("label_transfer" in s for s in report["representations"].values())
+    if multi:
+        header += [f"silhouette ({batch})", f"{batch} entropy", "transfer kNN macro-F1", "transfer logistic macro-F1"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    names = {"embeddings": "embeddings", "pca_log_counts": "PCA of log counts (baseline)"}
+    for name, s in report["representations"].items():
+        knn, logistic = s["probes"]["knn"], s["probes"]["logistic"]
+        row = [f"{names[name]}, dim {s['dim']}", _fmt(knn["macro_f1"]), _fmt(knn["accuracy"]),
+               _fmt(logistic["macro_f1"]), _fmt(logistic["accuracy"]), _fmt(s["silhouette_label"])]
+        if multi:
+            entropy = s["batch_entropy"]
+            row += [_fmt(s["silhouette_batch"]), f"{_fmt(entropy['mean'])} (mixed: {_fmt(entropy['mixed'])})",
+                    _fmt(s["label_transfer"]["knn_macro_f1"]), _fmt(s["label_transfer"]["logistic_macro_f1"])]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        f"{report['method']['folds']}-fold stratified CV on standardised features "
+        f"({report['method']['classifiers']}), as in cz-benchmarks; baseline: {report['method']['baseline']}.",
+    ]
+    if multi:
+        lines.append(f"Mixing: a good cross-{batch} embedding has a high {label} silhouette, a {batch} silhouette "
+                     f"near 0 or below, a {batch} entropy near its mixed value, and a high transfer F1 "
+                     f"(train on one {batch}, predict another).")
+    lines += ["", "Plots: " + ", ".join(report["plots"]), ""]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

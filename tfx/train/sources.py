@@ -1,0 +1,82 @@
+"""Training and validation data for a recipe's `data` section, and the fine-tuning task."""
+
+from __future__ import annotations
+
+import numpy as np
+from omegaconf import DictConfig
+
+from tfx.checkpoint import Checkpoint
+from tfx.data.anndata import CellReader, InputError
+from tfx.infer import aux_token_ids
+from tfx.registry import TASKS
+from tfx.tokenize import Tokenizer
+from tfx.train.data import CellBatches
+
+
+def _tokenizer(cfg: DictConfig, ckpt: Checkpoint) -> Tokenizer:
+    return Tokenizer(ckpt.model_cfg.seq_len, order=cfg.data.order, clip_counts=cfg.data.clip_counts,
+                     normalize_to_scale=cfg.data.get("normalize_to_scale", 0))
+
+
+def _read_h5ad(files, ckpt: Checkpoint, gene_col: str, label_key: str | None):
+    cells, aux, labels = [], [], []
+    for path in files:
+        reader = CellReader(path, ckpt.vocab.lookup, gene_col=gene_col)
+        if label_key and label_key not in reader.obs.columns:
+            raise InputError(f"{path}: obs has no column '{label_key}'; set task.label_key to an obs column")
+        for start, chunk in reader.iter_chunks():
+            obs = reader.obs.iloc[start : start + len(chunk)]
+            keep = [i for i, (ids, _) in enumerate(chunk) if len(ids)]  # a cell without genes teaches nothing
+            cells += [chunk[i] for i in keep]
+            a = aux_token_ids(ckpt, obs, str(path))
+            if a is not None:
+                aux.append(a[keep])
+            if label_key:
+                labels += list(obs[label_key].to_numpy()[keep])
+        reader.close()
+    return cells, (np.concatenate(aux) if aux else None), (np.array(labels) if label_key else None)
+
+
+def build_sources(cfg: DictConfig, ckpt: Checkpoint):
+    """(train source, validation source or None, task module or None)."""
+    from tfx.train.run import RecipeError, _rank
+
+    rank, world = _rank()
+    finetune = cfg.objective == "finetune"
+    label_key = cfg.task.label_key if finetune else None
+    if cfg.data.source == "shards":
+        from tfx.train.shard_sources import build_shard_sources
+
+        return build_shard_sources(cfg, ckpt, _tokenizer(cfg, ckpt), rank, world, label_key)
+    if cfg.data.source != "h5ad":
+        raise RecipeError(f"data.source '{cfg.data.source}' is not one of shards, h5ad")
+    gene_col = cfg.data.get("gene_col", "ensembl_id")
+    cells, aux, labels = _read_h5ad(cfg.data.files, ckpt, gene_col, label_key)
+    val = _read_h5ad(cfg.data.val_files, ckpt, gene_col, label_key) if cfg.data.get("val_files") else None
+
+    task = None
+    if finetune:
+        task_cls = TASKS.get(cfg.task.name)
+        classes = sorted(set(labels.astype(str))) if cfg.task.name == "classification" else None
+        task = task_cls(ckpt.model_cfg.embed_dim, classes)
+        labels = _encode(labels, classes)
+        if val is not None:
+            val = (val[0], val[1], _encode(val[2], classes))
+
+    def source(cells, aux, labels, seed):
+        return CellBatches(cells, aux, ckpt.vocab.pad, _tokenizer(cfg, ckpt), labels=labels,
+                           token_budget=int(cfg.data.token_budget), max_cells=int(cfg.data.max_cells), seed=seed,
+                           rank=rank, world_size=world)
+
+    train = source(cells, aux, labels, int(cfg.seed))
+    return train, (source(*val, int(cfg.seed) + 1) if val else None), task
+
+
+def _encode(labels, classes):
+    if labels is None or classes is None:
+        return None if labels is None else labels.astype(np.float32)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(labels.astype(str)) - set(index))
+    if unknown:
+        raise InputError(f"validation labels not seen in training: {unknown[:5]}")
+    return np.array([index[c] for c in labels.astype(str)], dtype=np.int64)
