@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
-import sys
-import time
+import multiprocessing as mp
+import os
+import signal
 from pathlib import Path
 
 import anndata
@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 import webdataset as wds
 
-from conftest import MOUSE, ROOT, write_h5ad
+from conftest import MOUSE, write_h5ad
 from tfx.data.anndata import InputError
+from tfx.data import shards
 from tfx.data.shards import HEADER_KEY, ShardError, decode_expr, encode_expr, read_shard, write_shards
 
 
@@ -85,6 +86,7 @@ def test_real_cells_read_back_exactly(mouse_path, tmp_path):
     assert samples[1]["expr.npy"]["count"].sum() == expected[0][1].sum() and samples[1]["json"]["id"] == expected[0][3]
 
 
+@pytest.mark.filterwarnings("ignore:Observation names are not unique")
 def test_odd_files_round_trip_with_safe_keys(tmp_path):
     rng = np.random.default_rng(0)
     names = ["a.b/c d", "x" * 200, "ünï cödé", "a.b/c d", "plain", "empty", "frac", "huge"]
@@ -96,7 +98,7 @@ def test_odd_files_round_trip_with_safe_keys(tmp_path):
                         "batch": np.arange(8)}, index=names)
     a = write_h5ad(tmp_path / "a.h5ad", [f"ENSG{i:05d}.{i % 3}" for i in range(30)], counts, obs)
     b = write_h5ad(tmp_path / "b.h5ad", [f"ENSG{i:05d}" for i in range(100, 140)],
-                   rng.integers(0, 3, size=(5, 40)))
+                   rng.integers(0, 3, size=(5, 40)), pd.DataFrame({"batch": ["x"] * 5}, index=list("vwxyz")))
     out = tmp_path / "shards"
     write_shards([a, b], "homo_sapiens", out, cells_per_shard=3, obs_keys=["batch"], processes=1)
 
@@ -111,12 +113,12 @@ def test_odd_files_round_trip_with_safe_keys(tmp_path):
         assert meta["id"] == name
     assert len(cells[5][0]) == 0 and cells[7][1].max() == 70000
     assert cells[2][2]["obs"] == {"cell_type": None, "batch": 2}
-    assert cells[8][2]["obs"] == {} and cells[8][2]["dataset"] == "b"  # b has none of the obs columns
+    assert cells[8][2]["obs"] == {"batch": "x"} and cells[8][2]["dataset"] == "b"  # no default column in b
 
     members = [m for s in manifest["shards"] for m in wds.tariterators.tar_file_iterator(open(out / s["name"], "rb"))]
     keys = [m["fname"].split(".")[0] for m in members if m["fname"].endswith(".json")]
     assert all(re.fullmatch(r"(__shard__|r\d{9}_[A-Za-z0-9_-]{0,64})", k) for k in keys)
-    assert len(set(keys) - {HEADER_KEY}) == 13 - 2  # unique within each file: two files share row numbers
+    assert len(keys) == 13 + 5 and len(set(keys) - {HEADER_KEY}) == 13  # duplicate cell names, unique keys
     assert max(len(m["fname"]) for m in members) < 100  # fits a ustar name
 
     big = np.arange(0, 140000, 2)  # a gene table beyond 16 bits
@@ -124,39 +126,54 @@ def test_odd_files_round_trip_with_safe_keys(tmp_path):
     assert genes.dtype == np.uint32 and (genes == big).all() and (counts == 3).all()
 
 
-def test_parallel_deterministic_and_resumable(mouse_path, tmp_path):
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    write_shards([mouse_path], "mus_musculus", full, cells_per_shard=100, processes=2)
-    write_shards([mouse_path], "mus_musculus", resumed, cells_per_shard=100, processes=1)
-    reference = digests(full)
-    assert len(reference) == 11 and digests(resumed) == reference  # as many processes as you like, same bytes
+@pytest.fixture(scope="module")
+def reference(mouse_path, tmp_path_factory) -> dict[str, str]:
+    """Digests of an uninterrupted parallel run: 10 shards of 100 real cells."""
+    out = tmp_path_factory.mktemp("reference")
+    write_shards([mouse_path], "mus_musculus", out, cells_per_shard=100, processes=2)
+    return digests(out)
+
+
+def test_parallel_deterministic_and_resumable(mouse_path, reference, tmp_path):
+    write_shards([mouse_path], "mus_musculus", tmp_path, cells_per_shard=100, processes=1)
+    assert len(reference) == 11 and digests(tmp_path) == reference  # as many processes as you like, same bytes
 
     # The states a kill can leave: a shard missing, a shard renamed but not recorded, a temporary.
-    (resumed / "shard-000003.tar").unlink()
-    (resumed / ".progress" / "shard-000003.tar.json").unlink()
-    (resumed / ".progress" / "shard-000005.tar.json").unlink()
-    (resumed / "shard-000007.tar").rename(resumed / ".shard-000007.tar.tmp-99999")
-    (resumed / ".progress" / "shard-000007.tar.json").unlink()
-    (resumed / "manifest.json").unlink()
-    summary = write_shards([mouse_path], "mus_musculus", resumed, cells_per_shard=100, processes=2)
-    assert summary["written"] == 3 and digests(resumed) == reference
-    assert not list(resumed.glob(".*tmp*"))
+    (tmp_path / "shard-000003.tar").unlink()
+    (tmp_path / ".progress" / "shard-000003.tar.json").unlink()
+    (tmp_path / ".progress" / "shard-000005.tar.json").unlink()
+    (tmp_path / "shard-000007.tar").rename(tmp_path / ".shard-000007.tar.tmp-99999")
+    (tmp_path / ".progress" / "shard-000007.tar.json").unlink()
+    (tmp_path / "manifest.json").unlink()
+    summary = write_shards([mouse_path], "mus_musculus", tmp_path, cells_per_shard=100, processes=2)
+    assert summary["written"] == 3 and digests(tmp_path) == reference
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_killed_run_completes_identically(mouse_path, tmp_path):
-    out, reference = tmp_path / "killed", tmp_path / "reference"
-    code = (f"from tfx.data.shards import write_shards; "
-            f"write_shards([{str(mouse_path)!r}], 'mus_musculus', {str(out)!r}, cells_per_shard=25, processes=1)")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
-    try:  # SIGKILL once a few shards are done: no clean-up code runs
-        while proc.poll() is None and len(list((out / ".progress").glob("shard-*"))) < 3:
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.wait()
-    write_shards([mouse_path], "mus_musculus", reference, cells_per_shard=25, processes=2)
-    summary = write_shards([mouse_path], "mus_musculus", out, cells_per_shard=25, processes=2)
-    assert summary["shards"] == 40 and digests(out) == digests(reference)
+def _write_then_die(mouse_path, out, at_cell):
+    """In a forked child: write shards and SIGKILL itself while encoding cell ``at_cell``."""
+    encode, calls = shards.encode_expr, []
+
+    def encode_or_die(*args):
+        calls.append(1)
+        if len(calls) == at_cell:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return encode(*args)
+
+    shards.encode_expr = encode_or_die
+    write_shards([mouse_path], "mus_musculus", out, cells_per_shard=100, processes=1)
+
+
+def test_killed_run_completes_identically(mouse_path, reference, tmp_path):
+    child = mp.get_context("fork").Process(target=_write_then_die, args=(mouse_path, tmp_path, 451))
+    child.start()
+    child.join()
+    assert child.exitcode == -signal.SIGKILL
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == [f"shard-00000{i}.tar" for i in range(4)]
+    assert len(list(tmp_path.glob(".shard-000004.tar.tmp-*"))) == 1  # half-written, under its temporary name
+    summary = write_shards([mouse_path], "mus_musculus", tmp_path, cells_per_shard=100, processes=2)
+    assert summary["written"] == 6 and digests(tmp_path) == reference
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
 def test_unknown_species_lists_the_known_ones(tmp_path):
@@ -173,14 +190,15 @@ def test_unknown_species_lists_the_known_ones(tmp_path):
     [
         (lambda p: p.write_text("not hdf5"), {}, "not a readable h5ad"),
         (lambda p: write_h5ad(p, ["ENSG1", "ENSG1.2"], [[1, 2]]), {}, "duplicate genes"),
-        (lambda p: write_h5ad(p, ["ENSG1", "ENSG2"], [[1, 2]]), {"gene_col": "gene_ids"}, "no gene column 'gene_ids'"),
+        (lambda p: anndata.AnnData(np.ones((1, 2)), var=pd.DataFrame({"symbol": ["A", "B"]}, index=["a", "b"])
+                   ).write_h5ad(p), {}, "no gene column 'ensembl_id'"),
         (lambda p: write_h5ad(p, ["ENSG1", "ENSG2"], [[1, 2]]), {"obs_keys": ["donor"]}, "no column donor"),
         (lambda p: None, {}, "no such file"),
     ],
     ids=["not-h5ad", "duplicates", "gene-col", "obs-key", "missing"],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, make, options, message):
-    good = write_h5ad(tmp_path / "good.h5ad", ["ENSG1", "ENSG2"], [[1, 2]])
+    good = write_h5ad(tmp_path / "good.h5ad", ["ENSG1", "ENSG2"], [[1, 2]], pd.DataFrame({"donor": ["d"]}, index=["c"]))
     bad = tmp_path / "bad.h5ad"
     make(bad)
     with pytest.raises(InputError) as err:

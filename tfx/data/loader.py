@@ -73,8 +73,11 @@ def resolve_urls(spec: str | list[str]) -> list[str]:
         if os.path.exists(os.path.join(spec, MANIFEST)):
             return resolve_urls(os.path.join(spec, MANIFEST))
         return sorted(glob.glob(os.path.join(spec, "*.tar")))
-    if "://" not in spec and not spec.startswith("pipe:") and glob.has_magic(spec):
-        return sorted(glob.glob(spec))
+    if "://" not in spec and not spec.startswith("pipe:"):
+        if glob.has_magic(spec):
+            return sorted(glob.glob(spec))
+        if "{" not in spec and not os.path.exists(spec):
+            raise InputError(f"{spec}: no such shard, directory or manifest; check the source's urls")
     return wds.shardlists.expand_urls(spec)
 
 

@@ -18,6 +18,7 @@ re-run after a kill writes only the missing ones, byte-identical to an uninterru
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -124,13 +125,19 @@ def read_shard(url: str) -> Iterator:
         if read != header["cells"]:
             raise ShardError(f"{url}: truncated or damaged, {read} of the {header['cells']} cells its header announces")
         stream.close()  # a pipe: URL reports its command's failure here
-    except ShardError:
+    except GeneratorExit:  # the reader stopped early; a pipe's command may die of SIGPIPE
+        with contextlib.suppress(Exception):
+            stream.close()
         raise
     except Exception as err:
-        raise ShardError(f"{url}: corrupt ({type(err).__name__}: {err})") from err
-    finally:
-        if not getattr(stream, "closed", False):
-            stream.close()
+        failure = err
+        try:
+            stream.close()  # a failed pipe: command explains more than what it left unread
+        except Exception as close_err:
+            failure = close_err
+        if isinstance(failure, ShardError):
+            raise
+        raise ShardError(f"{url}: unreadable or corrupt ({type(failure).__name__}: {failure})") from failure
 
 
 def _dumps(obj) -> bytes:
@@ -170,6 +177,25 @@ class _Task:
 def _reader(path, opts: _Options) -> CellReader:
     return CellReader(path, None, gene_col=opts.gene_col, use_raw=opts.use_raw,
                       remove_duplicate_genes=opts.remove_duplicate_genes)
+
+
+_open_reader: tuple[tuple, CellReader] | None = None  # per process: shards in a row mostly share a file
+
+
+def _shared_reader(path: str, opts: _Options) -> CellReader:
+    """Opening a file reads its whole obs and var, so a writer keeps its last file open."""
+    global _open_reader
+    if _open_reader is None or _open_reader[0] != (path, opts):
+        _close_shared_reader()
+        _open_reader = ((path, opts), _reader(path, opts))
+    return _open_reader[1]
+
+
+def _close_shared_reader() -> None:
+    global _open_reader
+    if _open_reader is not None:
+        _open_reader[1].close()
+        _open_reader = None
 
 
 def _check_species(species: str) -> None:
@@ -212,33 +238,30 @@ def _plan(inputs, opts: _Options, cells_per_shard: int) -> tuple[dict, list[_Tas
 def _write_shard(opts: _Options, task: _Task) -> dict:
     """Write one shard atomically; return its manifest record (also saved under .progress/)."""
     out = Path(opts.output)
-    reader = _reader(task.path, opts)
-    try:
-        names = reader.obs.index
-        keys = [k for k in dict.fromkeys((*DEFAULT_OBS_KEYS, *opts.obs_keys)) if k in reader.obs.columns]
-        table = [str(g) for g in reader.genes]
-        expressed = np.zeros(len(table), dtype=bool)
-        nonzero = 0
-        header = {"format": FORMAT, "version": VERSION, "species": opts.species, "source": task.source,
-                  "dataset": task.dataset, "rows": [task.start, task.stop], "cells": task.stop - task.start,
-                  "genes": table}
-        chunk = max(16, min(4096, CHUNK_VALUES // len(table)))
-        with atomic_path(out / task.name) as tmp:
-            with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:  # fixed mtime: identical re-runs
-                tar.write({"__key__": HEADER_KEY, "json": _dumps(header)})
-                for first, cells in reader.iter_chunks(chunk, task.start, task.stop):
-                    obs = reader.obs.iloc[first : first + len(cells)]
-                    values = [[_json_value(v) for v in obs[k].tolist()] for k in keys]
-                    for i, (genes, counts) in enumerate(cells):
-                        row = first + i
-                        meta = {"id": str(names[row]), "species": opts.species, "dataset": task.dataset,
-                                "obs": {k: col[i] for k, col in zip(keys, values)}}
-                        tar.write({"__key__": cell_key(row, names[row]), "json": _dumps(meta),
-                                   "expr.npy": encode_expr(genes, counts, len(table))})
-                        expressed[genes] = True
-                        nonzero += len(genes)
-    finally:
-        reader.close()
+    reader = _shared_reader(task.path, opts)
+    names = reader.obs.index
+    keys = [k for k in dict.fromkeys((*DEFAULT_OBS_KEYS, *opts.obs_keys)) if k in reader.obs.columns]
+    table = [str(g) for g in reader.genes]
+    expressed = np.zeros(len(table), dtype=bool)
+    nonzero = 0
+    header = {"format": FORMAT, "version": VERSION, "species": opts.species, "source": task.source,
+              "dataset": task.dataset, "rows": [task.start, task.stop], "cells": task.stop - task.start,
+              "genes": table}
+    chunk = max(16, min(4096, CHUNK_VALUES // len(table)))
+    with atomic_path(out / task.name) as tmp:
+        with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:  # fixed mtime: identical re-runs
+            tar.write({"__key__": HEADER_KEY, "json": _dumps(header)})
+            for first, cells in reader.iter_chunks(chunk, task.start, task.stop):
+                obs = reader.obs.iloc[first : first + len(cells)]
+                values = [[_json_value(v) for v in obs[k].tolist()] for k in keys]
+                for i, (genes, counts) in enumerate(cells):
+                    row = first + i
+                    meta = {"id": str(names[row]), "species": opts.species, "dataset": task.dataset,
+                            "obs": {k: col[i] for k, col in zip(keys, values)}}
+                    tar.write({"__key__": cell_key(row, names[row]), "json": _dumps(meta),
+                               "expr.npy": encode_expr(genes, counts, len(table))})
+                    expressed[genes] = True
+                    nonzero += len(genes)
     record = {"name": task.name, "source": task.source, "dataset": task.dataset, "rows": [task.start, task.stop],
               "cells": task.stop - task.start, "genes": int(expressed.sum()), "gene_table": len(table),
               "nonzero": nonzero, "bytes": (out / task.name).stat().st_size}
@@ -309,6 +332,7 @@ def write_shards(inputs, species: str, output_dir: str | os.PathLike, *, cells_p
                     bar.update()
     finally:
         bar.close()
+        _close_shared_reader()
         _remove_stale_temporaries(out)  # a failed worker's pool is terminated before it can clean up
 
     manifest = {**plan, "cells": sum(r["cells"] for r in records.values()),

@@ -123,6 +123,7 @@ def pca_of_log_counts(counts: sp.csr_matrix, n_components: int = 50, n_genes: in
     mean = np.asarray(logged.mean(axis=0)).ravel()
     variance = np.asarray(logged.multiply(logged).mean(axis=0)).ravel() - mean**2
     top = np.sort(np.argsort(-variance, kind="stable")[:n_genes])
-    dense = logged[:, top].toarray()
+    dense = logged[:, top].toarray().astype(np.float32)
     n_components = min(n_components, dense.shape[0] - 1, dense.shape[1])
-    return PCA(n_components, random_state=seed).fit_transform(dense).astype(np.float32)
+    pca = PCA(n_components, svd_solver="randomized", random_state=seed)  # seeded: the same figures every run
+    return pca.fit_transform(dense).astype(np.float32)

@@ -19,7 +19,7 @@ class OptimConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 100
-    total_steps: int = 1000
+    total_steps: int = 0  # 0: the run's max_steps
     min_lr_ratio: float = 0.1
 
 
@@ -62,7 +62,7 @@ class PretrainModule(L.LightningModule):
         self._log_losses("train", losses, batch)
         return losses["loss"]
 
-    def validation_step(self, batch: TokenBatch, batch_idx: int):
+    def validation_step(self, batch: TokenBatch, batch_idx: int, dataloader_idx: int = 0):
         losses = self.model.losses(self.model(batch), batch)
         self._log_losses("val", losses, batch)
 
@@ -149,7 +149,7 @@ class TaskModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         return self._step("train", batch)
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         self._step("val", batch)
 
     def configure_optimizers(self):

@@ -116,8 +116,11 @@ def train(cfg: DictConfig) -> Path:
     ckpt.model.transformer_encoder.checkpointing = bool(tcfg.get("activation_checkpointing", False))
     strategy = build_strategy(cfg.strategy.name, tcfg.accelerator)
 
-    train_data, val_data, task = build_sources(cfg, ckpt)
-    optim = OptimConfig(**{**OmegaConf.to_container(cfg.optim), "total_steps": int(tcfg.max_steps)})
+    train_data, val_sets, task = build_sources(cfg, ckpt)
+    val_data = list(val_sets.values()) or None
+    optim = OptimConfig(**{k: v for k, v in OmegaConf.to_container(cfg.optim).items() if v is not None})
+    optim.total_steps = optim.total_steps or int(tcfg.max_steps)
+    freeze(ckpt.model, list(cfg.get("freeze") or []))
     if cfg.objective == "finetune":
         from tfx.train.module import TaskModule, freeze_backbone
 
@@ -143,26 +146,68 @@ def train(cfg: DictConfig) -> Path:
         accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=int(tcfg.num_nodes), strategy=strategy,
         precision=str(tcfg.precision), max_steps=int(tcfg.max_steps), gradient_clip_val=tcfg.gradient_clip_val,
         accumulate_grad_batches=int(tcfg.accumulate_grad_batches), log_every_n_steps=int(tcfg.log_every_n_steps),
-        val_check_interval=int(tcfg.val_check_interval) if val_data is not None else None,
-        limit_val_batches=int(tcfg.limit_val_batches) if val_data is not None else 0,
+        val_check_interval=int(tcfg.val_check_interval) if val_data else None,
+        limit_val_batches=int(tcfg.limit_val_batches) if val_data else 0,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, logger=loggers,
         callbacks=[checkpoints, Throughput(tcfg.get("peak_tflops")), DataPosition(train_data)],
         default_root_dir=str(out), use_distributed_sampler=False, enable_model_summary=False,
     )
     resume = _resume_path(cfg, out)
-    trainer.fit(module, train_dataloaders=_loader(train_data), val_dataloaders=_loader(val_data), ckpt_path=resume)
+    report = cfg.get("init") and val_sets and cfg.objective == "pretrain" and not resume and _rank()[0] == 0
+    before = held_out(ckpt.model, val_sets) if report else None
+    trainer.fit(module, train_dataloaders=_loader(train_data),
+                val_dataloaders=[_loader(v) for v in val_data] if val_data else None, ckpt_path=resume)
     final = out / "checkpoints" / "final.ckpt"
     trainer.save_checkpoint(str(final))  # collective under DeepSpeed: every rank writes its shard
     if trainer.is_global_zero:
         export_run(out, out / "export", final)
         log.info("exported the inference checkpoint to %s", out / "export")
+        if before is not None:
+            after = held_out(load_checkpoint(out / "export").model, val_sets)
+            _write_report(out / "continuation_report.json", before, after)
     trainer.strategy.barrier()
     return out / "export"
 
 
+def freeze(model, prefixes: list[str]) -> None:
+    """Keep parameters whose names start with one of ``prefixes`` fixed (continuation)."""
+    for name, p in model.named_parameters():
+        if any(name.startswith(prefix) for prefix in prefixes):
+            p.requires_grad = False
+
+
+def held_out(model, val_sets: dict, max_batches: int = 8) -> dict[str, dict[str, float]]:
+    """Mean held-out losses per validation set (species): count NLL and next-gene cross-entropy."""
+    import torch
+
+    model = model.eval()
+    device = next(model.parameters()).device
+    result = {}
+    with torch.no_grad():
+        for name, source in val_sets.items():
+            sums, n = {}, 0
+            for i, batch in zip(range(max_batches), source):
+                batch = batch.to(device)
+                losses = model.losses(model(batch), batch)
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n += 1
+            result[name] = {k: v / max(n, 1) for k, v in sums.items()}
+    model.train()
+    return result
+
+
+def _write_report(path: Path, before: dict, after: dict) -> None:
+    import json
+
+    report = {name: {"before": before[name], "after": after[name]} for name in before}
+    path.write_text(json.dumps(report, indent=2))
+    for name, r in report.items():
+        log.info("held-out %s: count NLL %.4f -> %.4f, gene CE %.4f -> %.4f", name, r["before"]["count"],
+                 r["after"]["count"], r["before"].get("gene_id", float("nan")), r["after"].get("gene_id", float("nan")))
+
+
 def _loader(source):
-    if source is None:
-        return None
     from torch.utils.data import DataLoader
 
     return DataLoader(source, batch_size=None, num_workers=0)

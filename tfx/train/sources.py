@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from omegaconf import DictConfig
 
@@ -38,7 +40,7 @@ def _read_h5ad(files, ckpt: Checkpoint, gene_col: str, label_key: str | None):
 
 
 def build_sources(cfg: DictConfig, ckpt: Checkpoint):
-    """(train source, validation source or None, task module or None)."""
+    """(train source, {name: validation source}, task module or None)."""
     from tfx.train.run import RecipeError, _rank
 
     rank, world = _rank()
@@ -52,7 +54,7 @@ def build_sources(cfg: DictConfig, ckpt: Checkpoint):
         raise RecipeError(f"data.source '{cfg.data.source}' is not one of shards, h5ad")
     gene_col = cfg.data.get("gene_col", "ensembl_id")
     cells, aux, labels = _read_h5ad(cfg.data.files, ckpt, gene_col, label_key)
-    val = _read_h5ad(cfg.data.val_files, ckpt, gene_col, label_key) if cfg.data.get("val_files") else None
+    vals = {Path(f).stem: _read_h5ad([f], ckpt, gene_col, label_key) for f in cfg.data.get("val_files") or []}
 
     task = None
     if finetune:
@@ -60,8 +62,7 @@ def build_sources(cfg: DictConfig, ckpt: Checkpoint):
         classes = sorted(set(labels.astype(str))) if cfg.task.name == "classification" else None
         task = task_cls(ckpt.model_cfg.embed_dim, classes)
         labels = _encode(labels, classes)
-        if val is not None:
-            val = (val[0], val[1], _encode(val[2], classes))
+        vals = {name: (c, a, _encode(lab, classes)) for name, (c, a, lab) in vals.items()}
 
     def source(cells, aux, labels, seed):
         return CellBatches(cells, aux, ckpt.vocab.pad, _tokenizer(cfg, ckpt), labels=labels,
@@ -69,7 +70,7 @@ def build_sources(cfg: DictConfig, ckpt: Checkpoint):
                            rank=rank, world_size=world)
 
     train = source(cells, aux, labels, int(cfg.seed))
-    return train, (source(*val, int(cfg.seed) + 1) if val else None), task
+    return train, {name: source(*val, int(cfg.seed) + 1) for name, val in vals.items()}, task
 
 
 def _encode(labels, classes):

@@ -1,0 +1,134 @@
+"""`tfx eval`: probes find planted structure and nothing in shuffled labels, mixing metrics move the
+right way, and the report, summary and plots are written; bad input gets a one-line error."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import anndata
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from tfx.data.anndata import InputError
+from tfx.eval import evaluate
+from tfx.eval.mixing import neighbourhood_entropy, silhouette
+from tfx.eval.plots import layout_2d
+from tfx.eval.probes import label_prediction, label_transfer, large_classes
+from tfx.synth import synth_atlas
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """The matrices here are small: on a shared machine, BLAS threads cost far more than they give."""
+    with threadpool_limits(1):
+        yield
+
+
+def planted(species_offset: float = 0.0, classes: int = 4, per_class: int = 30, seed: int = 0):
+    """Cells of 3 species around class centres shared by the species, each species shifted by an offset."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, 16)) * 2
+    shifts = rng.normal(size=(3, 16)) * species_offset
+    labels = np.tile(np.repeat(np.arange(classes), per_class), 3)
+    species = np.repeat(np.arange(3), classes * per_class)
+    features = centres[labels] + shifts[species] + rng.normal(size=(len(labels), 16))
+    return features, np.array([f"type{i}" for i in labels]), np.array([f"sp{i}" for i in species])
+
+
+def test_probes_find_planted_labels_and_nothing_in_shuffled_ones():
+    features, labels, _ = planted()
+    found = label_prediction(features, labels)
+    shuffled = label_prediction(features, np.random.default_rng(1).permutation(labels))
+    for clf in ("knn", "logistic"):
+        assert found[clf]["macro_f1"] > 0.9 and found[clf]["accuracy"] > 0.9
+        assert shuffled[clf]["macro_f1"] < 0.4  # chance is 0.25 for 4 balanced classes
+
+
+def test_classes_under_ten_cells_are_dropped():
+    labels = np.array(["a"] * 12 + ["b"] * 9 + ["c"] * 10)
+    keep, dropped = large_classes(labels)
+    assert dropped == {"b": 9} and keep.sum() == 22 and not keep[12:21].any()
+
+
+def test_mixing_metrics_tell_mixed_from_separated_species():
+    mixed, labels, species = planted(species_offset=0.0)
+    separated, _, _ = planted(species_offset=3.0)
+    assert silhouette(separated, species) > 0.2 > 0.05 > silhouette(mixed, species)
+    assert silhouette(mixed, labels) > silhouette(separated, labels)
+    mixed_entropy, separated_entropy = neighbourhood_entropy(mixed, species), neighbourhood_entropy(separated, species)
+    assert mixed_entropy["mean"] > 0.8 > 0.3 > separated_entropy["mean"]
+    assert mixed_entropy["mixed"] == pytest.approx(1.0)  # three equal species
+    transfer_mixed, transfer_separated = label_transfer(mixed, labels, species), label_transfer(separated, labels, species)
+    assert len(transfer_mixed["pairs"]) == 6  # every ordered pair of species
+    assert transfer_mixed["knn_macro_f1"] > 0.9 and transfer_mixed["logistic_macro_f1"] > 0.9
+    assert transfer_separated["knn_macro_f1"] < transfer_mixed["knn_macro_f1"] - 0.2
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    """Two synthetic species and, per species, an embeddings file like `tfx infer` writes (cells reversed,
+    so the counts must be matched by cell name): good embeddings planted from the cell types."""
+    root = tmp_path_factory.mktemp("eval")
+    summary = synth_atlas(root / "atlas", species=2, cells=200, genes=200, seed=3)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 8)) * 2
+    counts, embeddings = [], []
+    for name, s in summary["species"].items():
+        adata = anndata.read_h5ad(s["h5ad"])[::-1]
+        planted_emb = centres[adata.obs["cell_type"].cat.codes] + rng.normal(size=(adata.n_obs, 8))
+        path = root / f"{name}_emb.h5ad"
+        anndata.AnnData(obs=adata.obs, obsm={"embeddings": planted_emb.astype(np.float32)}).write_h5ad(path)
+        counts.append(s["h5ad"])
+        embeddings.append(path)
+    return {"root": root, "counts": counts, "embeddings": embeddings}
+
+
+def test_evaluate_writes_the_report_summary_and_plots(atlas, tmp_path):
+    out = tmp_path / "report"
+    report = evaluate(atlas["embeddings"], "cell_type", batch="species", counts_path=atlas["counts"], output_dir=out)
+
+    headline = report["headline"]
+    assert headline["knn_macro_f1"] > 0.9 and headline["logistic_macro_f1"] > 0.9
+    assert 0.5 < headline["pca_knn_macro_f1"] <= 1 and 0.5 < headline["pca_logistic_macro_f1"] <= 1
+    # planted embeddings share the types across species; the baseline's species share no gene
+    assert headline["transfer_knn_macro_f1"] > 0.9 > headline["pca_transfer_knn_macro_f1"]
+    assert headline["batch_entropy"] > headline["pca_batch_entropy"]
+    assert report["cells"]["total"] == 400 and report["cells"]["batches"] == ["synth_alpha", "synth_beta"]
+
+    assert json.loads((out / "report.json").read_text()) == report
+    summary = (out / "summary.md").read_text()
+    assert "PCA of log counts" in summary and "kNN macro-F1" in summary
+    assert sorted(report["plots"]) == ["umap_cell_type.png", "umap_species.png"]
+    for name in report["plots"]:
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert sorted(p.name for p in out.iterdir()) == sorted(["report.json", "summary.md", *report["plots"]])
+
+
+def test_bad_input_gets_a_one_line_error_naming_the_file(atlas, tmp_path):
+    emb, counts = atlas["embeddings"], atlas["counts"]
+    few = atlas["root"] / "few.h5ad"
+    adata = anndata.read_h5ad(emb[0])
+    adata[adata.obs["cell_type"].isin(adata.obs["cell_type"].cat.categories[:1])].write_h5ad(few)
+    cases = [
+        (dict(embeddings_path=counts[0], label="cell_type"), counts[0], "no obsm\\['embeddings'\\]"),
+        (dict(embeddings_path=emb[0], label="tissue"), emb[0], "no column 'tissue'"),
+        (dict(embeddings_path=emb[0], label="cell_type", batch="donor"), emb[0], "no column 'donor'"),
+        (dict(embeddings_path=few, label="cell_type"), few, "fewer than 2 classes"),
+        (dict(embeddings_path=emb[0], label="cell_type", counts_path=counts[1]), counts[1], "do not match"),
+        (dict(embeddings_path=emb, label="cell_type", counts_path=counts[:1]), None, "one --counts file per"),
+    ]
+    for kwargs, named, message in cases:
+        with pytest.raises(InputError, match=message) as err:
+            evaluate(**kwargs, output_dir=tmp_path / "out")
+        assert "\n" not in str(err.value) and (named is None or str(named) in str(err.value))
+    assert not (tmp_path / "out").exists()
+
+
+def test_plots_fall_back_to_pca_when_umap_cannot_run(caplog):
+    with caplog.at_level(logging.WARNING):
+        coords, method = layout_2d(np.random.default_rng(0).normal(size=(3, 8)))
+    assert method == "PCA" and coords.shape == (3, 2) and np.isfinite(coords).all()
+    assert "UMAP failed" in caplog.text

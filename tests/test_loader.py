@@ -1,0 +1,214 @@
+"""The streaming shard loader: every cell once per epoch tokenized as inference does, species mixed
+by weight, resumption that skips consumed shards, corrupt shards named and handled by policy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import MOUSE, write_h5ad
+from tfx.data.anndata import CellReader, InputError
+from tfx.data.loader import ShardLoader
+from tfx.data.shards import ShardError, read_shard, write_shards
+from tfx.tokenize import Tokenizer
+from tfx.vocab import GeneVocab
+
+SPECIALS = ["unknown", "[PAD]", "[START]", "[END]"]  # [PAD] is 1, not 0: padding must use vocab.pad
+ASSAYS = {"unknown": 0, "a": 1, "b": 2}
+
+
+def rows(batch) -> list[tuple]:
+    """The cells of a batch without padding: (gene ids, counts, aux ids) as hashable tuples."""
+    out = []
+    for i in range(len(batch.gene_ids)):
+        valid = batch.gene_ids[i] != 1
+        aux = () if batch.aux_ids is None else tuple(batch.aux_ids[i].tolist())
+        out.append((tuple(batch.gene_ids[i][valid].tolist()), tuple(batch.counts[i][valid].tolist()), aux))
+    return out
+
+
+def make_source(root, name: str, genes: list[str], n_cells: int, cells_per_shard: int, assay: str, seed: int):
+    """Shards of distinct synthetic cells: cell i expresses gene i % len(genes) and a few others."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_cells, len(genes)), dtype=np.float32)
+    for i in range(n_cells):
+        counts[i, rng.choice(len(genes), size=4, replace=False)] = rng.integers(1, 50, size=4)
+        counts[i, i % len(genes)] = i + 1  # distinct counts: every cell is unique
+    obs = pd.DataFrame({"assay": [assay] * n_cells}, index=[f"{name}{i}" for i in range(n_cells)])
+    data = write_h5ad(root / f"{name}.h5ad", genes, counts, obs)
+    write_shards([data], "homo_sapiens", root / name, cells_per_shard=cells_per_shard, processes=1)
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    genes = [f"ENSG{i:05d}" for i in range(40)]
+    vocab = GeneVocab(SPECIALS + genes, SPECIALS)
+    return {"a": make_source(root, "a", genes, 200, 25, "a", 0), "b": make_source(root, "b", genes, 60, 15, "b", 1),
+            "vocab": vocab, "root": root}
+
+
+def shard_cells(directory, vocab, tokenizer) -> dict[str, list[tuple]]:
+    """Shard name -> its cells as the loader should deliver them (var order, no truncation)."""
+    out = {}
+    for shard in sorted(directory.glob("*.tar")):
+        it = read_shard(str(shard))
+        table = vocab.lookup(next(it)["genes"])
+        out[str(shard)] = []
+        for genes, counts, meta in it:
+            ids = table[genes]
+            ids, counts = tokenizer(ids[ids >= 0], counts[ids >= 0])
+            out[str(shard)].append((tuple(ids.tolist()), tuple(counts.tolist()), (ASSAYS[meta["obs"]["assay"]],)))
+    return out
+
+
+def test_one_epoch_is_every_cell_once_tokenized_as_inference(tmp_path):
+    if not MOUSE.exists():
+        pytest.skip(f"real data {MOUSE} is absent (it lives in ../shared/data beside the project)")
+    write_shards([MOUSE], "mus_musculus", tmp_path, cells_per_shard=250, processes=2)
+    reader = CellReader(MOUSE)
+    genes = list(reader.genes)
+    vocab = GeneVocab(SPECIALS + genes[::3] + genes[1::3], SPECIALS)  # a third of the genes unknown
+    assay = {"unknown": 0, "MERFISH": 5}
+    tokenizer = Tokenizer(seq_len=48)  # most real cells are longer: truncated as the reference does
+
+    loader = ShardLoader({"mouse": {"urls": str(tmp_path)}}, vocab, tokenizer, aux_vocabs={"assay": assay},
+                         token_budget=1200, max_cells=24, shuffle_buffer=100, epochs=1, num_workers=2)
+    batches = list(loader)
+    for b in batches:
+        assert b.gene_ids.dtype == torch.int64 and b.counts.dtype == torch.float32 and b.aux_ids.dtype == torch.int64
+        n, length = b.gene_ids.shape
+        assert n <= 24 and (n == 1 or n * (length + 1) <= 1200)
+        assert length == min(int((b.gene_ids != vocab.pad).sum(1).max()) + 1, 48)
+        assert float(b.counts.max()) <= 30 and (b.counts[b.gene_ids == vocab.pad] == 0).all()
+
+    inference = CellReader(MOUSE, vocab.lookup)  # the inference path: vocabulary ids in var order
+    expected = Counter()
+    for _, cells in inference.iter_chunks():
+        for ids, counts in cells:
+            ids, counts = tokenizer(ids, counts)
+            expected[(tuple(ids.tolist()), tuple(counts.tolist()), (5,))] += 1
+    got = Counter(r for b in batches for r in rows(b))
+    assert got == expected and sum(got.values()) == 1000
+    assert loader.stats["cells"] == 1000 and loader.stats["skipped_cells"] == 0
+    assert loader.state_dict()["sources"]["mouse"] == {"epoch": 1, "consumed": {}}
+
+
+def test_cells_without_vocabulary_genes_are_skipped_and_counted(synthetic):
+    genes = [f"ENSG{i:05d}" for i in range(40)]
+    vocab = GeneVocab(SPECIALS + genes[:3], SPECIALS)
+    expected = {k: [c for c in v if c[0]] for k, v in shard_cells(synthetic["b"], vocab, Tokenizer(64)).items()}
+    loader = ShardLoader({"b": {"urls": str(synthetic["b"])}}, vocab, Tokenizer(64), aux_vocabs={"assay": ASSAYS},
+                         epochs=1, max_cells=8)
+    got = [r for b in loader for r in rows(b)]
+    n_expected = sum(len(v) for v in expected.values())
+    assert 0 < n_expected < 60 and sorted(got) == sorted(c for v in expected.values() for c in v)
+    assert loader.stats["skipped_cells"] == 60 - n_expected
+
+
+@pytest.mark.parametrize("weights", [(3, 1), (1, 4)])
+def test_species_mixing_follows_the_weights(synthetic, weights):
+    loader = ShardLoader({"a": {"urls": str(synthetic["a"]), "weight": weights[0]},
+                          "b": {"urls": str(synthetic["b"]), "weight": weights[1]}},
+                         synthetic["vocab"], Tokenizer(64, order="random"), aux_vocabs={"assay": ASSAYS},
+                         max_cells=32, shuffle_buffer=300, seed=weights[0])
+    sources = Counter()
+    for batch in loader:  # endless: source b (60 cells) goes round many times
+        sources.update(batch.aux_ids[:, 0].tolist())
+        if sources.total() >= 4000:
+            break
+    share, p = sources[1] / sources.total(), weights[0] / sum(weights)
+    assert abs(share - p) < 4 * np.sqrt(p * (1 - p) / sources.total())
+    assert loader.state_dict()["sources"]["b"]["epoch"] >= 3
+
+
+def test_ranks_split_the_shards(synthetic):
+    vocab, tok = synthetic["vocab"], Tokenizer(64)
+    expected = sorted(c for v in shard_cells(synthetic["a"], vocab, tok).values() for c in v)
+    per_rank = [[r for b in ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, aux_vocabs={"assay": ASSAYS},
+                                        epochs=1, rank=rank, world_size=2) for r in rows(b)]
+                for rank in (0, 1)]
+    assert len(per_rank[0]) == len(per_rank[1]) == 100 and sorted(per_rank[0] + per_rank[1]) == expected
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumption_skips_consumed_shards(synthetic, workers):
+    vocab, tok = synthetic["vocab"], Tokenizer(64)
+    by_shard = shard_cells(synthetic["a"], vocab, tok)
+
+    def loader():
+        return ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, aux_vocabs={"assay": ASSAYS},
+                           max_cells=10, shuffle_buffer=30, batch_window=20, epochs=1, seed=5, num_workers=workers)
+
+    first, seen = loader(), []
+    for batch in first:
+        seen += rows(batch)
+        if len(first.state_dict()["sources"]["a"]["consumed"].get("0", [])) >= 3:
+            break  # "the checkpoint": three of eight shards wholly delivered
+    state = json.loads(json.dumps(first.state_dict()))
+    consumed = state["sources"]["a"]["consumed"]["0"]
+    assert all(c in seen for shard in consumed for c in by_shard[shard])
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [r for b in resumed for r in rows(b)]
+    assert not set(rest) & {c for shard in consumed for c in by_shard[shard]}  # consumed shards are not read again
+    unconsumed = [c for shard, cells in by_shard.items() if shard not in consumed for c in cells]
+    assert sorted(rest) == sorted(unconsumed)  # the rest of the epoch, each cell once
+    assert resumed.state_dict()["sources"]["a"] == {"epoch": 1, "consumed": {}}
+
+    other = ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, rank=0, world_size=2)
+    with pytest.raises(InputError, match="same ones"):
+        other.load_state_dict(state)
+
+
+def test_corrupt_shards_are_named_and_handled_by_policy(synthetic, tmp_path, caplog):
+    vocab, tok = synthetic["vocab"], Tokenizer(64)
+    shutil.copytree(synthetic["a"], tmp_path / "a")
+    shards = sorted((tmp_path / "a").glob("*.tar"))
+    by_shard = shard_cells(tmp_path / "a", vocab, tok)
+    truncated, damaged = shards[2], shards[5]
+    truncated.write_bytes(truncated.read_bytes()[:9000])  # ends silently for a tar reader
+    data = bytearray(damaged.read_bytes())
+    data[12000:12600] = b"\x07" * 600  # a damaged member header mid-shard
+    damaged.write_bytes(bytes(data))
+    source = {"a": {"urls": str(tmp_path / "a")}}
+
+    with pytest.raises(ShardError, match=r"shard-00000[25]\.tar.*on_corrupt='skip'"):
+        list(ShardLoader(source, vocab, tok, epochs=1))
+
+    loader = ShardLoader(source, vocab, tok, aux_vocabs={"assay": ASSAYS}, epochs=1, on_corrupt="skip")
+    missing = str(shards[6])
+    shards[6].unlink()  # a shard that vanished after the loader listed it
+    with caplog.at_level(logging.WARNING):
+        got = [r for b in loader for r in rows(b)]
+    bad = {str(truncated), str(damaged), missing}
+    assert sorted(loader.stats["corrupt_shards"]) == sorted(bad)
+    for name in bad:
+        assert name in caplog.text
+    intact = [c for shard, cells in by_shard.items() if shard not in bad for c in cells]
+    assert set(intact) <= set(got) and len(intact) < len(got) < 200  # cells before the damage are kept
+    assert loader.state_dict()["sources"]["a"]["epoch"] == 1  # skipped shards count as consumed
+
+
+def test_webdataset_urls_globs_and_manifests(synthetic):
+    vocab, tok, directory = synthetic["vocab"], Tokenizer(64), synthetic["b"]
+    expected = sorted(c for v in shard_cells(directory, vocab, tok).values() for c in v)
+    for urls in [f"pipe:cat {directory}/shard-{{000000..000003}}.tar", f"{directory}/*.tar",
+                 f"file://{directory}/manifest.json"]:
+        loader = ShardLoader({"b": {"urls": urls}}, vocab, tok, aux_vocabs={"assay": ASSAYS}, epochs=1)
+        assert sorted(r for b in loader for r in rows(b)) == expected, urls
+    with pytest.raises(ShardError, match="pipe:false"):
+        list(ShardLoader({"b": {"urls": ["pipe:false"]}}, vocab, tok, epochs=1))
+    with pytest.raises(InputError, match="nothing: no such shard"):
+        ShardLoader({"b": {"urls": str(synthetic["root"] / "nothing")}}, vocab, tok)
+    with pytest.raises(InputError, match="holds no shard"):
+        ShardLoader({"b": {"urls": str(synthetic["root"] / "*.tgz")}}, vocab, tok)
