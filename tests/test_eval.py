@@ -73,7 +73,7 @@ def atlas(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     summary = synth_atlas(root / "atlas", species=2, cells=200, genes=200, seed=3)
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=(20, 8)) * 2
+    centres = rng.normal(size=(20, 8)) * 3
     counts, embeddings = [], []
     for name, s in summary["species"].items():
         adata = anndata.read_h5ad(s["h5ad"])[::-1]

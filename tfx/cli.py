@@ -53,6 +53,17 @@ def cmd_infer(args) -> int:
     return 0
 
 
+def cmd_shard(args) -> int:
+    from tfx.data.shards import write_shards
+
+    summary = write_shards(args.input, args.species, args.output, cells_per_shard=args.cells_per_shard,
+                           obs_keys=args.obs_keys, processes=args.processes, gene_col=args.gene_col,
+                           use_raw=args.use_raw, remove_duplicate_genes=args.remove_duplicate_genes)
+    print(f"wrote {summary['manifest']}: {summary['cells']} cells in {summary['shards']} shards "
+          f"({summary['written']} written by this run) in {summary['seconds']:.1f} s")
+    return 0
+
+
 def cmd_embed_proteins(args) -> int:
     from tqdm import tqdm
 
@@ -129,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--species-embedding", nargs="+", default=None,
                    help="gene embedding h5 files of out-of-distribution species")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("shard", help="h5ad files of one species -> WebDataset shards for any model")
+    p.add_argument("--input", required=True, nargs="+", help="h5ad files (raw counts)")
+    p.add_argument("--species", required=True, help="species name, e.g. homo_sapiens (see tfx registry)")
+    p.add_argument("--output", required=True, help="output directory (a re-run completes an interrupted one)")
+    p.add_argument("--cells-per-shard", type=int, default=10000)
+    p.add_argument("--obs-keys", nargs="*", default=[], help="obs columns to store besides cell_type, assay, tissue")
+    p.add_argument("--processes", type=int, default=None, help="writer processes (default: one per CPU)")
+    p.add_argument("--gene-col", default="ensembl_id", help="var column of gene ids ('index' for the var index)")
+    p.add_argument("--use-raw", type=_use_raw, default=None, help="auto (default), true or false")
+    p.add_argument("--remove-duplicate-genes", action="store_true")
+    p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser("embed-proteins", help="per-gene ESM-2 embeddings of a protein FASTA, as a species gene h5")
     p.add_argument("--fasta", required=True, help="protein FASTA (.fa or .fa.gz); Ensembl peptide headers carry gene:ID")

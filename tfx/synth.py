@@ -22,7 +22,6 @@ on import, so the other commands accept them by name.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import anndata
@@ -71,8 +70,7 @@ def synth_atlas(output: str | os.PathLike, species: int = 3, cells: int = 600, g
         rng = np.random.default_rng([seed, k + 1])
         adata, table = _species_atlas(rng, name, k, shared, cells, genes)
         h5ad_path, gene_path = output / f"{name}.h5ad", output / f"{name}_gene.h5"
-        with atomic_path(h5ad_path) as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # anndata's notes on string conversion
+        with atomic_path(h5ad_path) as tmp:
             adata.write_h5ad(tmp)
         write_gene_embeddings(gene_path, list(adata.var["ensembl_id"]), table)
         per_cell = np.diff(adata.X.indptr)
@@ -154,7 +152,7 @@ def _species_atlas(rng: np.random.Generator, name: str, k: int, shared: dict, n_
     numbers = np.sort(rng.choice(10**6, size=n_genes, replace=False))  # sparse, like real Ensembl numbering
     ids = np.array([f"ENSSYN{letter}{n:011d}" for n in numbers])
     groups = np.array([f"OG{g:05d}" for g in range(n_groups)] + [""] * n_specific)
-    var = pd.DataFrame({"ensembl_id": ids, "ortholog_group": groups[order]}, index=ids)
+    var = pd.DataFrame({"ensembl_id": ids, "ortholog_group": pd.Categorical(groups[order])}, index=ids)
     obs = pd.DataFrame(
         {
             "cell_type": pd.Categorical(np.array(list(CELL_TYPES))[cell_type], categories=list(CELL_TYPES)),

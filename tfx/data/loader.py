@@ -21,7 +21,8 @@ exactly), ``epochs=n`` makes one iteration read every source n times over (a sou
 drops out of the mix). A shard counts as consumed once every one of its cells went out in a batch
 (or was skipped); ``state_dict`` records those per source and epoch, and a loader given that state
 resumes in the same epoch without them. Cells in flight at the checkpoint come again with their
-shard. Resuming needs the same seed, rank and world size.
+shard (a trainer that fetches a batch ahead may lose that one batch's cells instead). Resuming
+needs the same seed, rank and world size.
 
 Cells with no gene in the vocabulary are skipped and counted (``stats["skipped_cells"]``). A shard
 that cannot be opened, does not decode, or holds fewer cells than its header says (tar readers stop
@@ -246,7 +247,7 @@ class ShardLoader:
         for src in sources:
             if src.weight <= 0:
                 raise InputError(f"source {src.name}: weight {src.weight} must be positive")
-            urls = resolve_urls(src.urls)
+            urls = list(dict.fromkeys(resolve_urls(src.urls)))  # a shard listed twice is read once
             if not urls:
                 raise InputError(f"source {src.name}: {src.urls} holds no shard; write some with tfx shard")
             if len(urls) < readers:

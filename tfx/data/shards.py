@@ -26,16 +26,17 @@ import multiprocessing as mp
 import os
 import re
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
 from tqdm import tqdm
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 import tfx.vocab.species  # noqa: F401  (registers the built-in species)
 from tfx.atomic import atomic_path
@@ -316,6 +317,8 @@ def write_shards(inputs, species: str, output_dir: str | os.PathLike, *, cells_p
         if record_file.exists() and (out / task.name).exists():
             records[task.name] = json.loads(record_file.read_text())
     todo = [t for t in tasks if t.name not in records]
+    if records:
+        log.info("%s: %d of %d shards already written; writing the other %d", out, len(records), len(tasks), len(todo))
     processes = max(1, min(processes or os.cpu_count() or 1, len(todo)))
     bar = tqdm(total=len(tasks), initial=len(records), unit="shard", desc="shard", disable=None)
     try:
@@ -325,15 +328,22 @@ def write_shards(inputs, species: str, output_dir: str | os.PathLike, *, cells_p
                 records[record["name"]] = record
                 bar.update()
         else:
-            # fork: workers inherit the imports and open their own readers (no HDF5 file is open here)
-            with mp.get_context("fork").Pool(processes) as pool:
-                for record in pool.imap_unordered(write, todo):
-                    records[record["name"]] = record
-                    bar.update()
+            # fork: workers inherit the imports and open their own readers (no HDF5 file is open here);
+            # an executor, unlike a Pool, fails instead of hanging when a worker dies (out of memory)
+            with ProcessPoolExecutor(processes, mp_context=mp.get_context("fork")) as pool:
+                futures = [pool.submit(write, task) for task in todo]
+                try:
+                    for future in as_completed(futures):
+                        record = future.result()
+                        records[record["name"]] = record
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # shards being written finish; the rest wait for a re-run
+                    raise
     finally:
         bar.close()
         _close_shared_reader()
-        _remove_stale_temporaries(out)  # a failed worker's pool is terminated before it can clean up
+        _remove_stale_temporaries(out)  # a killed worker cannot clean up
 
     manifest = {**plan, "cells": sum(r["cells"] for r in records.values()),
                 "shards": [records[t.name] for t in tasks]}

@@ -3,13 +3,18 @@
 Inputs are right-shifted: position j reads ``[START]`` (j = 0) or gene j-1 with its count, and
 predicts gene j and its count. Aux (assay) tokens come first, with count 1. Padding may be as
 short as the batch allows: outputs of valid positions do not depend on it.
+
+Training may pack several cells into a row (``TokenBatch.cell_ids``): each cell is laid out as it
+would be alone, attention stays within the cell, and the count head's softmax and total count are
+per cell, so every cell's outputs and losses are those of its unpacked forward.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tfx.model.attention import AttentionInputs, soft_cap
@@ -20,15 +25,25 @@ from tfx.registry import ATTENTION, HEADS, LIKELIHOODS
 
 @dataclass
 class TokenBatch:
-    """Cells as tokens: genes left-aligned, ``[PAD]`` after each cell's last gene."""
+    """Cells as tokens: genes left-aligned, ``[PAD]`` after each cell's last gene.
 
-    gene_ids: Tensor  # [B, L] int64
+    Packed (``cell_ids`` set, see ``tfx.tokenize.packing``): a row holds whole cells one after
+    another, each as it would be alone (its aux tokens, then its gene positions), then padding.
+    """
+
+    gene_ids: Tensor  # [B, L] int64: the gene each position predicts, [PAD] where none
     counts: Tensor  # [B, L] float32, 0 at padding
-    aux_ids: Tensor | None = None  # [B, A] int64
+    aux_ids: Tensor | None = None  # [B, A] int64; packed: [cells, A]
+    cell_ids: Tensor | None = None  # [B, L] int64 packed: the cell of each position, -1 at row padding
+    positions: Tensor | None = None  # [B, L] int64 packed: aux tokens -A..-1, gene positions 0.., 0 at row padding
+
+    @property
+    def n_cells(self) -> int:
+        return self.gene_ids.shape[0] if self.cell_ids is None else int(self.cell_ids.max()) + 1
 
     def to(self, device) -> TokenBatch:
-        aux = None if self.aux_ids is None else self.aux_ids.to(device, non_blocking=True)
-        return TokenBatch(self.gene_ids.to(device, non_blocking=True), self.counts.to(device, non_blocking=True), aux)
+        moved = (getattr(self, f.name) for f in fields(self))
+        return TokenBatch(*(None if t is None else t.to(device, non_blocking=True) for t in moved))
 
 
 @dataclass
@@ -38,6 +53,7 @@ class ModelOutput:
     gene_masked: Tensor  # [B, L] position j has no gene to predict (padding)
     mu: Tensor | None = None  # [B, L] expected count of gene j
     gene_logits: Tensor | None = None  # [B, L, V]
+    cell_ids: Tensor | None = None  # [B, L] packed rows: the cell of each position
 
 
 @dataclass
@@ -96,6 +112,41 @@ class TranscriptFormer(nn.Module):
         """``embed=True`` is the reference's embedding forward (count bias on the diagonal too),
         which its inference uses for every output, log-likelihoods included."""
         ids, counts = batch.gene_ids, batch.counts
+        if batch.cell_ids is None:
+            x, target_emb, in_counts, key_valid, n_aux = self._row_inputs(batch)
+        else:
+            x, target_emb, in_counts, key_valid = self._packed_inputs(batch)
+            n_aux = 0
+        inp = AttentionInputs(
+            log_counts=torch.log1p(in_counts.float() + self.cfg.log_counts_eps),
+            key_valid=key_valid,
+            embed_mode=embed,
+            softcap=self.cfg.softcap,
+            document_ids=batch.cell_ids,
+            block_size=self.cfg.block_len,
+        )
+        hidden = self.transformer_encoder(x, inp)[:, n_aux:]
+        valid = key_valid[:, n_aux:] if batch.positions is None else key_valid & (batch.positions >= 0)
+        out = ModelOutput(hidden=hidden, valid=valid, gene_masked=ids == self.special.pad, cell_ids=batch.cell_ids)
+        if heads:
+            conditioned = torch.cat([hidden, target_emb], dim=-1)
+            if batch.cell_ids is None:
+                out.mu = self.mu(conditioned, ids, out.gene_masked) * counts.sum(dim=1, keepdim=True)
+            else:
+                out.mu = self._packed_mu(conditioned, batch, out.gene_masked)
+            if hasattr(self, "gene_id_head"):
+                out.gene_logits = self.gene_id_head(hidden)
+        return out
+
+    def _aux_tokens(self, aux: Tensor) -> tuple[Tensor, Tensor]:
+        """Each cell's aux token embeddings [cells, A, E], and which are known [cells, A]."""
+        emb = torch.stack([e(aux[:, i]) for i, e in enumerate(self.aux_embeddings.values())], dim=1)
+        known = torch.stack([aux[:, i] != u for i, u in enumerate(self.aux_unknown)], dim=1)
+        return emb, known
+
+    def _row_inputs(self, batch: TokenBatch):
+        """One cell per row: right-shift the genes, prepend the aux tokens."""
+        ids, counts = batch.gene_ids, batch.counts
         start = torch.full_like(ids[:, :1], self.special.start)
         # One MLP pass over [START] + genes gives both the inputs and the targets' embeddings.
         emb = self.gene_embeddings(torch.cat([start, ids], dim=1))
@@ -105,41 +156,51 @@ class TranscriptFormer(nn.Module):
         key_valid = in_ids != self.special.pad
         n_aux = 0
         if batch.aux_ids is not None and hasattr(self, "aux_embeddings"):
-            aux = batch.aux_ids
-            n_aux = aux.shape[1]
-            aux_emb = torch.stack([e(aux[:, i]) for i, e in enumerate(self.aux_embeddings.values())], dim=1)
+            aux_emb, aux_known = self._aux_tokens(batch.aux_ids)
+            n_aux = aux_emb.shape[1]
             x = torch.cat([aux_emb, x], dim=1)
-            in_counts = torch.cat([torch.ones_like(aux, dtype=in_counts.dtype), in_counts], dim=1)
-            aux_valid = torch.stack([aux[:, i] != u for i, u in enumerate(self.aux_unknown)], dim=1)
-            key_valid = torch.cat([aux_valid, key_valid], dim=1)
+            in_counts = torch.cat([torch.ones_like(aux_known, dtype=in_counts.dtype), in_counts], dim=1)
+            key_valid = torch.cat([aux_known, key_valid], dim=1)
+        return x, target_emb, in_counts, key_valid, n_aux
 
-        inp = AttentionInputs(
-            log_counts=torch.log1p(in_counts.float() + self.cfg.log_counts_eps),
-            key_valid=key_valid,
-            embed_mode=embed,
-            softcap=self.cfg.softcap,
-            block_size=self.cfg.block_len,
-        )
-        hidden = self.transformer_encoder(x, inp)[:, n_aux:]
-        out = ModelOutput(hidden=hidden, valid=key_valid[:, n_aux:], gene_masked=ids == self.special.pad)
-        if heads:
-            share = self.mu(torch.cat([hidden, target_emb], dim=-1), ids, out.gene_masked)
-            out.mu = share * counts.sum(dim=1, keepdim=True)
-            if hasattr(self, "gene_id_head"):
-                out.gene_logits = self.gene_id_head(hidden)
-        return out
+    def _packed_inputs(self, batch: TokenBatch):
+        """Packed rows: gene position j > 0 of a cell reads gene j-1, which the row holds just before it."""
+        ids, counts, pos, cells = batch.gene_ids, batch.counts, batch.positions, batch.cell_ids
+        target_emb = self.gene_embeddings(ids)
+        start_emb = self.gene_embeddings(ids.new_full((1,), self.special.start))
+        x = torch.where((pos == 0).unsqueeze(-1), start_emb, F.pad(target_emb[:, :-1], (0, 0, 1, 0)))
+        in_counts = torch.where(pos <= 0, 1.0, F.pad(counts[:, :-1], (1, 0)))  # aux tokens and [START]: 1
+        key_valid = (cells >= 0) & (pos >= 0)
+        if batch.aux_ids is not None and hasattr(self, "aux_embeddings"):
+            # Without aux embeddings the aux positions stay masked keys: no effect, as when unpacked.
+            aux_emb, aux_known = self._aux_tokens(batch.aux_ids)
+            is_aux = pos < 0
+            cell, slot = cells.clamp(min=0), (pos + aux_emb.shape[1]).clamp(0, aux_emb.shape[1] - 1)
+            x = torch.where(is_aux.unsqueeze(-1), aux_emb[cell, slot], x)
+            key_valid = key_valid | (is_aux & aux_known[cell, slot])
+        return x, target_emb, in_counts, key_valid
+
+    def _packed_mu(self, conditioned: Tensor, batch: TokenBatch, masked: Tensor) -> Tensor:
+        """The count head with its softmax and the total count taken per cell, not per row."""
+        logit = (self.mu.gene_embedding(batch.gene_ids) + self.mu.mlp(conditioned)).squeeze(-1)
+        segment, size = _segments(batch.cell_ids)
+        share = _segment_softmax(logit.float(), segment, size, masked)
+        return share * _segment_sum(batch.counts.float(), segment, size)
 
     # -- what the outputs mean ---------------------------------------------------------------
 
     def cell_embeddings(self, out: ModelOutput) -> Tensor:
         """Sum over valid positions divided by the configured seq_len (the reference's pooling)."""
-        return (out.hidden * out.valid.unsqueeze(-1)).sum(dim=1) / self.cfg.seq_len
+        return _per_cell(out.hidden * out.valid.unsqueeze(-1), out.cell_ids) / self.cfg.seq_len
 
     def targets(self, batch: TokenBatch) -> tuple[Tensor, Tensor]:
         """Gene and count targets. The reference writes [END] and a count of 1 at the last of its
         seq_len positions; a cell that reaches seq_len sees the same here."""
         ids, counts = batch.gene_ids, batch.counts
         last = self.cfg.seq_len - 1
+        if batch.positions is not None:
+            at_last = batch.positions == last
+            return ids.masked_fill(at_last, self.special.end), counts.masked_fill(at_last, 1.0)
         if ids.shape[1] > last:
             ids, counts = ids.clone(), counts.clone()
             ids[:, last] = self.special.end
@@ -152,8 +213,8 @@ class TranscriptFormer(nn.Module):
 
     def cell_nll(self, out: ModelOutput, batch: TokenBatch) -> Tensor:
         """Mean count NLL over each cell's genes: the reference's per-cell ``llh``."""
-        n = (~out.gene_masked).sum(dim=1)
-        return self.position_nll(out, batch).sum(dim=1) / n
+        n = _per_cell((~out.gene_masked).long(), out.cell_ids)
+        return _per_cell(self.position_nll(out, batch), out.cell_ids) / n
 
     def losses(self, out: ModelOutput, batch: TokenBatch) -> dict[str, Tensor]:
         """Training objective: next-gene cross-entropy (soft-capped logits) and count NLL."""
@@ -170,3 +231,39 @@ class TranscriptFormer(nn.Module):
             total = total + self.cfg.gene_id_loss_weight * losses["gene_id"]
         losses["loss"] = total
         return losses
+
+
+# -- per-cell reductions over packed rows ------------------------------------------------------
+
+def _per_cell(values: Tensor, cell_ids: Tensor | None) -> Tensor:
+    """[B, L, ...] summed over each cell's positions: [cells, ...] (a row is a cell when unpacked)."""
+    if cell_ids is None:
+        return values.sum(dim=1)
+    ids = cell_ids.flatten()
+    keep = ids >= 0
+    sums = values.new_zeros((int(cell_ids.max()) + 1, *values.shape[2:]))
+    return sums.index_add(0, ids[keep], values.flatten(0, 1)[keep])
+
+
+def _segments(cell_ids: Tensor) -> tuple[Tensor, int]:
+    """Flat segment index of each position (row padding shares a spare one) and the number of
+    segments, bounded by the positions so that no device sync is needed."""
+    size = cell_ids.numel() + 1
+    return torch.where(cell_ids < 0, size - 1, cell_ids).flatten(), size
+
+
+def _segment_sum(values: Tensor, segment: Tensor, size: int) -> Tensor:
+    """Each position gets the sum of its segment's values."""
+    flat = values.flatten()
+    return flat.new_zeros(size).index_add(0, segment, flat)[segment].view_as(values)
+
+
+def _segment_softmax(logits: Tensor, segment: Tensor, size: int, masked: Tensor) -> Tensor:
+    """Softmax over each segment's unmasked positions; 0 at masked ones (and for a segment with none)."""
+    flat = logits.flatten().masked_fill(masked.flatten(), float("-inf"))
+    # The shift only keeps exp in range; softmax does not depend on it, so it needs no gradient.
+    peak = flat.new_full((size,), float("-inf")).scatter_reduce(0, segment, flat.detach(), "amax")
+    peak = peak.clamp(min=torch.finfo(flat.dtype).min)  # an all-masked segment: exp(-inf) = 0, not NaN
+    e = torch.exp(flat - peak[segment])
+    total = e.new_zeros(size).index_add(0, segment, e)[segment]
+    return (e / torch.where(total > 0, total, 1.0)).view_as(logits)

@@ -1,4 +1,4 @@
-"""Training callbacks: throughput, MFU and gradient norm; the data position in checkpoints."""
+"""Training callbacks: throughput, MFU and gradient norm."""
 
 from __future__ import annotations
 
@@ -61,18 +61,3 @@ class Throughput(L.Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
         if lr is not None:
             module.log("train/lr", lr, batch_size=1)
-
-
-class DataPosition(L.Callback):
-    """Stores the training data's position (batches consumed by completed optimizer steps; the
-    loader runs ahead by its prefetch) in each checkpoint and restores it on resume."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def on_save_checkpoint(self, trainer, module, checkpoint):
-        checkpoint["tfx_data_position"] = {"batches": trainer.global_step * trainer.accumulate_grad_batches}
-
-    def on_load_checkpoint(self, trainer, module, checkpoint):
-        if "tfx_data_position" in checkpoint:
-            self.source.load_state_dict(checkpoint["tfx_data_position"])

@@ -103,10 +103,11 @@ def train(cfg: DictConfig) -> Path:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from tfx.train.callbacks import DataPosition, Throughput
+    from tfx.train.callbacks import Throughput
+    from tfx.train.datamodule import RecipeData
     from tfx.train.export import export_run, write_template
     from tfx.train.module import OptimConfig, PretrainModule
-    from tfx.train.sources import build_sources
+    from tfx.train.sources import build_sources, build_task
     from tfx.train.strategies import build_strategy
 
     out = Path(cfg.output_dir)
@@ -116,8 +117,9 @@ def train(cfg: DictConfig) -> Path:
     ckpt.model.transformer_encoder.checkpointing = bool(tcfg.get("activation_checkpointing", False))
     strategy = build_strategy(cfg.strategy.name, tcfg.accelerator)
 
-    train_data, val_sets, task = build_sources(cfg, ckpt)
-    val_data = list(val_sets.values()) or None
+    task = build_task(cfg, ckpt)
+    data = RecipeData(cfg, ckpt, task)
+    has_val = bool(cfg.data.get("val_files") or cfg.data.get("val_shards"))
     optim = OptimConfig(**{k: v for k, v in OmegaConf.to_container(cfg.optim).items() if v is not None})
     optim.total_steps = optim.total_steps or int(tcfg.max_steps)
     freeze(ckpt.model, list(cfg.get("freeze") or []))
@@ -146,24 +148,26 @@ def train(cfg: DictConfig) -> Path:
         accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=int(tcfg.num_nodes), strategy=strategy,
         precision=str(tcfg.precision), max_steps=int(tcfg.max_steps), gradient_clip_val=tcfg.gradient_clip_val,
         accumulate_grad_batches=int(tcfg.accumulate_grad_batches), log_every_n_steps=int(tcfg.log_every_n_steps),
-        val_check_interval=int(tcfg.val_check_interval) if val_data else None,
-        limit_val_batches=int(tcfg.limit_val_batches) if val_data else 0,
+        val_check_interval=int(tcfg.val_check_interval) if has_val else None,
+        limit_val_batches=int(tcfg.limit_val_batches) if has_val else 0,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, logger=loggers,
-        callbacks=[checkpoints, Throughput(tcfg.get("peak_tflops")), DataPosition(train_data)],
+        callbacks=[checkpoints, Throughput(tcfg.get("peak_tflops"))],
         default_root_dir=str(out), use_distributed_sampler=False, enable_model_summary=False,
     )
     resume = _resume_path(cfg, out)
-    report = cfg.get("init") and val_sets and cfg.objective == "pretrain" and not resume and _rank()[0] == 0
-    before = held_out(ckpt.model, val_sets) if report else None
-    trainer.fit(module, train_dataloaders=_loader(train_data),
-                val_dataloaders=[_loader(v) for v in val_data] if val_data else None, ckpt_path=resume)
+    # held-out likelihood per validation set before and after a continuation (rank 0 alone)
+    report_sets = None
+    if cfg.get("init") and has_val and cfg.objective == "pretrain" and not resume and _rank()[0] == 0:
+        report_sets = build_sources(cfg, ckpt, 0, 1)[1]
+    before = held_out(ckpt.model, report_sets) if report_sets else None
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
     final = out / "checkpoints" / "final.ckpt"
     trainer.save_checkpoint(str(final))  # collective under DeepSpeed: every rank writes its shard
     if trainer.is_global_zero:
         export_run(out, out / "export", final)
         log.info("exported the inference checkpoint to %s", out / "export")
         if before is not None:
-            after = held_out(load_checkpoint(out / "export").model, val_sets)
+            after = held_out(load_checkpoint(out / "export").model, report_sets)
             _write_report(out / "continuation_report.json", before, after)
     trainer.strategy.barrier()
     return out / "export"
@@ -207,12 +211,6 @@ def _write_report(path: Path, before: dict, after: dict) -> None:
                  r["after"]["count"], r["before"].get("gene_id", float("nan")), r["after"].get("gene_id", float("nan")))
 
 
-def _loader(source):
-    from torch.utils.data import DataLoader
-
-    return DataLoader(source, batch_size=None, num_workers=0)
-
-
 def _resume_path(cfg: DictConfig, out: Path) -> str | None:
     resume = cfg.get("resume")
     if not resume:
@@ -231,4 +229,3 @@ def train_from_cli(recipe: str, overrides: list[str]) -> Path:
         return train(cfg)
     except (RecipeError, CheckpointError, ConfigError) as err:
         raise SystemExit(f"tfx train: error: {err}") from None
-

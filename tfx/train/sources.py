@@ -39,28 +39,43 @@ def _read_h5ad(files, ckpt: Checkpoint, gene_col: str, label_key: str | None):
     return cells, (np.concatenate(aux) if aux else None), (np.array(labels) if label_key else None)
 
 
-def build_sources(cfg: DictConfig, ckpt: Checkpoint):
-    """(train source, {name: validation source}, task module or None)."""
-    from tfx.train.run import RecipeError, _rank
+def build_task(cfg: DictConfig, ckpt: Checkpoint):
+    """The fine-tuning task (its classes from the training files' label column), or None."""
+    if cfg.objective != "finetune":
+        return None
+    from tfx.train.run import RecipeError
 
-    rank, world = _rank()
-    finetune = cfg.objective == "finetune"
-    label_key = cfg.task.label_key if finetune else None
+    if cfg.data.source != "h5ad":
+        raise RecipeError("fine-tuning reads its labels from h5ad files: use data=h5ad data.files=[...]")
+    classes = None
+    if cfg.task.name == "classification":
+        labels = set()
+        for path in cfg.data.files:
+            reader = CellReader(path, ckpt.vocab.lookup, gene_col=cfg.data.get("gene_col", "ensembl_id"))
+            if cfg.task.label_key not in reader.obs.columns:
+                raise InputError(f"{path}: obs has no column '{cfg.task.label_key}'; set task.label_key")
+            labels |= set(reader.obs[cfg.task.label_key].astype(str))
+            reader.close()
+        classes = sorted(labels)
+    return TASKS.get(cfg.task.name)(ckpt.model_cfg.embed_dim, classes)
+
+
+def build_sources(cfg: DictConfig, ckpt: Checkpoint, rank: int = 0, world: int = 1, task=None):
+    """(train source, {name: validation source}) for one rank of ``world``."""
+    from tfx.train.run import RecipeError
+
     if cfg.data.source == "shards":
         from tfx.train.shard_sources import build_shard_sources
 
-        return build_shard_sources(cfg, ckpt, _tokenizer(cfg, ckpt), rank, world, label_key)
+        return build_shard_sources(cfg, ckpt, _tokenizer(cfg, ckpt), rank, world)
     if cfg.data.source != "h5ad":
         raise RecipeError(f"data.source '{cfg.data.source}' is not one of shards, h5ad")
     gene_col = cfg.data.get("gene_col", "ensembl_id")
+    label_key = cfg.task.label_key if task is not None else None
+    classes = getattr(task, "classes", None)
     cells, aux, labels = _read_h5ad(cfg.data.files, ckpt, gene_col, label_key)
     vals = {Path(f).stem: _read_h5ad([f], ckpt, gene_col, label_key) for f in cfg.data.get("val_files") or []}
-
-    task = None
-    if finetune:
-        task_cls = TASKS.get(cfg.task.name)
-        classes = sorted(set(labels.astype(str))) if cfg.task.name == "classification" else None
-        task = task_cls(ckpt.model_cfg.embed_dim, classes)
+    if task is not None:
         labels = _encode(labels, classes)
         vals = {name: (c, a, _encode(lab, classes)) for name, (c, a, lab) in vals.items()}
 
@@ -70,7 +85,7 @@ def build_sources(cfg: DictConfig, ckpt: Checkpoint):
                            rank=rank, world_size=world)
 
     train = source(cells, aux, labels, int(cfg.seed))
-    return train, {name: source(*val, int(cfg.seed) + 1) for name, val in vals.items()}, task
+    return train, {name: source(*val, int(cfg.seed) + 1) for name, val in vals.items()}
 
 
 def _encode(labels, classes):

@@ -1,0 +1,44 @@
+"""The recipe's data as a LightningDataModule, built once the processes exist.
+
+Sources need this process's rank and world size, which are known only after the strategy has
+set up the processes (Lightning's launcher starts them inside ``fit``). The data position is
+part of every checkpoint: shard loaders record the shards they consumed; in-memory batches are
+counted by completed optimizer steps (the trainer fetches one batch ahead).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from tfx.train.sources import build_sources
+
+
+class RecipeData(L.LightningDataModule):
+    def __init__(self, cfg, ckpt, task=None):
+        super().__init__()
+        self.cfg, self.ckpt, self.task = cfg, ckpt, task
+        self.train_source, self.val_sets, self._position = None, {}, None
+
+    def setup(self, stage: str) -> None:
+        if self.train_source is None:
+            self.train_source, self.val_sets = build_sources(
+                self.cfg, self.ckpt, self.trainer.global_rank, self.trainer.world_size, self.task)
+        if self._position is not None:
+            self.train_source.load_state_dict(self._position)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_source, batch_size=None, num_workers=0)
+
+    def val_dataloader(self):
+        return [DataLoader(v, batch_size=None, num_workers=0) for v in self.val_sets.values()]
+
+    def state_dict(self) -> dict:
+        if hasattr(self.train_source, "state_dict"):
+            return {"source": self.train_source.state_dict()}
+        return {"source": {"batches": self.trainer.global_step * self.trainer.accumulate_grad_batches}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._position = state["source"]
+        if self.train_source is not None:
+            self.train_source.load_state_dict(self._position)
