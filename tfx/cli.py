@@ -99,6 +99,42 @@ def cmd_add_species(args) -> int:
     return 0
 
 
+def cmd_download(args) -> int:
+    from tfx.artifacts import download_artifacts
+
+    try:
+        records = download_artifacts(args.name, args.checkpoint_dir, base_url=args.base_url, retries=args.retries)
+    except KeyboardInterrupt:
+        print("tfx download: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    for r in records:
+        if r["status"] == "present":
+            print(f"{r['path']}: already present, nothing to do")
+        else:
+            check = "sha256 verified" if r["sha256"] else "size verified; no checksum published"
+            print(f"{r['path']}: downloaded {r['bytes'] / 2**20:.1f} MiB from {r['url']} ({check}), unpacked")
+    return 0
+
+
+def cmd_download_data(args) -> int:
+    from tfx.artifacts import CensusPortal, download_data
+
+    try:
+        summary = download_data(
+            CensusPortal(args.census_version), args.species, args.output_dir, processes=args.processes,
+            max_retries=args.max_retries, save_metadata=not args.no_metadata, shard=args.shard,
+            cells_per_shard=args.cells_per_shard,
+        )
+    except KeyboardInterrupt:
+        print("tfx download-data: interrupted; complete datasets are kept, run the same command again "
+              "to fetch the rest", file=sys.stderr)
+        return 130
+    sharded = f", {summary['sharded']} sharded" if args.shard else ""
+    print(f"{summary['output']}: {summary['selected']} of {summary['listed']} listed datasets selected; "
+          f"{summary['downloaded']} downloaded, {summary['present']} already present{sharded}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from tfx.train.run import train_from_cli
 
@@ -173,6 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_add_species)
 
+    p = sub.add_parser("download", help="fetch an official release (tf-sapiens, ...) or the species embeddings")
+    p.add_argument("name", choices=["tf-sapiens", "tf-exemplar", "tf-metazoa", "all-embeddings", "all"])
+    p.add_argument("--checkpoint-dir", default="./checkpoints", help="unpacked to DIR/tf_sapiens/ etc. (default ./checkpoints)")
+    p.add_argument("--base-url", default=None,
+                   help="a mirror serving NAME.tar.gz (default: https://czi-transcriptformer.s3.amazonaws.com/weights)")
+    p.add_argument("--retries", type=int, default=3, help="resumed retries after a dropped connection")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("download-data", help="CELLxGENE datasets of chosen species (needs pip install 'tfx[data]')")
+    p.add_argument("--species", required=True, nargs="+",
+                   help="binomials, e.g. 'homo sapiens' 'mus musculus' (or one comma-separated list)")
+    p.add_argument("--output-dir", default="./data/cellxgene")
+    p.add_argument("--processes", type=int, default=4, help="datasets downloaded at once")
+    p.add_argument("--max-retries", type=int, default=5, help="attempts per dataset")
+    p.add_argument("--census-version", default="stable", help="the CELLxGENE Census release to list and fetch")
+    p.add_argument("--no-metadata", action="store_true", help="skip OUTPUT/dataset_metadata.json")
+    p.add_argument("--shard", action="store_true", help="also write WebDataset shards to OUTPUT/shards/<species>/<dataset_id>/")
+    p.add_argument("--cells-per-shard", type=int, default=10_000)
+    p.set_defaults(func=cmd_download_data)
+
     p = sub.add_parser("train", help="run a Hydra recipe: pretraining, continuation or fine-tuning")
     p.add_argument("recipe", help="a recipe under recipes/ (e.g. pretrain/tiny) or a YAML path")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.shards=DIR output_dir=runs/x")
@@ -189,13 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from tfx.artifacts import DownloadError, PortalError
     from tfx.checkpoint import CheckpointError
     from tfx.data.anndata import InputError
     from tfx.vocab.genes import VocabError
 
     try:
         return args.func(args)
-    except (CheckpointError, InputError, VocabError, KeyError) as err:
+    except (CheckpointError, DownloadError, InputError, PortalError, VocabError, KeyError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"tfx {args.command}: error: {msg}", file=sys.stderr)
         return 2
