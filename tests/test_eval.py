@@ -60,7 +60,8 @@ def test_mixing_metrics_tell_mixed_from_separated_species():
     mixed_entropy, separated_entropy = neighbourhood_entropy(mixed, species), neighbourhood_entropy(separated, species)
     assert mixed_entropy["mean"] > 0.8 > 0.3 > separated_entropy["mean"]
     assert mixed_entropy["mixed"] == pytest.approx(1.0)  # three equal species
-    transfer_mixed, transfer_separated = label_transfer(mixed, labels, species), label_transfer(separated, labels, species)
+    transfer_mixed = label_transfer(mixed, labels, species)
+    transfer_separated = label_transfer(separated, labels, species)
     assert len(transfer_mixed["pairs"]) == 6  # every ordered pair of species
     assert transfer_mixed["knn_macro_f1"] > 0.9 and transfer_mixed["logistic_macro_f1"] > 0.9
     assert transfer_separated["knn_macro_f1"] < transfer_mixed["knn_macro_f1"] - 0.2

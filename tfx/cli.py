@@ -54,8 +54,10 @@ def cmd_infer(args) -> int:
 
 
 def cmd_shard(args) -> int:
+    from tfx.components import load_all
     from tfx.data.shards import write_shards
 
+    load_all()  # species may come from tfx.synth or a plugin
     summary = write_shards(args.input, args.species, args.output, cells_per_shard=args.cells_per_shard,
                            obs_keys=args.obs_keys, processes=args.processes, gene_col=args.gene_col,
                            use_raw=args.use_raw, remove_duplicate_genes=args.remove_duplicate_genes)
@@ -132,6 +134,45 @@ def cmd_download_data(args) -> int:
     sharded = f", {summary['sharded']} sharded" if args.shard else ""
     print(f"{summary['output']}: {summary['selected']} of {summary['listed']} listed datasets selected; "
           f"{summary['downloaded']} downloaded, {summary['present']} already present{sharded}")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from tfx.synth import synth_atlas
+
+    try:
+        summary = synth_atlas(args.output, species=args.species, cells=args.cells, genes=args.genes, seed=args.seed)
+    except ValueError as err:
+        raise SystemExit(f"tfx synth: {err}") from None
+    for s in summary["species"].values():
+        g = s["genes_per_cell"]
+        print(f"wrote {s['h5ad']} ({s['cells']} cells x {s['genes']} genes; {g['min']} to {g['max']} "
+              f"expressed genes per cell, median {g['median']:.0f}) and {s['gene_h5']}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from tfx.eval import evaluate
+
+    report = evaluate(args.embeddings, args.label, batch=args.batch, counts_path=args.counts,
+                      output_dir=args.output, seed=args.seed)
+    h = report["headline"]
+    print(f"embeddings: kNN macro-F1 {h['knn_macro_f1']:.3f}, logistic macro-F1 {h['logistic_macro_f1']:.3f}")
+    if h["pca_knn_macro_f1"] is not None:
+        print(f"PCA of log counts: kNN macro-F1 {h['pca_knn_macro_f1']:.3f}, "
+              f"logistic macro-F1 {h['pca_logistic_macro_f1']:.3f}")
+    print(f"wrote {args.output}/report.json, summary.md, {', '.join(report['plots'])}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from tfx.quickstart import quickstart
+
+    report = quickstart(args.output, species=args.species, cells=args.cells, steps=args.steps, seed=args.seed)
+    head = report["headline"]
+    print("headline (5-fold CV on cell_type, macro-F1):")
+    for key, value in head.items():
+        print(f"  {key:<40} {value if not isinstance(value, float) else f'{value:.3f}'}")
     return 0
 
 
@@ -228,6 +269,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", action="store_true", help="also write WebDataset shards to OUTPUT/shards/<species>/<dataset_id>/")
     p.add_argument("--cells-per-shard", type=int, default=10_000)
     p.set_defaults(func=cmd_download_data)
+
+    p = sub.add_parser("synth", help="write the seeded synthetic multi-species atlas (h5ad + gene embeddings)")
+    p.add_argument("--output", required=True, help="directory for <species>.h5ad and <species>_gene.h5")
+    p.add_argument("--species", type=int, default=3, help="number of species: synth_alpha, synth_beta, ... (at most 8)")
+    p.add_argument("--cells", type=int, default=600, help="cells per species")
+    p.add_argument("--genes", type=int, default=800, help="genes per species (75%% of them one-to-one orthologs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("eval", help="label probes, species mixing and UMAPs of cell embeddings, beside a PCA baseline")
+    p.add_argument("--embeddings", required=True, nargs="+",
+                   help="h5ad files with obsm['embeddings'] (tfx infer outputs, e.g. one per species)")
+    p.add_argument("--label", default="cell_type", help="obs column to predict")
+    p.add_argument("--batch", default=None, help="obs column for mixing metrics, e.g. species")
+    p.add_argument("--counts", nargs="+", default=None,
+                   help="the h5ad files given to tfx infer, in the same order: adds the PCA-of-log-counts baseline")
+    p.add_argument("--output", required=True, help="report directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("quickstart", help="synth -> shard -> pretrain tiny -> export -> infer -> eval, on CPU")
+    p.add_argument("--output", default="quickstart")
+    p.add_argument("--species", type=int, default=3)
+    p.add_argument("--cells", type=int, default=600, help="cells per species")
+    p.add_argument("--steps", type=int, default=300, help="pretraining steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("train", help="run a Hydra recipe: pretraining, continuation or fine-tuning")
     p.add_argument("recipe", help="a recipe under recipes/ (e.g. pretrain/tiny) or a YAML path")

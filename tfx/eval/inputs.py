@@ -56,7 +56,7 @@ def _read_embeddings(path: Path, columns: list[str]) -> tuple[np.ndarray, pd.Dat
         raise InputError(f"{path}: no such file; pass the h5ad written by `tfx infer`")
     try:
         with h5py.File(path, "r") as f, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # anndata's notes on older encodings
             if f"obsm/{EMBEDDINGS_KEY}" not in f:
                 raise InputError(f"{path}: no obsm['{EMBEDDINGS_KEY}']; make it with "
                                  "`tfx infer --emb-type cell --outputs embeddings`")
@@ -84,7 +84,7 @@ def _read_counts(path: Path, embeddings_path: Path, cells: pd.Index) -> tuple[sp
         raise InputError(f"{path}: no such file; pass the h5ad of counts given to `tfx infer`")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # anndata's notes on older encodings
             adata = anndata.read_h5ad(path)
     except Exception as err:  # h5py/anndata raise many types for a bad file
         raise InputError(f"{path}: not a readable h5ad file ({type(err).__name__}: {err})") from err
@@ -92,7 +92,7 @@ def _read_counts(path: Path, embeddings_path: Path, cells: pd.Index) -> tuple[sp
     if X is None:
         raise InputError(f"{path}: the file has no expression matrix X; pass the h5ad of raw counts")
     if not cells.is_unique or not adata.obs_names.is_unique or set(cells) != set(adata.obs_names):
-        missing = next(iter(set(cells) - set(adata.obs_names)), None)
+        missing = next((c for c in cells if c not in adata.obs_names), None)
         raise InputError(
             f"{path}: its {adata.n_obs} cells do not match the {len(cells)} cells of {embeddings_path}"
             + (f" (e.g. '{missing}' is missing)" if missing is not None else "")

@@ -59,7 +59,7 @@ def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.P
                   "dropped_classes": dropped, "unlabelled": int((~labelled).sum()),
                   "batches": sorted(np.unique(batches).tolist()) if batch else None},
         "method": {"folds": probes.N_FOLDS, "min_class_cells": probes.MIN_CLASS_CELLS,
-                   "classifiers": "StandardScaler + KNeighborsClassifier(k=5) | LogisticRegression",
+                   "classifiers": "StandardScaler, then KNeighborsClassifier(k=5) or LogisticRegression",
                    "baseline": "PCA (50) of log1p counts per 10k over the 2000 most variable genes"},
         "representations": scores,
         "headline": _headline(scores),

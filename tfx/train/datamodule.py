@@ -9,9 +9,16 @@ counted by completed optimizer steps (the trainer fetches one batch ahead).
 from __future__ import annotations
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from tfx.train.sources import build_sources
+
+
+def _loader(source):
+    """In-memory batches go through a DataLoader; a ShardLoader runs its own workers."""
+    if isinstance(source, IterableDataset):
+        return DataLoader(source, batch_size=None, num_workers=0)
+    return source
 
 
 class RecipeData(L.LightningDataModule):
@@ -28,10 +35,10 @@ class RecipeData(L.LightningDataModule):
             self.train_source.load_state_dict(self._position)
 
     def train_dataloader(self):
-        return DataLoader(self.train_source, batch_size=None, num_workers=0)
+        return _loader(self.train_source)
 
     def val_dataloader(self):
-        return [DataLoader(v, batch_size=None, num_workers=0) for v in self.val_sets.values()]
+        return [_loader(v) for v in self.val_sets.values()]
 
     def state_dict(self) -> dict:
         if hasattr(self.train_source, "state_dict"):
