@@ -122,3 +122,18 @@ def test_normalised_values_warn(ckpt, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert _run(ckpt, data, tmp_path / "o.h5ad") == 0
     assert "non-integer values" in caplog.text
+
+
+@pytest.mark.parametrize("emb_type", ["cell", "cge"])
+def test_one_process_per_device_equals_one_process(ckpt, tmp_path, emb_type):
+    """--devices N splits the rows over N processes (one per GPU; CPU processes here)."""
+    data = write_h5ad(tmp_path / "in.h5ad", GENES, _counts(), _obs(40))
+    args = ["--outputs", "embeddings,llh", "--emb-type", emb_type, "--chunk-size", "9"]
+    assert _run(ckpt, data, tmp_path / "one.h5ad", *args) == 0
+    assert _run(ckpt, data, tmp_path / "two.h5ad", *args, "--devices", "2") == 0
+    one, two = anndata.read_h5ad(tmp_path / "one.h5ad"), anndata.read_h5ad(tmp_path / "two.h5ad")
+    np.testing.assert_array_equal(one.obs["llh"], two.obs["llh"])
+    for key in ("cge_embeddings", "cge_cell_indices", "cge_gene_names") if emb_type == "cge" else ():
+        np.testing.assert_array_equal(one.uns[key], two.uns[key])
+    if emb_type == "cell":
+        np.testing.assert_array_equal(one.obsm["embeddings"], two.obsm["embeddings"])

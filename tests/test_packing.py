@@ -16,6 +16,7 @@ from tfx.tokenize.packing import cell_length, first_fit_decreasing, pack
 from tfx.train.data import CellBatches
 
 SEQ_LEN = 15  # tiny_model's
+BLOCK = 8  # eager attention takes packed rows in blocks of 8 queries, each over its cells' keys only
 
 
 def _cells():
@@ -41,7 +42,7 @@ def _per_cell_loss_sums(model, out, batch):
 
 @pytest.mark.parametrize("likelihood", ["ztp", "negbin"])
 def test_packed_losses_and_gradients_equal_unpacked(likelihood):
-    model = tiny_model(likelihood=likelihood).train()
+    model = tiny_model(likelihood=likelihood, block_len=BLOCK).train()
     cells, aux = _cells()
     packed = pack(cells, 1, SEQ_LEN, 40, aux)
     assert packed.gene_ids.shape[0] < len(cells) // 2  # several cells share a row
@@ -70,7 +71,7 @@ def test_packed_losses_and_gradients_equal_unpacked(likelihood):
 
 
 def test_packed_embeddings_and_llh_equal_unpacked():
-    model = tiny_model().eval()
+    model = tiny_model(block_len=BLOCK).eval()
     cells, aux = _cells()
     padded, packed = collate(cells, 1, SEQ_LEN, aux), pack(cells, 1, SEQ_LEN, 33, aux)
     with torch.no_grad():
@@ -134,7 +135,8 @@ def test_cell_batches_pack_every_cell_once_in_fixed_shapes():
 
 
 def test_pretraining_recipe_trains_on_packed_rows(tmp_path):
-    from tfx.train.run import compose, train
+    from tfx.train.run import compose, initial_checkpoint, train
+    from tfx.train.sources import build_sources
     from tfx.vocab import write_gene_embeddings
 
     rng = np.random.default_rng(0)
@@ -144,10 +146,14 @@ def test_pretraining_recipe_trains_on_packed_rows(tmp_path):
     obs = pd.DataFrame({"assay": "10x 3' v3"}, index=[f"c{i}" for i in range(48)])
     write_h5ad(tmp_path / "cells.h5ad", genes, x, obs)
     out = tmp_path / "run"
-    train(compose("pretrain/tiny", [
+    cfg = compose("pretrain/tiny", [
         "data=h5ad", f"data.files=[{tmp_path / 'cells.h5ad'}]", f"vocab.embeddings=[{tmp_path / 'g_gene.h5'}]",
         f"output_dir={out}", "trainer.max_steps=4", "model.embed_dim=16", "model.model_dim=32", "model.seq_len=63",
-        "data.pack=true", "data.token_budget=256", "trainer.log_every_n_steps=1"]))
+        "data.pack=true", "data.token_budget=256", "trainer.log_every_n_steps=1"])
+    source, _ = build_sources(cfg, initial_checkpoint(cfg))
+    batch = next(iter(source))
+    assert batch.cell_ids is not None and batch.gene_ids.shape == (4, 64)  # rows of seq_len + the assay token
+    train(cfg)
     metrics = pd.read_csv(out / "logs" / "metrics.csv")
     assert np.isfinite(metrics["train/loss"].dropna()).all() and len(metrics["train/loss"].dropna()) == 4
     assert (out / "export" / "model_weights.pt").exists()

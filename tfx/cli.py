@@ -45,7 +45,7 @@ def cmd_infer(args) -> int:
         emb_type=args.emb_type, llh="llh" in outputs, gene_col=args.gene_col, use_raw=args.use_raw,
         remove_duplicate_genes=args.remove_duplicate_genes, clip_counts=args.clip_counts, device=args.device,
         precision=args.precision, token_budget=args.token_budget, max_cells=args.batch_size,
-        chunk_size=args.chunk_size,
+        chunk_size=args.chunk_size, devices=args.devices,
     )
     summary = infer_file(ckpt, args.data, args.output, opts)
     rate = summary["cells"] / max(summary["seconds"], 1e-9)
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="most cells per batch")
     p.add_argument("--token-budget", type=int, default=16384, help="most cells x padded length per batch")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--devices", type=int, default=1, help="processes, one per GPU (-1: every GPU)")
     p.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32")
     p.add_argument("--attention", default=None, help="attention backend (registry name); default: the checkpoint's")
     p.add_argument("--gene-col", default="ensembl_id", help="var column of gene ids ('index' for the var index)")

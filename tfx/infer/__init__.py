@@ -31,15 +31,15 @@ def aux_token_ids(ckpt: Checkpoint, obs: pd.DataFrame, source: str) -> np.ndarra
 
 def tokenize_file(ckpt: Checkpoint, path, *, gene_col: str = "ensembl_id", use_raw: bool | None = None,
                   remove_duplicate_genes: bool = False, clip_counts: float | None = 30,
-                  chunk_size: int = 4096):
-    """Yield (first row, cells, aux ids, obs chunk) for every chunk of an h5ad file."""
+                  chunk_size: int = 4096, start: int = 0, stop: int | None = None):
+    """Yield (first row, cells, aux ids, obs chunk) for every chunk of rows start..stop of an h5ad file."""
     reader = CellReader(path, ckpt.vocab.lookup, gene_col=gene_col, use_raw=use_raw,
                         remove_duplicate_genes=remove_duplicate_genes)
     tokenizer = Tokenizer(ckpt.model_cfg.seq_len, clip_counts=clip_counts,
                           normalize_to_scale=ckpt.data_cfg.normalize_to_scale)
     try:
-        for start, cells in reader.iter_chunks(chunk_size):
-            obs = reader.obs.iloc[start : start + len(cells)]
-            yield start, [tokenizer(ids, counts) for ids, counts in cells], aux_token_ids(ckpt, obs, str(path)), obs
+        for first, cells in reader.iter_chunks(chunk_size, start, stop):
+            obs = reader.obs.iloc[first : first + len(cells)]
+            yield first, [tokenizer(ids, counts) for ids, counts in cells], aux_token_ids(ckpt, obs, str(path)), obs
     finally:
         reader.close()

@@ -17,6 +17,7 @@ from tfx.tokenize import collate, length_batches
 class Outputs:
     """What inference produced for a run of cells, in input order."""
 
+    cells: int = 0
     embeddings: np.ndarray | None = None  # [N, E] cell embeddings
     llh: np.ndarray | None = None  # [N] the reference's per-cell mean count NLL
     cge_embeddings: list[np.ndarray] = field(default_factory=list)  # per cell: [n_genes, E]
@@ -48,7 +49,7 @@ def run_cells(
     seq_len = model.cfg.seq_len
     lengths = np.array([min(len(ids), seq_len) + 1 for ids, _ in cells])
     n = len(cells)
-    out = Outputs()
+    out = Outputs(cells=n)
     if emb_type == "cell":
         out.embeddings = np.zeros((n, model.cfg.embed_dim), dtype=np.float32)
     else:

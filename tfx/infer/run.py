@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from tfx.atomic import atomic_path
 from tfx.checkpoint import Checkpoint
 from tfx.data.anndata import CellReader, InputError
 from tfx.infer import tokenize_file
-from tfx.infer.engine import run_cells
+from tfx.infer.engine import Outputs, run_cells
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,86 @@ class InferOptions:
     token_budget: int = 16384
     max_cells: int = 256
     chunk_size: int = 4096
+    devices: int = 1  # processes, one per device (GPU); -1: every GPU
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    return torch.device(name)
+def resolve_devices(name: str, count: int = 1) -> list[torch.device]:
+    """``count`` devices of kind ``name`` (auto: CUDA when present); ``count`` -1: every GPU."""
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if kind == "cuda":
+        available = torch.cuda.device_count()
+        if available == 0:
+            raise InputError("--device cuda: no CUDA device is available; use --device cpu or auto")
+        count = available if count == -1 else count
+        if count > available:
+            raise InputError(f"--devices {count}: only {available} CUDA devices are visible")
+        return [torch.device("cuda", i) for i in range(count)]
+    return [torch.device("cpu")] * max(1, count)  # several CPU processes split the cores
+
+
+def _row_results(ckpt: Checkpoint, data: Path, opts: InferOptions, device: torch.device, start: int = 0,
+                 stop: int | None = None):
+    """(first row, Outputs, cells without genes) for each chunk of rows start..stop."""
+    model = ckpt.model.to(device).eval()
+    for first, cells, aux, _ in tokenize_file(
+        ckpt, data, gene_col=opts.gene_col, use_raw=opts.use_raw, remove_duplicate_genes=opts.remove_duplicate_genes,
+        clip_counts=opts.clip_counts, chunk_size=opts.chunk_size, start=start, stop=stop,
+    ):
+        res = run_cells(model, cells, aux, ckpt.vocab.pad, emb_type=opts.emb_type, llh=opts.llh,
+                        token_budget=opts.token_budget, max_cells=opts.max_cells, device=device,
+                        precision=opts.precision)
+        yield first, res, sum(len(ids) == 0 for ids, _ in cells)
+
+
+def _worker(rank: int, ckpt: Checkpoint, data: Path, opts: InferOptions, devices: list, ranges: list, parts: Path):
+    """One process per device: its rows' results go to part files the parent assembles."""
+    start, stop = ranges[rank]
+    embeddings = llh = None
+    if opts.emb_type == "cell":
+        embeddings = np.lib.format.open_memmap(parts / f"{rank}.emb.npy", "w+", np.float32,
+                                               (stop - start, ckpt.model_cfg.embed_dim))
+    if opts.llh:
+        llh = np.lib.format.open_memmap(parts / f"{rank}.llh.npy", "w+", np.float32, (stop - start,))
+    cge, empty = [], 0
+    for first, res, n_empty in _row_results(ckpt, data, opts, devices[rank], start, stop):
+        rows = slice(first - start, first - start + res.cells)
+        if embeddings is not None:
+            embeddings[rows] = res.embeddings
+        if llh is not None:
+            llh[rows] = res.llh
+        cge += [(first + i, e, g) for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids))]
+        empty += n_empty
+    for arr in (embeddings, llh):
+        if arr is not None:
+            arr.flush()
+    if opts.emb_type == "cge":
+        dim = ckpt.model_cfg.embed_dim
+        np.savez(parts / f"{rank}.cge.npz",
+                 cells=np.concatenate([np.full(len(g), c) for c, _, g in cge] or [np.zeros(0, np.int64)]),
+                 emb=np.concatenate([e for _, e, _ in cge] or [np.zeros((0, dim), np.float32)]),
+                 genes=np.concatenate([g for _, _, g in cge] or [np.zeros(0, np.int64)]))
+    (parts / f"{rank}.empty").write_text(str(empty))
+
+
+def _parallel_results(ckpt: Checkpoint, data: Path, opts: InferOptions, devices: list, n_cells: int, parts: Path):
+    """Results of one process per device over contiguous row ranges, in row order."""
+    import torch.multiprocessing as mp
+
+    bounds = np.linspace(0, n_cells, len(devices) + 1).astype(int)
+    ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    mp.spawn(_worker, args=(ckpt, data, opts, devices, ranges, parts), nprocs=len(devices), join=True)
+    for rank, (start, stop) in enumerate(ranges):
+        res = Outputs(cells=stop - start)
+        if opts.emb_type == "cell":
+            res.embeddings = np.load(parts / f"{rank}.emb.npy", mmap_mode="r")
+        if opts.llh:
+            res.llh = np.load(parts / f"{rank}.llh.npy", mmap_mode="r")
+        if opts.emb_type == "cge":
+            cge = np.load(parts / f"{rank}.cge.npz")
+            split = np.searchsorted(cge["cells"], np.arange(start + 1, stop))  # cells may have no gene
+            res.cge_embeddings = np.split(cge["emb"], split)
+            res.cge_gene_ids = np.split(cge["genes"], split)
+        yield start, res, int((parts / f"{rank}.empty").read_text())
 
 
 def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathLike, opts: InferOptions) -> dict:
@@ -58,8 +131,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
     data, output = Path(data), Path(output)
     if output.resolve() == data.resolve():
         raise InputError(f"{output}: the output would overwrite the input; choose another --output")
-    device = resolve_device(opts.device)
-    model = ckpt.model.to(device).eval()
+    devices = resolve_devices(opts.device, opts.devices)
     reader = CellReader(data, ckpt.vocab.lookup, gene_col=opts.gene_col, use_raw=opts.use_raw,
                         remove_duplicate_genes=opts.remove_duplicate_genes)
     n_cells, obs = reader.n_cells, reader.obs.copy()
@@ -69,33 +141,31 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
     cge_emb, cge_cells, cge_genes = [], [], []
     empty = 0
     started = time.perf_counter()
-    with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(output) as tmp, h5py.File(tmp, "w") as f, tempfile.TemporaryDirectory(dir=output.parent) as parts:
         write_elem(f, "obsm", {})
         emb_ds = None
         if opts.emb_type == "cell":  # streamed: memory stays bounded by the chunk size
-            emb_ds = f["obsm"].create_dataset("embeddings", shape=(n_cells, model.cfg.embed_dim), dtype="f4")
+            emb_ds = f["obsm"].create_dataset("embeddings", shape=(n_cells, ckpt.model_cfg.embed_dim), dtype="f4")
             emb_ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        if len(devices) > 1:
+            results = _parallel_results(ckpt, data, opts, devices, n_cells, Path(parts))
+        else:
+            results = _row_results(ckpt, data, opts, devices[0])
         bar = tqdm(total=n_cells, unit="cell", desc="infer", disable=None)
-        for start, cells, aux, _ in tokenize_file(
-            ckpt, data, gene_col=opts.gene_col, use_raw=opts.use_raw,
-            remove_duplicate_genes=opts.remove_duplicate_genes, clip_counts=opts.clip_counts,
-            chunk_size=opts.chunk_size,
-        ):
-            empty += sum(len(ids) == 0 for ids, _ in cells)
-            res = run_cells(model, cells, aux, ckpt.vocab.pad, emb_type=opts.emb_type, llh=opts.llh,
-                            token_budget=opts.token_budget, max_cells=opts.max_cells, device=device,
-                            precision=opts.precision)
-            stop = start + len(cells)
+        for start, res, n_empty in results:
+            n = res.cells
+            empty += n_empty
             if emb_ds is not None:
-                emb_ds[start:stop] = res.embeddings
+                for i in range(0, n, opts.chunk_size):  # part files are read back chunk by chunk
+                    emb_ds[start + i : start + min(n, i + opts.chunk_size)] = res.embeddings[i : i + opts.chunk_size]
             else:
                 for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids)):
                     cge_emb.append(e)
                     cge_cells.append(np.full(len(g), start + i, dtype=np.int64))
                     cge_genes.append(g)
             if llh is not None:
-                llh[start:stop] = res.llh
-            bar.update(len(cells))
+                llh[start : start + n] = res.llh
+            bar.update(n)
             bar.set_postfix(cells_per_s=f"{bar.n / (time.perf_counter() - started):.0f}")
         bar.close()
         if empty:
@@ -105,7 +175,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
             obs["llh"] = llh
         uns = {}
         if opts.emb_type == "cge":
-            dim = model.cfg.embed_dim
+            dim = ckpt.model_cfg.embed_dim
             genes = np.concatenate(cge_genes) if cge_genes else np.zeros(0, np.int64)
             uns = {
                 "cge_embeddings": np.concatenate(cge_emb) if cge_emb else np.zeros((0, dim), np.float32),

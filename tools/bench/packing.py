@@ -1,14 +1,16 @@
 """Packed vs padded training throughput: useful tokens/s of one model on the same cells, one run.
 
-    python tools/bench/packing.py [--attention eager] [--row-len 2048] [--token-budget 8192]
-        [--max-cells 64] [--dim 128 --layers 2 --heads 4] [--epochs 1]
+    python tools/bench/packing.py [--row-len 2048] [--token-budget 8192] [--max-cells 64]
+        [--dim 128 --layers 2 --heads 4] [--epochs 1] [--synth-cells 1000] [--threads N]
 
 Cells: real mouse cells (../shared/data/mouse_val.h5ad; skipped with a message when absent) and
-a `tfx synth` atlas (2,000 cells of 29 to ~1,100 genes). A tiny model (seq_len 2047, one assay
+a `tfx synth` atlas (1,000 cells of ~30 to ~1,300 genes). A tiny model (seq_len 2047, one assay
 token) takes training steps (forward, backward, AdamW) on CellBatches' padded batches (token-budget
 batches of cells sorted by length within windows) and on its packed rows (first-fit-decreasing,
 token_budget // row_len rows a batch), alternating, each over the same epochs of cells. Useful
-tokens are the gene positions that carry a loss; both modes see the same ones.
+tokens are the gene positions that carry a loss; both modes see the same ones. Attention is the
+eager backend (FlexAttention has no backward on CPU; tools/bench/train_throughput.py is the GPU
+benchmark).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def tiny_model(vocab_size: int, args):
 
     torch.manual_seed(0)
     cfg = ModelConfig(embed_dim=args.dim, num_heads=args.heads, num_layers=args.layers, model_dim=2 * args.dim,
-                      gene_head_hidden_dim=args.dim, seq_len=2047, dropout=0.0, attention=args.attention)
+                      gene_head_hidden_dim=args.dim, seq_len=2047, dropout=0.0, attention="eager")
     table = torch.randn(vocab_size, 32)
     return TranscriptFormer(cfg, table, SpecialIds(PAD, START, END), {"assay": {"unknown": 0, "a": 1}}, 30)
 
@@ -62,43 +64,44 @@ def compare(name: str, cells, vocab_size: int, args) -> float:
     }
     steps = {mode: args.epochs * len(s._epoch_batches(0)) for mode, s in sources.items()}
     streams = {mode: iter(s) for mode, s in sources.items()}
-    seconds, useful, computed = dict.fromkeys(sources, 0.0), dict.fromkeys(sources, 0), dict.fromkeys(sources, 0)
 
-    def step(mode: str) -> None:
+    def step(mode: str) -> tuple[float, float, int, int]:
+        """(wall s, CPU s, useful tokens, positions computed) of one training step."""
         batch = next(streams[mode])
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         loss = model.losses(model(batch), batch)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
-        seconds[mode] += time.perf_counter() - start
-        useful[mode] += int((batch.gene_ids != PAD).sum())
-        computed[mode] += batch.gene_ids.numel() + (0 if batch.cell_ids is not None else batch.gene_ids.shape[0])
+        positions = batch.gene_ids.numel() + (0 if batch.cell_ids is not None else batch.gene_ids.shape[0])
+        return time.perf_counter() - wall, time.process_time() - cpu, int((batch.gene_ids != PAD).sum()), positions
 
-    for mode in sources:  # warm-up (a flex kernel compiles here), not timed below
+    for mode in sources:  # warm-up, not counted
         step(mode)
-    seconds, useful, computed = dict.fromkeys(sources, 0.0), dict.fromkeys(sources, 0), dict.fromkeys(sources, 0)
+    totals = {mode: np.zeros(4) for mode in sources}
     done = dict.fromkeys(sources, 0)
     while any(done[m] < steps[m] for m in sources):  # alternate, so that load on the machine hits both
         for mode in sources:
             if done[mode] < steps[mode]:
-                step(mode)
+                totals[mode] += step(mode)
                 done[mode] += 1
-    rate = {m: useful[m] / seconds[m] for m in sources}
     lengths = np.array([min(len(ids), 2047) for ids, _ in cells])
     print(f"{name}: {len(cells)} cells, genes per cell median {np.median(lengths):.0f} "
           f"(5-95%: {np.percentile(lengths, 5):.0f}-{np.percentile(lengths, 95):.0f}, max {lengths.max()})")
-    for m in sources:
-        print(f"  {m}: {steps[m]} steps, {rate[m]:,.0f} useful tokens/s, "
-              f"{useful[m] / computed[m]:.0%} of positions useful, {seconds[m] / steps[m] * 1e3:.0f} ms/step")
-    ratio = rate["packed"] / rate["padded"]
-    print(f"  packed / padded: {ratio:.2f}x")
-    return ratio
+    for m, (wall, cpu, useful, positions) in totals.items():
+        print(f"  {m}: {steps[m]} steps, {useful / wall:,.0f} useful tokens/s ({useful / cpu:,.0f} per CPU s), "
+              f"{useful / positions:.0%} of positions useful, {wall / steps[m] * 1e3:.0f} ms/step")
+    share = {m: t[2] / t[3] for m, t in totals.items()}
+    print(f"  ceiling from padding alone: {share['packed'] / share['padded']:.2f}x")
+    rate = {m: t[2] / t[0] for m, t in totals.items()}
+    cpu_rate = {m: t[2] / t[1] for m, t in totals.items()}
+    print(f"  packed / padded: {rate['packed'] / rate['padded']:.2f}x tokens/s "
+          f"({cpu_rate['packed'] / cpu_rate['padded']:.2f}x per CPU second)")
+    return rate["packed"] / rate["padded"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--attention", default="eager", help="eager or flex (compiled FlexAttention)")
     ap.add_argument("--row-len", type=int, default=2048, help="packed row length (seq_len 2047 + 1 assay token)")
     ap.add_argument("--token-budget", type=int, default=8192)
     ap.add_argument("--max-cells", type=int, default=64)
@@ -106,9 +109,11 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--synth-cells", type=int, default=2000)
+    ap.add_argument("--synth-cells", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
-    print(f"model: {args.layers} layers x {args.dim}, {args.heads} heads, {args.attention} attention; "
+    torch.set_num_threads(args.threads)
+    print(f"model: {args.layers} layers x {args.dim}, {args.heads} heads, eager attention; "
           f"token budget {args.token_budget}, max {args.max_cells} cells (padded), rows of {args.row_len} (packed); "
           f"{torch.get_num_threads()} CPU threads")
 
