@@ -23,8 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/tfx registry
-	$(BIN)/python tools/parity_check.py
+	$(BIN)/tfx quickstart --output quickstart
 
 clean:
 	rm -rf $(VENV) quickstart

@@ -38,7 +38,7 @@ def quickstart(output: str | Path = "quickstart", species: int = 3, cells: int =
     genes = ",".join(files["gene_h5"] for files in atlas.values())
     export = train(compose("pretrain/tiny", [f"data.shards=[{shards}]", f"vocab.embeddings=[{genes}]",
                                              f"output_dir={out / 'run'}", f"trainer.max_steps={steps}",
-                                             f"seed={seed}", "trainer.accelerator=cpu"]))
+                                             f"seed={seed}", "trainer.accelerator=cpu", "data.token_budget=4096"]))
     step(f"infer: cell embeddings from {export}")
     ckpt = load_checkpoint(export)
     embeddings = []
