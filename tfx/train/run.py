@@ -2,7 +2,7 @@
 
 A run directory holds ``config.yaml`` (the composed recipe), ``checkpoint_template/`` (config.json
 and vocabs/ of the model being trained), ``checkpoints/`` (Lightning / DeepSpeed checkpoints),
-``logs/`` (CSV metrics, and wandb's offline run when enabled) and, when the run ends,
+``logs/<n>/metrics.csv`` (one per start or resume, and wandb's offline run when enabled) and, when the run ends,
 ``export/``: the inference checkpoint in the official layout.
 """
 
@@ -136,7 +136,9 @@ def train(cfg: DictConfig) -> Path:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         write_template(ckpt, out / "checkpoint_template", task)
 
-    loggers = [CSVLogger(str(out), name="logs", version="")]
+    # one CSV per (re)start: logs/0/metrics.csv, logs/1/metrics.csv, ... (a resume keeps the history)
+    attempt = len([p for p in (out / "logs").glob("*/metrics.csv")])
+    loggers = [CSVLogger(str(out), name="logs", version=str(attempt))]
     if cfg.logger.name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
