@@ -51,7 +51,11 @@ def _biased(length: int, embed_mode: bool, device) -> Tensor:
     return (idx[None, :] <= idx[:, None]) if embed_mode else (idx[None, :] < idx[:, None])
 
 
-CELL_GROUP_ROUND = 16  # packed rows: cells are padded to a multiple of this for the eager math
+def _group_length(lengths: Tensor) -> Tensor:
+    """Packed rows, eager math: the length each cell is padded to (cells of one length form a group).
+    A multiple of 16: coarser steps mean fewer, larger kernel calls but more padded attention, and
+    on CPU neither wins clearly."""
+    return (lengths + 15) // 16 * 16
 
 
 @dataclass
@@ -77,7 +81,7 @@ class _CellGroups:
         lengths = torch.diff(starts, append=starts.new_tensor([spare]))
         is_cell = docs[starts] >= 0  # runs of row padding are no cell: their outputs stay 0
         starts, lengths = starts[is_cell], lengths[is_cell]
-        padded = (lengths + CELL_GROUP_ROUND - 1) // CELL_GROUP_ROUND * CELL_GROUP_ROUND
+        padded = _group_length(lengths)
         key_valid = torch.cat([inp.key_valid.flatten(), inp.key_valid.new_zeros(1)])
         log_counts = torch.cat([inp.log_counts.flatten(), inp.log_counts.new_zeros(1)])
         slots, allowed, biased = [], [], []

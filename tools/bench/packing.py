@@ -16,7 +16,6 @@ benchmark).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ def tiny_model(vocab_size: int, args):
     return TranscriptFormer(cfg, table, SpecialIds(PAD, START, END), {"assay": {"unknown": 0, "a": 1}}, 30)
 
 
-def compare(name: str, cells, vocab_size: int, args) -> float:
+def compare(name: str, cells, vocab_size: int, args) -> None:
     from tfx.tokenize import Tokenizer
     from tfx.train.data import CellBatches
     from tfx.train.module import OptimConfig, adamw
@@ -97,7 +96,6 @@ def compare(name: str, cells, vocab_size: int, args) -> float:
     cpu_rate = {m: t[2] / t[1] for m, t in totals.items()}
     print(f"  packed / padded: {rate['packed'] / rate['padded']:.2f}x tokens/s "
           f"({cpu_rate['packed'] / cpu_rate['padded']:.2f}x per CPU second)")
-    return rate["packed"] / rate["padded"]
 
 
 def main() -> None:
@@ -129,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
