@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from tfx.infer.engine import length_batches
-from tfx.tokenize import Tokenizer, collate
+from tfx.tokenize import Tokenizer, collate, length_batches
 from tfx.tokenize.packing import cell_length, first_fit_decreasing, pack
 
 
