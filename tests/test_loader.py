@@ -25,12 +25,14 @@ ASSAYS = {"unknown": 0, "a": 1, "b": 2}
 
 
 def rows(batch) -> list[tuple]:
-    """The cells of a batch without padding: (gene ids, counts, aux ids) as hashable tuples."""
+    """The cells of a batch (padded or packed) without padding: (gene ids, counts, aux ids) as hashable tuples."""
+    cell_ids = torch.arange(len(batch.gene_ids))[:, None].expand_as(batch.gene_ids) if batch.cell_ids is None \
+        else batch.cell_ids
     out = []
-    for i in range(len(batch.gene_ids)):
-        valid = batch.gene_ids[i] != 1
+    for i in range(batch.n_cells):
+        genes = (cell_ids == i) & (batch.gene_ids != 1)
         aux = () if batch.aux_ids is None else tuple(batch.aux_ids[i].tolist())
-        out.append((tuple(batch.gene_ids[i][valid].tolist()), tuple(batch.counts[i][valid].tolist()), aux))
+        out.append((tuple(batch.gene_ids[genes].tolist()), tuple(batch.counts[genes].tolist()), aux))
     return out
 
 
@@ -139,14 +141,34 @@ def test_ranks_split_the_shards(synthetic):
     assert len(per_rank[0]) == len(per_rank[1]) == 100 and sorted(per_rank[0] + per_rank[1]) == expected
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resumption_skips_consumed_shards(synthetic, workers):
+def test_packed_batches_hold_every_cell_once_in_rows_of_one_shape(synthetic):
+    vocab, tok = synthetic["vocab"], Tokenizer(64, order="random")
+    expected = sorted(c for v in shard_cells(synthetic["a"], vocab, Tokenizer(64)).values() for c in v)
+    loader = ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, aux_vocabs={"assay": ASSAYS},
+                         token_budget=400, pack_row_len=100, batch_window=64, epochs=1, seed=3)
+    batches = list(loader)
+    got = [r for b in batches for r in rows(b)]
+    # random gene order: compare each cell's (gene, count) pairs
+    assert sorted(tuple(sorted(zip(g, c))) for g, c, _ in got) == sorted(tuple(sorted(zip(g, c))) for g, c, _ in expected)
+    assert sorted(a for _, _, a in got) == sorted(a for _, _, a in expected)
+    assert all(tuple(b.gene_ids.shape) == (4, 100) for b in batches)
+    cells_per_row = [len(set(row.tolist()) - {-1}) for b in batches for row in b.cell_ids]
+    assert max(cells_per_row) > 1 and loader.stats["cells"] == 200
+    useful = sum(int((b.cell_ids >= 0).sum()) for b in batches) / sum(b.cell_ids.numel() for b in batches)
+    assert useful > 0.8  # the rows are filled, not one cell each
+    with pytest.raises(InputError, match="at least 65"):
+        ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, aux_vocabs={"assay": ASSAYS}, pack_row_len=64)
+
+
+@pytest.mark.parametrize("workers,pack_row_len", [(0, None), (2, None), (0, 130)])
+def test_resumption_skips_consumed_shards(synthetic, workers, pack_row_len):
     vocab, tok = synthetic["vocab"], Tokenizer(64)
     by_shard = shard_cells(synthetic["a"], vocab, tok)
 
     def loader():
         return ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, aux_vocabs={"assay": ASSAYS},
-                           max_cells=10, shuffle_buffer=30, batch_window=20, epochs=1, seed=5, num_workers=workers)
+                           max_cells=10, shuffle_buffer=30, batch_window=20, epochs=1, seed=5, num_workers=workers,
+                           token_budget=260 if pack_row_len else 16384, pack_row_len=pack_row_len)
 
     first, seen = loader(), []
     for batch in first:

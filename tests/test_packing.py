@@ -134,7 +134,9 @@ def test_cell_batches_pack_every_cell_once_in_fixed_shapes():
         CellBatches(cells, aux, 1, tokenizer, pack_row_len=8)
 
 
-def test_pretraining_recipe_trains_on_packed_rows(tmp_path):
+@pytest.mark.parametrize("source", ["h5ad", "shards"])
+def test_pretraining_recipe_trains_on_packed_rows(tmp_path, source):
+    from tfx.data.shards import write_shards
     from tfx.train.run import compose, initial_checkpoint, train
     from tfx.train.sources import build_sources
     from tfx.vocab import write_gene_embeddings
@@ -146,8 +148,12 @@ def test_pretraining_recipe_trains_on_packed_rows(tmp_path):
     obs = pd.DataFrame({"assay": "10x 3' v3"}, index=[f"c{i}" for i in range(48)])
     write_h5ad(tmp_path / "cells.h5ad", genes, x, obs)
     out = tmp_path / "run"
+    data = ["data=h5ad", f"data.files=[{tmp_path / 'cells.h5ad'}]"]
+    if source == "shards":
+        write_shards([tmp_path / "cells.h5ad"], "homo_sapiens", tmp_path / "shards", cells_per_shard=12, processes=1)
+        data = ["data=shards", f"data.shards=[{tmp_path / 'shards'}]"]
     cfg = compose("pretrain/tiny", [
-        "data=h5ad", f"data.files=[{tmp_path / 'cells.h5ad'}]", f"vocab.embeddings=[{tmp_path / 'g_gene.h5'}]",
+        *data, f"vocab.embeddings=[{tmp_path / 'g_gene.h5'}]",
         f"output_dir={out}", "trainer.max_steps=4", "model.embed_dim=16", "model.model_dim=32", "model.seq_len=63",
         "data.pack=true", "data.token_budget=256", "trainer.log_every_n_steps=1"])
     source, _ = build_sources(cfg, initial_checkpoint(cfg))

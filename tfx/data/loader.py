@@ -6,6 +6,7 @@
         vocab, Tokenizer(seq_len=2047, order="random"), aux_vocabs={"assay": {...}},
         token_budget=16384, max_cells=256, shuffle_buffer=2000, seed=0, num_workers=4)
     for batch in loader: ...                 # tfx.model.TokenBatch, padded to the batch's longest cell
+    ShardLoader(..., pack_row_len=2048)      # or packed: token_budget // 2048 rows of whole cells a batch
     state = loader.state_dict()              # shards consumed so far (this rank)
     loader.load_state_dict(state)            # a resumed run skips them
 
@@ -14,7 +15,9 @@ URL, or anything webdataset opens: brace patterns, ``pipe:``, http(s), object st
 data-loader worker the pipeline is: each source's shards in a seeded per-epoch order, split across
 ranks then workers (every rank computes the same order) -> cells mapped to the vocabulary through
 each shard's gene table and tokenized -> weighted mixing of the sources, one draw per cell ->
-shuffle buffer -> windows of cells cut into batches under a token budget (longest first).
+shuffle buffer -> windows of cells cut into batches under a token budget (longest first), or with
+``pack_row_len`` packed first-fit-decreasing into rows of that many positions, ``token_budget //
+pack_row_len`` rows a batch (every batch one shape; see ``tfx.tokenize.packing``).
 
 Epochs are per source: ``epochs=None`` streams forever (train by steps; the weights then hold
 exactly), ``epochs=n`` makes one iteration read every source n times over (a source that runs out
@@ -49,6 +52,7 @@ from tfx.data.anndata import InputError
 from tfx.data.shards import MANIFEST, ShardError, read_shard
 from tfx.model.transcriptformer import TokenBatch
 from tfx.tokenize import Tokenizer, collate, length_batches
+from tfx.tokenize.packing import cell_length, first_fit_decreasing, pack
 from tfx.vocab import GeneVocab
 
 log = logging.getLogger(__name__)
@@ -179,30 +183,45 @@ class _CellStream(torch.utils.data.IterableDataset):
         progress.finish(shard)
 
     def _batches(self, cells, progress: _Progress, rng):
-        """Windows of cells cut into token-budget batches, yielded in random order; the window's
-        last (shortest, often part-filled) batch waits for the next window."""
-        ld = self.loader
+        """Windows of cells cut into batches, yielded in random order; the window's last batch (the
+        shortest cells, often part-filled) waits for the next window."""
         window = []
         for cell in cells:
             window.append(cell)
-            if len(window) >= ld.batch_window:
-                groups = list(length_batches(self._lengths(window), ld.token_budget, ld.max_cells))
-                carry = groups.pop() if len(groups) > 1 else []
-                for g in rng.permutation(len(groups)):
-                    yield self._emit([window[i] for i in groups[g]], progress)
-                window = [window[i] for i in carry]
-        for group in length_batches(self._lengths(window), ld.token_budget, ld.max_cells):
-            yield self._emit([window[i] for i in group], progress)
+            if len(window) >= self.loader.batch_window:
+                plans = self._plan(window)
+                carry = plans.pop() if len(plans) > 1 else []
+                for g in rng.permutation(len(plans)):
+                    yield self._emit(window, plans[g], progress)
+                window = [window[i] for row in carry for i in row]
+        for plan in self._plan(window):
+            yield self._emit(window, plan, progress)
         yield None, progress.report()  # what finished after the last batch (skipped cells, corrupt shards)
 
-    def _lengths(self, window) -> np.ndarray:
-        # positions in the model: aux tokens, [START] and the genes
-        return np.array([len(ids) + 1 + len(self.loader.aux_vocabs) for _, ids, _, _ in window])
+    def _plan(self, window) -> list[list[np.ndarray]]:
+        """The window's batches, each a list of rows of window indices: one row per cell when
+        padding, whole cells packed first-fit-decreasing when packing."""
+        ld, n_aux = self.loader, len(self.loader.aux_vocabs)
+        if ld.pack_row_len:
+            lengths = np.array([cell_length(len(ids), ld.tokenizer.seq_len, n_aux) for _, ids, _, _ in window])
+            rows = first_fit_decreasing(lengths, ld.pack_row_len)
+            return [rows[i : i + ld.rows_per_batch] for i in range(0, len(rows), ld.rows_per_batch)]
+        lengths = np.array([len(ids) + 1 + n_aux for _, ids, _, _ in window])  # aux, [START], genes
+        return [[group[i : i + 1] for i in range(len(group))]
+                for group in length_batches(lengths, ld.token_budget, ld.max_cells)]
 
-    def _emit(self, cells, progress: _Progress):
+    def _emit(self, window, plan: list[np.ndarray], progress: _Progress):
         ld = self.loader
+        cells = [window[i] for row in plan for i in row]
         aux = np.array([c[3] for c in cells], dtype=np.int64) if ld.aux_vocabs else None
-        batch = collate([(ids, counts) for _, ids, counts, _ in cells], ld.vocab.pad, ld.tokenizer.seq_len, aux)
+        tokens = [(ids, counts) for _, ids, counts, _ in cells]
+        if ld.pack_row_len:
+            ends = np.cumsum([len(row) for row in plan], dtype=np.int64)
+            rows = [np.arange(end - len(row), end) for row, end in zip(plan, ends)]
+            rows += [np.zeros(0, dtype=np.int64)] * (ld.rows_per_batch - len(rows))  # one shape for every batch
+            batch = pack(tokens, ld.vocab.pad, ld.tokenizer.seq_len, ld.pack_row_len, aux, rows=rows)
+        else:
+            batch = collate(tokens, ld.vocab.pad, ld.tokenizer.seq_len, aux)
         progress.deliver([c[0] for c in cells])
         return batch, progress.report()
 
@@ -232,7 +251,7 @@ class ShardLoader:
                  *, aux_vocabs: Mapping[str, Mapping[str, int]] | None = None, token_budget: int = 16384,
                  max_cells: int = 256, shuffle_buffer: int = 2000, batch_window: int | None = None, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
-                 epochs: int | None = None, on_corrupt: str = "raise"):
+                 epochs: int | None = None, on_corrupt: str = "raise", pack_row_len: int | None = None):
         if isinstance(sources, Mapping):
             sources = [ShardSource(name, spec["urls"], float(spec.get("weight", 1.0))) for name, spec in sources.items()]
         if not sources:
@@ -260,6 +279,13 @@ class ShardLoader:
         self.aux_vocabs = dict(aux_vocabs or {})
         self.token_budget, self.max_cells, self.shuffle_buffer = token_budget, max_cells, shuffle_buffer
         self.batch_window = batch_window or 8 * max_cells
+        self.pack_row_len = pack_row_len
+        if pack_row_len:
+            longest = tokenizer.seq_len + len(self.aux_vocabs)
+            if pack_row_len < longest:
+                raise InputError(f"pack_row_len {pack_row_len} is shorter than the longest cell ({longest} positions: "
+                                 f"seq_len and the aux tokens); raise it to at least {longest}")
+            self.rows_per_batch = max(1, token_budget // pack_row_len)
         self.seed, self.epochs, self.on_corrupt = seed, epochs, on_corrupt
         self.epoch = {src.name: 0 for src in self.sources}  # the first epoch not yet wholly consumed
         self.consumed: dict[str, dict[int, set[str]]] = {src.name: {} for src in self.sources}
@@ -282,7 +308,7 @@ class ShardLoader:
             self._account(report)
             if batch is not None:
                 self.stats["batches"] += 1
-                self.stats["cells"] += len(batch.gene_ids)
+                self.stats["cells"] += batch.n_cells
                 yield batch
 
     def _account(self, report: dict) -> None:

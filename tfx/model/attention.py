@@ -36,13 +36,35 @@ def soft_cap(scores: Tensor, cap: float) -> Tensor:
     return cap * torch.tanh(scores.clamp(-HARD_CAP, HARD_CAP) / cap)
 
 
-def _allowed(inp: AttentionInputs, length: int, device) -> Tensor:
-    """[B, 1, L, L] bool: causal, valid key (one cell per row)."""
-    if "dense_mask" not in inp.cache:
+@dataclass
+class _ScoreTerms:
+    """What every layer and head of one forward adds to its scores, computed once: the count bias
+    (already divided by the soft-cap) and the mask as 0 / -inf. Queries with no allowed key get a
+    mask of 0 (a finite softmax) and their output is zeroed afterwards."""
+
+    bias: Tensor  # [n, 1, L, L]
+    mask: Tensor  # [n, 1, L, L]
+    empty: Tensor  # [n, 1, L, 1] bool
+
+    @classmethod
+    def of(cls, log_counts: Tensor, biased: Tensor, allowed: Tensor, softcap: float) -> _ScoreTerms:
+        bias = (log_counts[:, None, None, :] * biased)
+        if softcap > 0:
+            bias = bias / softcap
+        empty = ~allowed.any(-1, keepdim=True)
+        mask = torch.zeros(allowed.shape, dtype=bias.dtype, device=bias.device)
+        mask.masked_fill_(~allowed & ~empty, float("-inf"))
+        return cls(bias, mask if softcap > 0 else mask + bias, empty)
+
+
+def _causal_terms(inp: AttentionInputs, length: int, device) -> _ScoreTerms:
+    """One cell per row: causal, valid keys."""
+    if "terms" not in inp.cache:
         idx = torch.arange(length, device=device)
-        allowed = (idx[None, :] <= idx[:, None])[None] & inp.key_valid[:, None, :]
-        inp.cache["dense_mask"] = allowed[:, None]
-    return inp.cache["dense_mask"]
+        allowed = ((idx[None, :] <= idx[:, None])[None] & inp.key_valid[:, None, :])[:, None]
+        inp.cache["terms"] = _ScoreTerms.of(inp.log_counts, _biased(length, inp.embed_mode, device), allowed,
+                                            inp.softcap)
+    return inp.cache["terms"]
 
 
 def _biased(length: int, embed_mode: bool, device) -> Tensor:
@@ -66,9 +88,7 @@ class _CellGroups:
 
     positions: Tensor  # [sum of n x Lg] each group's slots in the flattened rows; padding -> a spare slot
     shapes: list[tuple[int, int]]  # (cells, Lg) of each group
-    allowed: list[Tensor]  # [n, 1, Lg, Lg] causal, valid key, inside the cell
-    biased: list[Tensor]  # [Lg, Lg]
-    log_counts: list[Tensor]  # [n, Lg]
+    terms: list[_ScoreTerms]
 
     @classmethod
     def of(cls, inp: AttentionInputs, length: int, device) -> _CellGroups:
@@ -84,27 +104,46 @@ class _CellGroups:
         padded = _group_length(lengths)
         key_valid = torch.cat([inp.key_valid.flatten(), inp.key_valid.new_zeros(1)])
         log_counts = torch.cat([inp.log_counts.flatten(), inp.log_counts.new_zeros(1)])
-        slots, allowed, biased = [], [], []
+        slots, terms = [], []
         for size in torch.unique(padded).tolist():
             chosen = padded == size
             offsets = torch.arange(size, device=device)
             inside = offsets[None, :] < lengths[chosen][:, None]
             slots.append(torch.where(inside, starts[chosen][:, None] + offsets[None, :], spare))
             causal = offsets[None, :] <= offsets[:, None]
-            allowed.append((causal[None] & key_valid[slots[-1]][:, None, :])[:, None])
-            biased.append(_biased(size, inp.embed_mode, device))
+            allowed = (causal[None] & key_valid[slots[-1]][:, None, :])[:, None]
+            terms.append(_ScoreTerms.of(log_counts[slots[-1]], _biased(size, inp.embed_mode, device), allowed,
+                                        inp.softcap))
         positions = torch.cat([s.flatten() for s in slots]) if slots else docs.new_zeros(0)
-        return cls(positions, [tuple(s.shape) for s in slots], allowed, biased, [log_counts[s] for s in slots])
+        return cls(positions, [tuple(s.shape) for s in slots], terms)
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, log_counts: Tensor, biased: Tensor, allowed: Tensor,
-            softcap: float) -> Tensor:
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    scores = scores + log_counts[:, None, None, :] * biased
-    scores = soft_cap(scores, softcap)
-    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-    probs = probs.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
-    return probs.to(v.dtype) @ v
+def _attend(q: Tensor, k: Tensor, v: Tensor, terms: _ScoreTerms, softcap: float, rows: int = 64) -> Tensor:
+    """Causal attention in blocks of ``rows`` queries, each against only the keys up to its last
+    query: about half the score work of one L x L pass, and the same result (the keys skipped
+    are masked for those queries)."""
+    length = q.shape[-2]
+    if length <= rows:
+        return _attend_rows(q, k, v, terms, softcap, 0, length)
+    k, v = k.contiguous(), v.contiguous()
+    return torch.cat([_attend_rows(q, k, v, terms, softcap, start, min(start + rows, length))
+                      for start in range(0, length, rows)], dim=-2)
+
+
+def _attend_rows(q: Tensor, k: Tensor, v: Tensor, terms: _ScoreTerms, softcap: float, start: int, stop: int):
+    """Queries start..stop: softmax(mask + cap * tanh(q.k * scale / cap + bias / cap)) @ v in few
+    passes over the scores; the scale rides on q, and the in-place steps touch no tensor autograd keeps."""
+    cap = softcap if softcap > 0 else 1.0
+    q, k, v = q[..., start:stop, :], k[..., :stop, :], v[..., :stop, :]
+    scores = (q * (q.shape[-1] ** -0.5 / cap)) @ k.transpose(-2, -1)
+    scores = scores.float()  # under autocast the score math stays in fp32, as FlexAttention's does
+    mask = terms.mask[..., start:stop, :stop]
+    if softcap > 0:
+        scores = torch.add(mask, scores.add_(terms.bias[..., start:stop, :stop]).tanh_(), alpha=softcap)
+    else:
+        scores = scores.add_(mask)
+    out = torch.softmax(scores, dim=-1).to(v.dtype) @ v
+    return out.masked_fill_(terms.empty[..., start:stop, :], 0.0)
 
 
 @ATTENTION.register("eager")
@@ -112,11 +151,9 @@ class EagerAttention:
     """Exact attention math in plain torch; runs on any device. The reference for the others."""
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, inp: AttentionInputs) -> Tensor:
-        length = q.shape[-2]
         if inp.document_ids is not None:
             return self._packed(q, k, v, inp)
-        biased = _biased(length, inp.embed_mode, q.device)
-        return _attend(q, k, v, inp.log_counts, biased, _allowed(inp, length, q.device), inp.softcap)
+        return _attend(q, k, v, _causal_terms(inp, q.shape[-2], q.device), inp.softcap)
 
     def _packed(self, q: Tensor, k: Tensor, v: Tensor, inp: AttentionInputs) -> Tensor:
         b, h, length, d = q.shape
@@ -130,7 +167,7 @@ class EagerAttention:
         outs = []
         for i, (n, size) in enumerate(groups.shapes):
             qg, kg, vg = (g[i].view(n, size, h, d).transpose(1, 2) for g in gathered)
-            og = _attend(qg, kg, vg, groups.log_counts[i], groups.biased[i], groups.allowed[i], inp.softcap)
+            og = _attend(qg, kg, vg, groups.terms[i], inp.softcap)
             outs.append(og.transpose(1, 2).reshape(n * size, h, d))
         out = flat[0].new_zeros(b * length + 1, h, d)
         if outs:

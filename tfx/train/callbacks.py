@@ -46,7 +46,7 @@ class Throughput(L.Callback):
         seconds = time.perf_counter() - self._start
         tokens = batch[0] if isinstance(batch, (tuple, list)) else batch
         n_tokens = int((tokens.gene_ids != module.model.special.pad).sum()) + tokens.gene_ids.shape[0]
-        n_cells = tokens.gene_ids.shape[0]
+        n_cells = tokens.n_cells
         metrics = {"perf/step_s": seconds, "perf/tokens_per_s": n_tokens / seconds,
                    "perf/cells_per_s": n_cells / seconds}
         engine = getattr(trainer.strategy, "deepspeed_engine", None)

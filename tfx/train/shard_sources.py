@@ -9,6 +9,7 @@ from omegaconf import DictConfig, ListConfig
 from tfx.checkpoint import Checkpoint
 from tfx.data.loader import ShardLoader
 from tfx.tokenize import Tokenizer
+from tfx.train.sources import pack_row_len
 
 
 def _named(spec) -> dict[str, str]:
@@ -33,7 +34,8 @@ def build_shard_sources(cfg: DictConfig, ckpt: Checkpoint, tokenizer: Tokenizer,
         return ShardLoader(sources, ckpt.vocab, tokenizer, aux_vocabs=ckpt.aux_vocabs,
                            token_budget=int(d.token_budget), max_cells=int(d.max_cells),
                            shuffle_buffer=int(d.get("shuffle_buffer", 2000)), seed=seed, rank=rank, world_size=world,
-                           num_workers=int(d.get("num_workers", 0)), on_corrupt=d.get("on_corrupt", "skip"))
+                           num_workers=int(d.get("num_workers", 0)), on_corrupt=d.get("on_corrupt", "skip"),
+                           pack_row_len=pack_row_len(cfg, ckpt, len(ckpt.aux_vocabs)))
 
     train = loader({n: {"urls": u, "weight": w} for (n, u), w in zip(train_specs.items(), weights)}, int(cfg.seed))
     vals = {n: loader({n: {"urls": u}}, int(cfg.seed) + 1) for n, u in _named(d.val_shards).items()} \

@@ -64,8 +64,6 @@ def build_sources(cfg: DictConfig, ckpt: Checkpoint, rank: int = 0, world: int =
     """(train source, {name: validation source}) for one rank of ``world``."""
     from tfx.train.run import RecipeError
 
-    if cfg.data.get("pack") and cfg.data.source != "h5ad":
-        raise RecipeError("data.pack=true works with data=h5ad only so far; set data.pack=false")
     if cfg.data.source == "shards":
         from tfx.train.shard_sources import build_shard_sources
 
@@ -84,17 +82,17 @@ def build_sources(cfg: DictConfig, ckpt: Checkpoint, rank: int = 0, world: int =
     def source(cells, aux, labels, seed):
         return CellBatches(cells, aux, ckpt.vocab.pad, _tokenizer(cfg, ckpt), labels=labels,
                            token_budget=int(cfg.data.token_budget), max_cells=int(cfg.data.max_cells), seed=seed,
-                           rank=rank, world_size=world, pack_row_len=_pack_row_len(cfg, ckpt, aux))
+                           rank=rank, world_size=world,
+                           pack_row_len=pack_row_len(cfg, ckpt, 0 if aux is None else aux.shape[1]))
 
     train = source(cells, aux, labels, int(cfg.seed))
     return train, {name: source(*val, int(cfg.seed) + 1) for name, val in vals.items()}
 
 
-def _pack_row_len(cfg: DictConfig, ckpt: Checkpoint, aux) -> int | None:
+def pack_row_len(cfg: DictConfig, ckpt: Checkpoint, n_aux: int) -> int | None:
     """With data.pack: data.pack_row_len, by default the most positions a cell can take."""
     if not cfg.data.get("pack"):
         return None
-    n_aux = 0 if aux is None else aux.shape[1]
     return int(cfg.data.get("pack_row_len") or ckpt.model_cfg.seq_len + n_aux)
 
 
