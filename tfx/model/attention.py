@@ -118,7 +118,7 @@ class _CellGroups:
         return cls(positions, [tuple(s.shape) for s in slots], terms)
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, terms: _ScoreTerms, softcap: float, rows: int = 64) -> Tensor:
+def _attend(q: Tensor, k: Tensor, v: Tensor, terms: _ScoreTerms, softcap: float, rows: int = 32) -> Tensor:
     """Causal attention in blocks of ``rows`` queries, each against only the keys up to its last
     query: about half the score work of one L x L pass, and the same result (the keys skipped
     are masked for those queries)."""
