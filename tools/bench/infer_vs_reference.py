@@ -1,6 +1,6 @@
 """tfx infer vs the reference's inference, whole processes, same checkpoint and cells.
 
-    python tools/bench/infer_vs_reference.py [--cells 64] [--device cpu] [--precision 32]
+    python tools/bench/infer_vs_reference.py [--cells 256] [--device cpu] [--precision 32]
         [--layers 4 --dim 256 --heads 8] [--reference-args ...]
 
 Builds a random-weight checkpoint with the reference package (seq_len 2047), takes real cells
@@ -51,7 +51,7 @@ def timed(cmd: list[str]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cells", type=int, default=64)
+    ap.add_argument("--cells", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--heads", type=int, default=8)
