@@ -197,12 +197,18 @@ def test_all_fetches_every_model_and_the_embeddings(mirror, release, tmp_path):
     assert_clean(tmp_path)
 
 
+def drop_connection(mirror, release, name: str, after: float) -> tuple[bytes, int]:
+    """Publish the release; the mirror drops the connection once ``after`` of NAME's archive is sent."""
+    publish_all(mirror, release)
+    data = release["archives"][name]
+    cut = int(len(data) * after)
+    mirror.cuts[f"/weights/{name}.tar.gz"] = [cut]
+    return data, cut
+
+
 @pytest.mark.parametrize("reset", [False, True])
 def test_a_dropped_connection_is_resumed_with_a_range_request(mirror, release, tmp_path, reset):
-    publish_all(mirror, release)
-    data = release["archives"]["tf_exemplar"]
-    cut = len(data) // 3
-    mirror.cuts["/weights/tf_exemplar.tar.gz"] = [cut]
+    data, cut = drop_connection(mirror, release, "tf_exemplar", after=1 / 3)
     mirror.reset = reset
     download_artifacts("tf-exemplar", tmp_path, base_url=mirror.url, retry_wait=0)
     first, second = mirror.archive_requests("tf_exemplar")
@@ -215,10 +221,7 @@ def test_a_dropped_connection_is_resumed_with_a_range_request(mirror, release, t
 
 @pytest.mark.parametrize("server_resumes", [True, False])
 def test_an_interrupted_run_is_resumed_by_the_next(mirror, release, tmp_path, server_resumes):
-    publish_all(mirror, release)
-    data = release["archives"]["tf_metazoa"]
-    cut = len(data) // 2
-    mirror.cuts["/weights/tf_metazoa.tar.gz"] = [cut]
+    data, cut = drop_connection(mirror, release, "tf_metazoa", after=1 / 2)
     with pytest.raises(DownloadInterrupted, match=rf"interrupted at {cut} of {len(data)} bytes.*run the same command again"):
         download_artifacts("tf-metazoa", tmp_path, base_url=mirror.url, retries=0)
     part = tmp_path / WORK_DIR / "tf_metazoa.tar.gz.part"

@@ -105,13 +105,21 @@ def _worker(rank: int, ckpt: Checkpoint, data: Path, opts: InferOptions, devices
     (parts / f"{rank}.empty").write_text(str(empty))
 
 
-def _parallel_results(ckpt: Checkpoint, data: Path, opts: InferOptions, devices: list, n_cells: int, parts: Path):
-    """Results of one process per device over contiguous row ranges, in row order."""
+def _parallel_results(ckpt: Checkpoint, data: Path, opts: InferOptions, devices: list, n_cells: int,
+                      scratch: Path):
+    """Results of one process per device over contiguous row ranges, in row order; their part
+    files live in a temporary directory under ``scratch`` until the last is read."""
     import torch.multiprocessing as mp
 
     bounds = np.linspace(0, n_cells, len(devices) + 1).astype(int)
     ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-    mp.spawn(_worker, args=(ckpt, data, opts, devices, ranges, parts), nprocs=len(devices), join=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as parts:
+        parts = Path(parts)
+        mp.spawn(_worker, args=(ckpt, data, opts, devices, ranges, parts), nprocs=len(devices), join=True)
+        yield from _read_parts(parts, ranges, opts)
+
+
+def _read_parts(parts: Path, ranges: list, opts: InferOptions):
     for rank, (start, stop) in enumerate(ranges):
         res = Outputs(cells=stop - start)
         if opts.emb_type == "cell":
@@ -141,14 +149,14 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
     cge_emb, cge_cells, cge_genes = [], [], []
     empty = 0
     started = time.perf_counter()
-    with atomic_path(output) as tmp, h5py.File(tmp, "w") as f, tempfile.TemporaryDirectory(dir=output.parent) as parts:
+    with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
         write_elem(f, "obsm", {})
         emb_ds = None
         if opts.emb_type == "cell":  # streamed: memory stays bounded by the chunk size
             emb_ds = f["obsm"].create_dataset("embeddings", shape=(n_cells, ckpt.model_cfg.embed_dim), dtype="f4")
             emb_ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
         if len(devices) > 1:
-            results = _parallel_results(ckpt, data, opts, devices, n_cells, Path(parts))
+            results = _parallel_results(ckpt, data, opts, devices, n_cells, output.parent)
         else:
             results = _row_results(ckpt, data, opts, devices[0])
         bar = tqdm(total=n_cells, unit="cell", desc="infer", disable=None)

@@ -29,6 +29,9 @@ class CountHead(nn.Module):
         self.gene_embedding = nn.Embedding(vocab_size, 1)  # per-gene bias
         self.mlp = MLP(2 * embed_dim, 2 * embed_dim // 4, 1, dropout)
 
+    def logits(self, conditioned: Tensor, gene_ids: Tensor) -> Tensor:
+        """[B, L] each position's share before the softmax (packed rows softmax them per cell)."""
+        return (self.gene_embedding(gene_ids) + self.mlp(conditioned)).squeeze(-1)
+
     def forward(self, conditioned: Tensor, gene_ids: Tensor, masked: Tensor) -> Tensor:
-        logit = self.gene_embedding(gene_ids) + self.mlp(conditioned)
-        return masked_softmax(logit.squeeze(-1), masked, dim=1)
+        return masked_softmax(self.logits(conditioned, gene_ids), masked, dim=1)

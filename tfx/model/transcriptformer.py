@@ -181,9 +181,8 @@ class TranscriptFormer(nn.Module):
         return x, target_emb, in_counts, key_valid
 
     def _packed_mu(self, conditioned: Tensor, batch: TokenBatch, masked: Tensor) -> Tensor:
-        """The count head with its softmax and the total count taken per cell, not per row (the
-        head's own forward softmaxes over whole rows, so its logit is taken here)."""
-        logit = (self.mu.gene_embedding(batch.gene_ids) + self.mu.mlp(conditioned)).squeeze(-1)
+        """The count head with its softmax and the total count taken per cell, not per row."""
+        logit = self.mu.logits(conditioned, batch.gene_ids)
         segment, size = _segments(batch.cell_ids)
         share = _segment_softmax(logit.float(), segment, size, masked)
         return share * _segment_sum(batch.counts.float(), segment, size)
