@@ -133,3 +133,18 @@ def test_plots_fall_back_to_pca_when_umap_cannot_run(caplog):
         coords, method = layout_2d(np.random.default_rng(0).normal(size=(3, 8)))
     assert method == "PCA" and coords.shape == (3, 2) and np.isfinite(coords).all()
     assert "UMAP failed" in caplog.text
+
+
+def test_quickstart_runs_every_step_and_reports(tmp_path, capsys):
+    from tfx.cli import main
+
+    assert main(["quickstart", "--output", str(tmp_path), "--species", "2", "--cells", "120", "--steps", "8"]) == 0
+    printed = capsys.readouterr().out
+    for step in ("synth", "shard", "pretrain", "infer", "eval", "done"):
+        assert f"] {step}" in printed
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert 0 <= report["headline"]["knn_macro_f1"] <= 1 and report["headline"]["pca_knn_macro_f1"] > 0.5
+    assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == ["umap_cell_type.png", "umap_species.png"]
+    for species in ("synth_alpha", "synth_beta"):
+        assert len(list((tmp_path / "shards" / species).glob("*.tar"))) == 4
+        assert anndata.read_h5ad(tmp_path / "embeddings" / f"{species}.h5ad").obsm["embeddings"].shape == (120, 64)

@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="quickstart")
     p.add_argument("--species", type=int, default=3)
     p.add_argument("--cells", type=int, default=600, help="cells per species")
-    p.add_argument("--steps", type=int, default=300, help="pretraining steps")
+    p.add_argument("--steps", type=int, default=1500, help="pretraining steps (of 1,024 tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_quickstart)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def quickstart(output: str | Path = "quickstart", species: int = 3, cells: int = 600, steps: int = 300,
+def quickstart(output: str | Path = "quickstart", species: int = 3, cells: int = 600, steps: int = 1500,
                seed: int = 0) -> dict:
     from tfx.checkpoint import load_checkpoint
     from tfx.data.shards import write_shards
@@ -38,7 +38,7 @@ def quickstart(output: str | Path = "quickstart", species: int = 3, cells: int =
     genes = ",".join(files["gene_h5"] for files in atlas.values())
     export = train(compose("pretrain/tiny", [f"data.shards=[{shards}]", f"vocab.embeddings=[{genes}]",
                                              f"output_dir={out / 'run'}", f"trainer.max_steps={steps}",
-                                             f"seed={seed}", "trainer.accelerator=cpu", "data.token_budget=4096"]))
+                                             f"seed={seed}", "trainer.accelerator=cpu", "data.token_budget=1024"]))
     step(f"infer: cell embeddings from {export}")
     ckpt = load_checkpoint(export)
     embeddings = []

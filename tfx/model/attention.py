@@ -16,7 +16,6 @@ from torch import Tensor
 
 from tfx.registry import ATTENTION
 
-HARD_CAP = 1e6  # the reference clamps before the soft-cap to keep tanh's input finite
 
 
 @dataclass
@@ -31,9 +30,11 @@ class AttentionInputs:
 
 
 def soft_cap(scores: Tensor, cap: float) -> Tensor:
+    """cap * tanh(scores / cap). The reference clamps the scores to +-1e6 first; tanh reaches +-1
+    exactly long before that (and at +-inf), so the clamp changes no value and no gradient."""
     if cap <= 0:
         return scores
-    return cap * torch.tanh(scores.clamp(-HARD_CAP, HARD_CAP) / cap)
+    return cap * torch.tanh(scores / cap)
 
 
 @dataclass
@@ -209,7 +210,7 @@ class FlexAttention:
             biased = (q_idx >= kv_idx) if embed else (q_idx > kv_idx)
             score = score + log_counts[b, kv_idx] * biased
             if cap > 0:
-                score = cap * torch.tanh(score.clamp(-HARD_CAP, HARD_CAP) / cap)
+                score = cap * torch.tanh(score / cap)
             return score
 
         block_mask = self._block_mask(inp, q.shape[0], q.shape[-2], q.device)

@@ -164,7 +164,7 @@ def train(cfg: DictConfig) -> Path:
     before = held_out(ckpt.model, report_sets) if report_sets else None
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     final = out / "checkpoints" / "final.ckpt"
-    trainer.save_checkpoint(str(final))  # collective under DeepSpeed: every rank writes its shard
+    trainer.save_checkpoint(str(final), weights_only=False)  # collective under DeepSpeed: every rank writes its shard
     if trainer.is_global_zero:
         export_run(out, out / "export", final)
         log.info("exported the inference checkpoint to %s", out / "export")
