@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lightning").propagate = False  # it prints through its own handler: once is enough
     from tfx.artifacts import DownloadError, PortalError
     from tfx.checkpoint import CheckpointError
     from tfx.data.anndata import InputError

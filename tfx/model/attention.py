@@ -44,12 +44,12 @@ class _ScoreTerms:
     mask of 0 (a finite softmax) and their output is zeroed afterwards."""
 
     bias: Tensor  # [n, 1, L, L]
-    mask: Tensor  # [n, 1, L, L]
+    mask: Tensor  # [n, 1, L, L]; without a soft-cap the bias is folded in, so one add does both
     empty: Tensor  # [n, 1, L, 1] bool
 
     @classmethod
     def of(cls, log_counts: Tensor, biased: Tensor, allowed: Tensor, softcap: float) -> _ScoreTerms:
-        bias = (log_counts[:, None, None, :] * biased)
+        bias = log_counts[:, None, None, :] * biased
         if softcap > 0:
             bias = bias / softcap
         empty = ~allowed.any(-1, keepdim=True)
