@@ -185,3 +185,13 @@ def test_recipe_errors_before_compute(atlas, tmp_path, override, message):
     with pytest.raises((KeyError, ValueError), match=message):
         train(compose("pretrain/tiny", _overrides(atlas, tmp_path / "bad", 5, override)))
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_the_checkpoint_records_how_training_read_counts(atlas, tmp_path):
+    from tfx.checkpoint import save_checkpoint
+    from tfx.train.run import initial_checkpoint
+
+    cfg = compose("pretrain/tiny", _overrides(atlas, tmp_path / "run", 1, "data.normalize_to_scale=1000",
+                                              "data.clip_counts=20"))
+    saved = load_checkpoint(save_checkpoint(initial_checkpoint(cfg), tmp_path / "ckpt"))
+    assert (saved.data_cfg.normalize_to_scale, saved.data_cfg.clip_counts) == (1000, 20)  # inference reads counts alike

@@ -79,7 +79,8 @@ def initial_checkpoint(cfg: DictConfig) -> Checkpoint:
             raise RecipeError(f"model config: {err}") from err
         data_cfg = DataConfig(esm2_mappings=[os.path.basename(f) for f in files],
                               special_tokens=list(cfg.vocab.special_tokens), aux_cols=list(cfg.vocab.aux_cols),
-                              clip_counts=cfg.data.clip_counts)
+                              clip_counts=cfg.data.clip_counts,
+                              normalize_to_scale=cfg.data.get("normalize_to_scale", 0) or 0)
         vocab, table = GeneVocab.from_files(data_cfg.special_tokens, files)
         aux = {col: official_assay_vocab() for col in data_cfg.aux_cols}
         import torch
