@@ -16,13 +16,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 MOUSE = ROOT.parent / "shared" / "data" / "mouse_val.h5ad"
 
 
-@pytest.fixture(scope="session")
-def mouse() -> anndata.AnnData:
-    if not MOUSE.exists():
-        pytest.skip(f"real data {MOUSE} is absent (it lives in ../shared/data beside the project)")
-    return anndata.read_h5ad(MOUSE)
-
-
 def write_h5ad(path: Path, genes, counts, obs: pd.DataFrame | None = None) -> Path:
     counts = sp.csr_matrix(np.asarray(counts, dtype=np.float32))
     obs = obs if obs is not None else pd.DataFrame(index=[f"cell{i}" for i in range(counts.shape[0])])
@@ -45,11 +38,10 @@ def parity_cells(tmp_path_factory) -> anndata.AnnData:
 @pytest.fixture(scope="session")
 def parity_data(parity_cells, tmp_path_factory) -> dict:
     """48 real (or synthetic) cells (half with an assay the vocab lacks) plus cells of 0 to 400 genes."""
-    mouse = parity_cells
     rng = np.random.default_rng(7)
-    genes = list(mouse.var["ensembl_id"])
+    genes = list(parity_cells.var["ensembl_id"])
     vocab_genes = [g for g in genes if rng.random() < 0.85]
-    real = mouse.X[:48].toarray()
+    real = parity_cells.X[:48].toarray()
     lengths = [0, 1, 2, 7, 29, 30, 31, 32, 64, 400]
     crafted = np.zeros((len(lengths), len(genes)), dtype=np.float32)
     for row, n in enumerate(lengths):
@@ -57,7 +49,7 @@ def parity_data(parity_cells, tmp_path_factory) -> dict:
         crafted[row, cols] = rng.integers(1, 60, size=n)  # some counts above the clip of 30
     assays = ["MERFISH", "an assay the vocabulary lacks"] * 24 + ["10x 3' v3"] * len(lengths)
     obs = pd.DataFrame(
-        {"assay": assays, "cell_type": list(mouse.obs["cell_type"].astype(str)[:48]) + ["crafted"] * len(lengths)},
+        {"assay": assays, "cell_type": list(parity_cells.obs["cell_type"].astype(str)[:48]) + ["crafted"] * len(lengths)},
         index=[f"c{i}" for i in range(48 + len(lengths))],
     )
     path = write_h5ad(tmp_path_factory.mktemp("parity") / "cells.h5ad", genes, np.vstack([real, crafted]), obs)

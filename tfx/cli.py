@@ -191,6 +191,8 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tfx.quickstart import STEPS as quickstart_steps  # light: its heavy imports are inside the function
+
     parser = argparse.ArgumentParser(prog="tfx", description="Train, continue, fine-tune and serve TranscriptFormer models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -294,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="quickstart")
     p.add_argument("--species", type=int, default=3)
     p.add_argument("--cells", type=int, default=600, help="cells per species")
-    p.add_argument("--steps", type=int, default=1500, help="pretraining steps (of 1,024 tokens)")
+    p.add_argument("--steps", type=int, default=quickstart_steps, help="pretraining steps (of 1,024 tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_quickstart)
 

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+STEPS = 1500  # pretraining steps of 1,024 tokens: ~2 minutes on 2 CPU cores
 
 
-def quickstart(output: str | Path = "quickstart", species: int = 3, cells: int = 600, steps: int = 1500,
+def quickstart(output: str | Path = "quickstart", species: int = 3, cells: int = 600, steps: int = STEPS,
                seed: int = 0) -> dict:
     from tfx.checkpoint import load_checkpoint
     from tfx.data.shards import write_shards

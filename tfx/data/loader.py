@@ -199,16 +199,15 @@ class _CellStream(torch.utils.data.IterableDataset):
         yield None, progress.report()  # what finished after the last batch (skipped cells, corrupt shards)
 
     def _plan(self, window) -> list[list[np.ndarray]]:
-        """The window's batches, each a list of rows of window indices: one row per cell when
-        padding, whole cells packed first-fit-decreasing when packing."""
+        """The window's batches, each a list of rows of window indices: whole cells packed
+        first-fit-decreasing when packing; when padding, one list of the batch's cells."""
         ld, n_aux = self.loader, len(self.loader.aux_vocabs)
         if ld.pack_row_len:
             lengths = np.array([cell_length(len(ids), ld.tokenizer.seq_len, n_aux) for _, ids, _, _ in window])
             rows = first_fit_decreasing(lengths, ld.pack_row_len)
             return [rows[i : i + ld.rows_per_batch] for i in range(0, len(rows), ld.rows_per_batch)]
         lengths = np.array([len(ids) + 1 + n_aux for _, ids, _, _ in window])  # aux, [START], genes
-        return [[group[i : i + 1] for i in range(len(group))]
-                for group in length_batches(lengths, ld.token_budget, ld.max_cells)]
+        return [[group] for group in length_batches(lengths, ld.token_budget, ld.max_cells)]
 
     def _emit(self, window, plan: list[np.ndarray], progress: _Progress):
         ld = self.loader

@@ -17,14 +17,16 @@ import argparse
 import time
 from pathlib import Path
 
+import anndata
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from tfx.checkpoint import load_checkpoint
+from tfx.data.anndata import CellReader
 from tfx.eval.inputs import pca_of_log_counts
 from tfx.eval.probes import label_prediction
-from tfx.infer import tokenize_file
+from tfx.infer import aux_token_ids
 from tfx.synth import synth_atlas
 from tfx.tokenize import Tokenizer, collate, length_batches
 from tfx.train.run import compose, train
@@ -35,10 +37,14 @@ def embeddings(export: Path, files: list[Path], order: str) -> dict[str, np.ndar
     """{pooling: [cells, E]} for every cell of ``files``, in file order."""
     ckpt = load_checkpoint(export)
     model, seq_len = ckpt.model.eval(), ckpt.model_cfg.seq_len
-    tokenizer = Tokenizer(seq_len, order=order)
+    # ordered before truncation at seq_len, as training tokenizes (tfx infer reads var order only)
+    tokenizer = Tokenizer(seq_len, order=order, clip_counts=ckpt.data_cfg.clip_counts,
+                          normalize_to_scale=ckpt.data_cfg.normalize_to_scale)
     pooled = {"reference (sum / seq_len)": [], "mean over positions": []}
     for path in files:
-        for _, cells, aux, _ in tokenize_file(ckpt, path):
+        reader = CellReader(path, ckpt.vocab.lookup)
+        for first, cells in reader.iter_chunks():
+            aux = aux_token_ids(ckpt, reader.obs.iloc[first : first + len(cells)], str(path))
             cells = [tokenizer(ids, counts) for ids, counts in cells]
             parts = {name: np.zeros((len(cells), ckpt.model_cfg.embed_dim), np.float32) for name in pooled}
             for idx in length_batches(np.array([len(ids) + 1 for ids, _ in cells]), 16384, 256):
@@ -49,6 +55,7 @@ def embeddings(export: Path, files: list[Path], order: str) -> dict[str, np.ndar
                 parts["mean over positions"][idx] = (total / out.valid.sum(1, keepdim=True).clamp(min=1)).numpy()
             for name in pooled:
                 pooled[name].append(parts[name])
+        reader.close()
     return {name: np.concatenate(p) for name, p in pooled.items()}
 
 
@@ -63,8 +70,6 @@ def main() -> None:
 
     work = Path(args.workdir)
     atlas = synth_atlas(work / "atlas", species=3, cells=600, seed=0)["species"]
-    import anndata
-
     files = [Path(s["h5ad"]) for s in atlas.values()]
     adatas = [anndata.read_h5ad(f) for f in files]
     labels = np.concatenate([a.obs["cell_type"].astype(str).to_numpy() for a in adatas])
