@@ -87,6 +87,20 @@ def test_cells_express_from_tens_to_hundreds_of_genes(atlas):
     assert np.percentile(totals, 95) / np.percentile(totals, 5) > 10  # library sizes vary widely
 
 
+def marker_genes(adata: anndata.AnnData, cell_type: str) -> int:
+    """Genes detected in over half of a type's cells and under a tenth of the other cells."""
+    detected = (adata.X > 0).tocsr()
+    mine = (adata.obs["cell_type"] == cell_type).to_numpy()
+    inside, outside = (np.asarray(detected[m].mean(axis=0)).ravel() for m in (mine, ~mine))
+    return int(((inside > 0.5) & (outside < 0.1)).sum())
+
+
+def test_every_cell_type_has_marker_genes_as_real_types_do(atlas):
+    """Real mouse types (../shared/data/mouse_val.h5ad) have 0 to 14 such markers, median 7."""
+    per_type = [marker_genes(adata, t) for adata in atlas["data"].values() for t in CELL_TYPES]
+    assert min(per_type) >= 2 and 5 <= np.median(per_type) <= 20
+
+
 def test_gene_files_build_a_vocabulary_with_every_species(atlas):
     summary = atlas["summary"]
     files = [s["gene_h5"] for s in summary["species"].values()]

@@ -9,7 +9,8 @@ The generative model, in the order it is drawn:
   the way ESM-2 embeddings of orthologous proteins do; species-specific genes get fresh vectors.
 - Expression: log-normal gene abundances (shared by an ortholog group, shifted a little per
   species); cell types are lineage programs plus type programs over ortholog groups, shared by
-  every species, plus a few species-specific marker genes; two continuous programs vary within types.
+  every species, each with marker genes that are off in every other lineage or type, plus a few
+  species-specific markers; two continuous programs vary within types.
 - Batches: per-species and per-assay gene shifts, and an assay-dependent sequencing depth.
 - Counts: negative binomial (gamma-Poisson) around a log-normal per-cell library size, so cells
   range from tens to several hundred expressed genes.
@@ -48,6 +49,8 @@ CELL_TYPES = {  # cell type -> lineage: types of a lineage share a program, so t
 }
 EMBEDDING_SCALE = 0.25  # per-dimension spread of the order of mean-pooled ESM-2 embeddings
 ORTHOLOG_NOISE = 0.3  # species noise on an ortholog's embedding, relative to its group vector
+LINEAGE_MARKERS, TYPE_MARKERS = 6, 12  # marker ortholog groups of each lineage and of each cell type
+MARKER_ON = 4.75  # log fold change that puts a marker among its cells' most expressed genes
 
 for _greek, _name in zip(GREEK, SPECIES_NAMES):
     SPECIES.register(_name, Species(_name, f"synthetic species {_greek}"))
@@ -98,12 +101,27 @@ def _shared_biology(rng: np.random.Generator, n_groups: int, dim: int) -> dict:
     scale = max(n_groups // 20, 3)
     lineage_programs = {lin: program(2 * scale, scale) for lin in lineages}
     # A type's own program is subtler than its lineage's: types within a lineage are the hard calls.
+    type_programs = np.stack([lineage_programs[lin] + program(2 * scale // 3, scale // 3, strength=0.5)
+                              for lin in CELL_TYPES.values()])
+    abundance = rng.normal(0.0, 1.7, n_groups)
+    # Markers: genes off everywhere but in one lineage or one cell type (CD3E in T cells, PECAM1 in
+    # endothelium), about as many per type as real atlases have (see tests/test_synth.py).
+    n_lineage, n_type = LINEAGE_MARKERS, TYPE_MARKERS
+    while (n_lineage * len(lineages) + n_type * len(CELL_TYPES)) * 2 > n_groups:  # small atlases: fewer
+        n_lineage, n_type = max(n_lineage // 2, 1), max(n_type // 2, 1)
+    unused = iter(rng.permutation(n_groups))
+    lineage_markers = {lin: [next(unused) for _ in range(n_lineage)] for lin in lineages}
+    type_markers = [[next(unused) for _ in range(n_type)] for _ in CELL_TYPES]
+    is_marker = np.zeros(n_groups, dtype=bool)
+    for t, lin in enumerate(CELL_TYPES.values()):
+        type_programs[t, lineage_markers[lin] + type_markers[t]] += MARKER_ON
+        is_marker[lineage_markers[lin] + type_markers[t]] = True
+    abundance[is_marker] = rng.uniform(-3.5, -2.5, is_marker.sum())  # off unless a program switches it on
     return {
         "n_groups": n_groups,
         "group_vectors": rng.normal(size=(n_groups, dim)),
-        "group_abundance": rng.normal(0.0, 1.7, n_groups),
-        "type_programs": np.stack([lineage_programs[lin] + program(2 * scale // 3, scale // 3, strength=0.5)
-                                   for lin in CELL_TYPES.values()]),
+        "group_abundance": abundance,
+        "type_programs": type_programs,
         "state_programs": np.stack([program(scale, 0, strength=0.5) for _ in range(2)]),  # e.g. cycling, stress
     }
 
