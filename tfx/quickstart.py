@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-STEPS = 1500  # pretraining steps of 1,024 tokens: ~2 minutes on 2 CPU cores
+STEPS = 1500  # pretraining steps of 1,024 tokens: about 2.5 minutes on 2 CPU cores
 
 
 def quickstart(output: str | Path = "quickstart", species: int = 3, cells: int = 600, steps: int = STEPS,

@@ -114,8 +114,9 @@ def _shared_biology(rng: np.random.Generator, n_groups: int, dim: int) -> dict:
     type_markers = [[next(unused) for _ in range(n_type)] for _ in CELL_TYPES]
     is_marker = np.zeros(n_groups, dtype=bool)
     for t, lin in enumerate(CELL_TYPES.values()):
-        type_programs[t, lineage_markers[lin] + type_markers[t]] += MARKER_ON
-        is_marker[lineage_markers[lin] + type_markers[t]] = True
+        markers = lineage_markers[lin] + type_markers[t]
+        type_programs[t, markers] += MARKER_ON
+        is_marker[markers] = True
     abundance[is_marker] = rng.uniform(-3.5, -2.5, is_marker.sum())  # off unless a program switches it on
     return {
         "n_groups": n_groups,

@@ -17,7 +17,6 @@ from torch import Tensor
 from tfx.registry import ATTENTION
 
 
-
 @dataclass
 class AttentionInputs:
     log_counts: Tensor  # [B, L] bias of each key: log1p(count + eps)
