@@ -13,7 +13,7 @@ from conftest import random_cells, tiny_model, write_h5ad
 from tfx.model.attention import soft_cap
 from tfx.tokenize import Tokenizer, collate
 from tfx.tokenize.packing import cell_length, first_fit_decreasing, pack
-from tfx.train.data import CellBatches
+from tfx.data.memory import CellBatches
 
 SEQ_LEN = 15  # tiny_model's
 
@@ -137,8 +137,8 @@ def test_cell_batches_pack_every_cell_once_in_fixed_shapes():
 @pytest.mark.parametrize("source", ["h5ad", "shards"])
 def test_pretraining_recipe_trains_on_packed_rows(tmp_path, source):
     from tfx.data.shards import write_shards
-    from tfx.train.run import compose, initial_checkpoint, train
-    from tfx.train.sources import build_sources
+    from tfx.recipe import build, compose
+    from tfx.train.run import train
     from tfx.vocab import write_gene_embeddings
 
     rng = np.random.default_rng(0)
@@ -156,7 +156,7 @@ def test_pretraining_recipe_trains_on_packed_rows(tmp_path, source):
         *data, f"vocab.embeddings=[{tmp_path / 'g_gene.h5'}]",
         f"output_dir={out}", "trainer.max_steps=4", "model.embed_dim=16", "model.model_dim=32", "model.seq_len=63",
         "data.pack=true", "data.token_budget=256", "trainer.log_every_n_steps=1"])
-    source, _ = build_sources(cfg, initial_checkpoint(cfg))
+    source, _ = build(cfg).sources(0, 1)
     batch = next(iter(source))
     assert batch.cell_ids is not None and batch.gene_ids.shape == (4, 64)  # rows of seq_len + the assay token
     train(cfg)

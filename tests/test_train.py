@@ -18,7 +18,8 @@ import torch
 from conftest import write_h5ad
 from tfx.checkpoint import load_checkpoint
 from tfx.cli import main
-from tfx.train.run import compose, train
+from tfx.recipe import build, compose
+from tfx.train.run import train
 from tfx.vocab import write_gene_embeddings
 
 TYPES = ["neuron", "glia", "immune"]

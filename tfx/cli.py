@@ -30,6 +30,7 @@ def cmd_registry(args) -> int:
 
 def cmd_infer(args) -> int:
     from tfx.checkpoint import load_checkpoint
+    from tfx.data import preprocess
     from tfx.infer.run import InferOptions, infer_file
 
     outputs = {o.strip() for o in args.outputs.split(",") if o.strip()}
@@ -37,13 +38,14 @@ def cmd_infer(args) -> int:
     if unknown:
         raise SystemExit(f"tfx infer: unknown --outputs {sorted(unknown)}; choose from embeddings, llh")
     ckpt = load_checkpoint(args.checkpoint, attention=args.attention)
+    ckpt = preprocess.apply(ckpt, {"clip_counts": args.clip_counts}, "tfx infer", f"checkpoint {args.checkpoint}")
     if args.species_embedding:
         from tfx.checkpoint.surgery import with_species_embeddings
 
         ckpt = with_species_embeddings(ckpt, args.species_embedding)
     opts = InferOptions(
-        emb_type=args.emb_type, llh="llh" in outputs, gene_col=args.gene_col, use_raw=args.use_raw,
-        remove_duplicate_genes=args.remove_duplicate_genes, clip_counts=args.clip_counts, device=args.device,
+        emb_type=args.emb_type, llh="llh" in outputs, gene_col=args.gene_col or ckpt.data_cfg.gene_col_name,
+        use_raw=args.use_raw, remove_duplicate_genes=args.remove_duplicate_genes, device=args.device,
         precision=args.precision, token_budget=args.token_budget, max_cells=args.batch_size,
         chunk_size=args.chunk_size, devices=args.devices,
     )
@@ -177,9 +179,19 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from tfx.train.run import train_from_cli
+    if args.list:
+        from tfx.recipe import available
 
-    print(f"exported {train_from_cli(args.recipe, args.overrides)}")
+        for name, (_, description) in available(args.recipes).items():
+            print(f"  {name:<24} {description}")
+        return 0
+    if not args.recipe:
+        raise SystemExit("tfx train: error: name a recipe (tfx train --list shows them) or a recipe YAML file")
+    from tfx.recipe import compose, recipe_path
+    from tfx.train.run import train
+
+    cfg = compose(args.recipe, args.overrides, args.recipes)
+    print(f"exported {train(cfg, str(recipe_path(args.recipe, args.recipes)))}")
     return 0
 
 
@@ -212,10 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=1, help="processes, one per GPU (-1: every GPU)")
     p.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32")
     p.add_argument("--attention", default=None, help="attention backend (registry name); default: the checkpoint's")
-    p.add_argument("--gene-col", default="ensembl_id", help="var column of gene ids ('index' for the var index)")
+    p.add_argument("--gene-col", default=None,
+                   help="var column of gene ids ('index' for the var index); default: the checkpoint's (ensembl_id)")
     p.add_argument("--use-raw", type=_use_raw, default=None, help="auto (default), true or false")
     p.add_argument("--remove-duplicate-genes", action="store_true")
-    p.add_argument("--clip-counts", type=float, default=30)
+    p.add_argument("--clip-counts", type=float, default=None,
+                   help="clip counts at this value; default: what the checkpoint records (30 for official releases)")
     p.add_argument("--chunk-size", type=int, default=4096, help="cells read from the file at a time")
     p.add_argument("--species-embedding", nargs="+", default=None,
                    help="gene embedding h5 files of out-of-distribution species")
@@ -301,8 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("train", help="run a Hydra recipe: pretraining, continuation or fine-tuning")
-    p.add_argument("recipe", help="a recipe under recipes/ (e.g. pretrain/tiny) or a YAML path")
+    p.add_argument("recipe", nargs="?", help="a packaged recipe (e.g. pretrain/tiny; see --list) or a YAML file")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.shards=DIR output_dir=runs/x")
+    p.add_argument("--list", action="store_true", help="list the recipes with their descriptions")
+    p.add_argument("--recipes", default=None, metavar="DIR",
+                   help="a directory of your own recipes, searched before the packaged ones (or set TFX_RECIPES)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="consolidated inference checkpoint from a training run (ZeRO shards too)")
@@ -318,13 +335,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lightning").propagate = False  # it prints through its own handler: once is enough
     from tfx.artifacts import DownloadError, PortalError
-    from tfx.checkpoint import CheckpointError
-    from tfx.data.anndata import InputError
-    from tfx.vocab.genes import VocabError
+    from tfx.errors import TfxError
 
     try:
         return args.func(args)
-    except (CheckpointError, DownloadError, InputError, PortalError, VocabError, KeyError) as err:
+    except (TfxError, DownloadError, PortalError, KeyError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"tfx {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -21,7 +21,8 @@ def quickstart(output: str | Path = "quickstart", species: int = 3, cells: int =
     from tfx.eval.report import evaluate
     from tfx.infer.run import InferOptions, infer_file
     from tfx.synth import synth_atlas
-    from tfx.train.run import compose, train
+    from tfx.recipe import compose
+    from tfx.train.run import train
 
     out = Path(output)
     started = time.perf_counter()

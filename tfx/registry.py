@@ -52,9 +52,12 @@ class Registry:
         return self.get(name)(**kwargs)
 
     def __contains__(self, name: str) -> bool:
+        if name not in self._entries:
+            load_plugins()
         return name in self._entries
 
     def names(self) -> list[str]:
+        load_plugins()
         return sorted(self._entries)
 
     def items(self) -> Iterator[tuple[str, Any, str]]:
@@ -69,6 +72,9 @@ ATTENTION = Registry("attention backend")
 HEADS = Registry("head")
 LIKELIHOODS = Registry("likelihood")
 TASKS = Registry("task")
+OBJECTIVES = Registry("objective")
+STRATEGIES = Registry("strategy")
+LOGGERS = Registry("logger")
 
 REGISTRIES: dict[str, Registry] = {
     "species": SPECIES,
@@ -77,6 +83,9 @@ REGISTRIES: dict[str, Registry] = {
     "heads": HEADS,
     "likelihoods": LIKELIHOODS,
     "tasks": TASKS,
+    "objectives": OBJECTIVES,
+    "strategies": STRATEGIES,
+    "loggers": LOGGERS,
 }
 
 

@@ -11,16 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tfx.errors import CheckpointError
 from tfx.atomic import atomic_path
 from tfx.model.config import ConfigError, DataConfig, ModelConfig, config_dict, parse_config
 from tfx.model.transcriptformer import SpecialIds, TranscriptFormer
 from tfx.vocab import GeneVocab, read_aux_vocab, write_aux_vocab, write_gene_embeddings
 
 TABLE_KEY = "gene_embeddings.embedding.weight"
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 @dataclass

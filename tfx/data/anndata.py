@@ -18,11 +18,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tfx.errors import InputError
+
 log = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """Bad input data; the message names the file and the fix."""
 
 
 def strip_version(gene_ids) -> np.ndarray:

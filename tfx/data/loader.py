@@ -51,9 +51,10 @@ import webdataset as wds
 from tfx.data.anndata import InputError
 from tfx.data.shards import MANIFEST, ShardError, read_shard
 from tfx.model.transcriptformer import TokenBatch
-from tfx.tokenize import Tokenizer, collate, length_batches
-from tfx.tokenize.packing import cell_length, first_fit_decreasing, pack
+from tfx.tokenize import Tokenizer
+from tfx.tokenize.batches import BatchPlanner
 from tfx.vocab import GeneVocab
+from tfx.vocab.aux import aux_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class _CellStream(torch.utils.data.IterableDataset):
                     continue
                 ids, counts = ld.tokenizer(ids[keep], counts[keep], rng)
                 progress.pending[shard] += 1
-                yield shard, ids, counts, ld.aux_ids(meta)
+                yield shard, ids, counts, ld.aux_ids(meta), ld.label(meta, url)
         except ShardError as err:
             if ld.on_corrupt == "raise":
                 raise ShardError(f"{err}; re-write the shard with tfx shard, or pass on_corrupt='skip' "
@@ -199,29 +200,15 @@ class _CellStream(torch.utils.data.IterableDataset):
         yield None, progress.report()  # what finished after the last batch (skipped cells, corrupt shards)
 
     def _plan(self, window) -> list[list[np.ndarray]]:
-        """The window's batches, each a list of rows of window indices: whole cells packed
-        first-fit-decreasing when packing; when padding, one list of the batch's cells."""
-        ld, n_aux = self.loader, len(self.loader.aux_vocabs)
-        if ld.pack_row_len:
-            lengths = np.array([cell_length(len(ids), ld.tokenizer.seq_len, n_aux) for _, ids, _, _ in window])
-            rows = first_fit_decreasing(lengths, ld.pack_row_len)
-            return [rows[i : i + ld.rows_per_batch] for i in range(0, len(rows), ld.rows_per_batch)]
-        lengths = np.array([len(ids) + 1 + n_aux for _, ids, _, _ in window])  # aux, [START], genes
-        return [[group] for group in length_batches(lengths, ld.token_budget, ld.max_cells)]
+        return self.loader.planner.plan([len(c[1]) for c in window])
 
     def _emit(self, window, plan: list[np.ndarray], progress: _Progress):
         ld = self.loader
-        cells = [window[i] for row in plan for i in row]
-        aux = np.array([c[3] for c in cells], dtype=np.int64) if ld.aux_vocabs else None
-        tokens = [(ids, counts) for _, ids, counts, _ in cells]
-        if ld.pack_row_len:
-            ends = np.cumsum([len(row) for row in plan], dtype=np.int64)
-            rows = [np.arange(end - len(row), end) for row, end in zip(plan, ends)]
-            rows += [np.zeros(0, dtype=np.int64)] * (ld.rows_per_batch - len(rows))  # one shape for every batch
-            batch = pack(tokens, ld.vocab.pad, ld.tokenizer.seq_len, ld.pack_row_len, aux, rows=rows)
-        else:
-            batch = collate(tokens, ld.vocab.pad, ld.tokenizer.seq_len, aux)
-        progress.deliver([c[0] for c in cells])
+        aux = np.array([c[3] for c in window], dtype=np.int64) if ld.aux_vocabs else None
+        batch, idx = ld.planner.emit(plan, lambda i: (window[i][1], window[i][2]), aux, ld.vocab.pad)
+        progress.deliver([window[i][0] for i in idx])
+        if ld.label_key is not None:
+            batch = (batch, torch.as_tensor(np.array([window[i][4] for i in idx])))
         return batch, progress.report()
 
 
@@ -250,7 +237,8 @@ class ShardLoader:
                  *, aux_vocabs: Mapping[str, Mapping[str, int]] | None = None, token_budget: int = 16384,
                  max_cells: int = 256, shuffle_buffer: int = 2000, batch_window: int | None = None, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
-                 epochs: int | None = None, on_corrupt: str = "raise", pack_row_len: int | None = None):
+                 epochs: int | None = None, on_corrupt: str = "raise", pack_row_len: int | None = None,
+                 label_key: str | None = None, classes: list[str] | None = None):
         if isinstance(sources, Mapping):
             sources = [ShardSource(name, spec["urls"], float(spec.get("weight", 1.0))) for name, spec in sources.items()]
         if not sources:
@@ -276,15 +264,11 @@ class ShardLoader:
             self.urls[src.name] = urls
         self.vocab, self.tokenizer = vocab, tokenizer
         self.aux_vocabs = dict(aux_vocabs or {})
-        self.token_budget, self.max_cells, self.shuffle_buffer = token_budget, max_cells, shuffle_buffer
+        self.shuffle_buffer = shuffle_buffer
         self.batch_window = batch_window or 8 * max_cells
-        self.pack_row_len = pack_row_len
-        if pack_row_len:
-            longest = tokenizer.seq_len + len(self.aux_vocabs)
-            if pack_row_len < longest:
-                raise InputError(f"pack_row_len {pack_row_len} is shorter than the longest cell ({longest} positions: "
-                                 f"seq_len and the aux tokens); raise it to at least {longest}")
-            self.rows_per_batch = max(1, token_budget // pack_row_len)
+        self.planner = BatchPlanner(tokenizer.seq_len, len(self.aux_vocabs), token_budget, max_cells, pack_row_len)
+        self.label_key, self.classes = label_key, classes
+        self._class_index = {c: i for i, c in enumerate(classes)} if classes is not None else None
         self.seed, self.epochs, self.on_corrupt = seed, epochs, on_corrupt
         self.epoch = {src.name: 0 for src in self.sources}  # the first epoch not yet wholly consumed
         self.consumed: dict[str, dict[int, set[str]]] = {src.name: {} for src in self.sources}
@@ -294,9 +278,25 @@ class ShardLoader:
         return epoch_order(self.urls[src.name], self.seed, src.name, epoch)[self.rank :: self.world_size]
 
     def aux_ids(self, meta: dict) -> list[int]:
+        if not self.aux_vocabs:
+            return []
         obs = meta.get("obs", {})
-        return [vocab.get(str(obs[col]) if obs.get(col) is not None else "unknown", vocab["unknown"])
-                for col, vocab in self.aux_vocabs.items()]
+        return aux_token_ids(self.aux_vocabs, {col: [obs.get(col)] for col in self.aux_vocabs}, 1)[0].tolist()
+
+    def label(self, meta: dict, url: str):
+        """The cell's ``label_key`` value: its class index, or the number itself (regression)."""
+        if self.label_key is None:
+            return None
+        value = meta.get("obs", {}).get(self.label_key)
+        if value is None:
+            raise InputError(f"{url}: a cell has no obs '{self.label_key}'; re-write the shards with "
+                             f"tfx shard --obs-keys {self.label_key}")
+        if self._class_index is None:
+            return float(value)
+        if str(value) not in self._class_index:
+            raise InputError(f"{url}: label '{value}' of obs '{self.label_key}' is not one of the "
+                             f"{len(self._class_index)} classes seen in the training shards")
+        return self._class_index[str(value)]
 
     def __iter__(self) -> Iterator[TokenBatch]:
         stream = _CellStream(self, dict(self.epoch), {k: {e: set(u) for e, u in v.items()} for k, v in self.consumed.items()})
@@ -307,7 +307,7 @@ class ShardLoader:
             self._account(report)
             if batch is not None:
                 self.stats["batches"] += 1
-                self.stats["cells"] += batch.n_cells
+                self.stats["cells"] += (batch[0] if isinstance(batch, tuple) else batch).n_cells
                 yield batch
 
     def _account(self, report: dict) -> None:

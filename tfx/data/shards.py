@@ -351,3 +351,17 @@ def write_shards(inputs, species: str, output_dir: str | os.PathLike, *, cells_p
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return {"output": str(out), "manifest": str(out / MANIFEST), "shards": len(tasks), "written": len(todo),
             "cells": manifest["cells"], "seconds": time.perf_counter() - started}
+
+
+def label_values(urls: list[str], key: str) -> set[str]:
+    """Every value of obs ``key`` in the shards (a fine-tuning run's classes); every cell must have one."""
+    values: set[str] = set()
+    for url in urls:
+        cells = read_shard(url)
+        next(cells)
+        for _, _, meta in cells:
+            value = meta.get("obs", {}).get(key)
+            if value is None:
+                raise InputError(f"{url}: a cell has no obs '{key}'; re-write the shards with tfx shard --obs-keys {key}")
+            values.add(str(value))
+    return values

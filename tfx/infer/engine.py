@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from tfx.model.transcriptformer import TranscriptFormer
-from tfx.tokenize import collate, length_batches
+from tfx.tokenize.batches import BatchPlanner
 
 
 @dataclass
@@ -47,7 +47,7 @@ def run_cells(
 ) -> Outputs:
     device = torch.device(device)
     seq_len = model.cfg.seq_len
-    lengths = np.array([min(len(ids), seq_len) + 1 for ids, _ in cells])
+    planner = BatchPlanner(seq_len, 0 if aux_ids is None else np.shape(aux_ids)[1], token_budget, max_cells)
     n = len(cells)
     out = Outputs(cells=n)
     if emb_type == "cell":
@@ -56,8 +56,8 @@ def run_cells(
         out.cge_embeddings, out.cge_gene_ids = [None] * n, [None] * n
     if llh:
         out.llh = np.zeros(n, dtype=np.float32)
-    for idx in length_batches(lengths, token_budget, max_cells):
-        batch = collate([cells[i] for i in idx], pad_id, seq_len, None if aux_ids is None else aux_ids[idx])
+    for plan in planner.plan([min(len(ids), seq_len) for ids, _ in cells]):
+        batch, idx = planner.emit(plan, cells.__getitem__, aux_ids, pad_id)
         batch = batch.to(device)
         with autocast(device, precision):
             res = model(batch, embed=True, heads=llh)

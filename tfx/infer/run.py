@@ -38,7 +38,6 @@ class InferOptions:
     gene_col: str = "ensembl_id"
     use_raw: bool | None = None
     remove_duplicate_genes: bool = False
-    clip_counts: float | None = 30
     device: str = "auto"
     precision: str = "32"
     token_budget: int = 16384
@@ -67,7 +66,7 @@ def _row_results(ckpt: Checkpoint, data: Path, opts: InferOptions, device: torch
     model = ckpt.model.to(device).eval()
     for first, cells, aux, _ in tokenize_file(
         ckpt, data, gene_col=opts.gene_col, use_raw=opts.use_raw, remove_duplicate_genes=opts.remove_duplicate_genes,
-        clip_counts=opts.clip_counts, chunk_size=opts.chunk_size, start=start, stop=stop,
+        chunk_size=opts.chunk_size, start=start, stop=stop,
     ):
         res = run_cells(model, cells, aux, ckpt.vocab.pad, emb_type=opts.emb_type, llh=opts.llh,
                         token_budget=opts.token_budget, max_cells=opts.max_cells, device=device,

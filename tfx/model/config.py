@@ -12,6 +12,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from tfx.errors import ConfigError
+
+# Counts above this are clipped unless a checkpoint records otherwise (the official inference default).
+DEFAULT_CLIP_COUNTS = 30
+
 # The special-token order of the official releases; the vocabulary starts with these rows.
 SPECIAL_TOKENS = ["unknown", "[PAD]", "[START]", "[END]", "[RD]", "[CELL]", "[MASK]"]
 
@@ -23,10 +28,6 @@ SECTION_TARGETS = {
     "transcriptformer.data.dataclasses.LossConfig",
     "transcriptformer.data.dataclasses.InferenceConfig",
 }
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass
@@ -54,6 +55,8 @@ class ModelConfig:
     # tfx section (registry names)
     likelihood: str = "ztp"
     attention: str = "auto"
+    count_head: str = "count"
+    gene_head: str = "gene_id"
 
     def __post_init__(self):
         if self.embed_dim % self.num_heads:
@@ -72,14 +75,15 @@ class DataConfig:
     special_tokens: list[str] = field(default_factory=lambda: list(SPECIAL_TOKENS))
     aux_cols: list[str] = field(default_factory=lambda: ["assay"])
     gene_col_name: str = "ensembl_id"
-    clip_counts: float | None = 30
+    clip_counts: float | None = DEFAULT_CLIP_COUNTS
     normalize_to_scale: float = 0
+    gene_order: str = "var_order"  # the official keys: sort_genes (expression_sorted), randomize_genes (random)
     gene_pad_token: str = "[PAD]"
     aux_pad_token: str = "unknown"
 
 
 _LOSS_KEYS = ("gene_id_loss_weight", "softplus_approx")
-_TFX_KEYS = ("likelihood", "attention")
+_TFX_KEYS = ("likelihood", "attention", "count_head", "gene_head")
 
 
 def _known(cls, section: dict, keys=None) -> dict:
@@ -111,6 +115,8 @@ def parse_config(raw: dict[str, Any], source: str = "config.json") -> tuple[Mode
     dc = dict(model.get("data_config") or {})
     aux = dc.get("aux_cols")
     dc["aux_cols"] = [] if aux is None else ([c for c in aux.split(",") if c] if isinstance(aux, str) else list(aux))
+    dc["gene_order"] = ("expression_sorted" if dc.get("sort_genes") else
+                        "random" if dc.get("randomize_genes") else "var_order")
     data_cfg = DataConfig(**_known(DataConfig, dc))
     if not data_cfg.esm2_mappings:
         raise ConfigError(f"{source}: data_config.esm2_mappings lists no gene embedding file")
@@ -124,9 +130,10 @@ def config_dict(model_cfg: ModelConfig, data_cfg: DataConfig) -> dict[str, Any]:
     tfx = {k: m.pop(k) for k in _TFX_KEYS}
     d = dataclasses.asdict(data_cfg)
     d["aux_cols"] = ",".join(d["aux_cols"]) if d["aux_cols"] else None
+    order = d.pop("gene_order")
     d.update(aux_vocab_path=None, esm2_mappings_path=None, pad_zeros=True, pin_memory=True, n_data_workers=0,
-             filter_to_vocabs=True, filter_outliers=0.0, sort_genes=False, randomize_genes=False,
-             min_expressed_genes=0)
+             filter_to_vocabs=True, filter_outliers=0.0, sort_genes=order == "expression_sorted",
+             randomize_genes=order == "random", min_expressed_genes=0)
     return {
         "model": {
             "_target_": "transcriptformer.model.model.Transcriptformer",

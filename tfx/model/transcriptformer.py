@@ -88,10 +88,10 @@ class TranscriptFormer(nn.Module):
             activation=cfg.activation, attn_bias=cfg.attn_bias, fw_bias=cfg.fw_bias,
             backend=attention or ATTENTION.build(cfg.attention),
         )
-        self.mu = HEADS.build("count", embed_dim=cfg.embed_dim, vocab_size=vocab_size, dropout=cfg.dropout)
+        self.mu = HEADS.build(cfg.count_head, embed_dim=cfg.embed_dim, vocab_size=vocab_size, dropout=cfg.dropout)
         if cfg.gene_id_loss_weight > 0:
             self.gene_id_head = HEADS.build(
-                "gene_id", embed_dim=cfg.embed_dim, hidden_dim=cfg.gene_head_hidden_dim, vocab_size=vocab_size,
+                cfg.gene_head, embed_dim=cfg.embed_dim, hidden_dim=cfg.gene_head_hidden_dim, vocab_size=vocab_size,
                 dropout=cfg.dropout,
             )
         self.likelihood = LIKELIHOODS.build(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tfx.model.config import DEFAULT_CLIP_COUNTS
 from tfx.model.transcriptformer import TokenBatch
 from tfx.registry import TOKENIZERS
 
@@ -37,7 +38,7 @@ def expression_sorted(ids, counts, rng=None):
 class Tokenizer:
     seq_len: int
     order: str = "var_order"
-    clip_counts: float | None = 30
+    clip_counts: float | None = DEFAULT_CLIP_COUNTS
     normalize_to_scale: float = 0
 
     def __post_init__(self):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
-from tfx.train.sources import build_sources
 
 
 def _loader(source):
@@ -22,15 +21,16 @@ def _loader(source):
 
 
 class RecipeData(L.LightningDataModule):
-    def __init__(self, cfg, ckpt, task=None):
+    """``sources(rank, world)`` -> (train source, {name: validation source}), from the builder."""
+
+    def __init__(self, sources):
         super().__init__()
-        self.cfg, self.ckpt, self.task = cfg, ckpt, task
+        self.sources = sources
         self.train_source, self.val_sets, self._position = None, {}, None
 
     def setup(self, stage: str) -> None:
         if self.train_source is None:
-            self.train_source, self.val_sets = build_sources(
-                self.cfg, self.ckpt, self.trainer.global_rank, self.trainer.world_size, self.task)
+            self.train_source, self.val_sets = self.sources(self.trainer.global_rank, self.trainer.world_size)
         if self._position is not None:
             self.train_source.load_state_dict(self._position)
 

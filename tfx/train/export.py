@@ -19,13 +19,16 @@ from tfx.atomic import atomic_path
 from tfx.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 
 
-def write_template(ckpt: Checkpoint, path: Path, task=None) -> None:
+def write_template(ckpt: Checkpoint, path: Path, task=None, task_cfg=None) -> None:
+    """The checkpoint without weights; a fine-tuning run adds task.json: the task's registry name,
+    its label column and its classes in the order of the head's outputs."""
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         save_checkpoint(ckpt, Path(tmp) / "ckpt")
         with atomic_path(path) as out:
             shutil.copytree(Path(tmp) / "ckpt", out, ignore=shutil.ignore_patterns("model_weights.pt"))
-            if task is not None and getattr(task, "classes", None) is not None:
-                (out / "task.json").write_text(json.dumps({"classes": task.classes}))
+            if task is not None:
+                record = {"task": task_cfg.name, "label_key": task_cfg.label_key, "classes": task.classes}
+                (out / "task.json").write_text(json.dumps(record, indent=2))
 
 
 def _training_state(checkpoint: Path) -> dict[str, torch.Tensor]:

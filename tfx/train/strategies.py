@@ -1,65 +1,43 @@
-"""Distributed strategies by name: ddp and DeepSpeed ZeRO stages 1-3 (optionally offloaded).
-
-Lightning's DeepSpeedStrategy refuses non-CUDA accelerators, while DeepSpeed itself trains on
-CPU (DS_ACCELERATOR=cpu, gloo). ``CPUCapableDeepSpeedStrategy`` lifts that one refusal: on CPU
-it sets up the environment and the process group as DDP does (without the check that device
-indices equal local ranks), and gives each process a CPU device indexed by its local rank
-(DeepSpeed reads the index as its device rank). On CUDA it is Lightning's strategy as is.
-"""
+"""Distributed strategies by registry name: auto, ddp, and DeepSpeed ZeRO stages 1-3 (stage 3
+optionally offloaded). Each entry takes the accelerator and returns what Lightning's Trainer takes;
+Lightning and DeepSpeed are imported only when one is built."""
 
 from __future__ import annotations
 
 import os
 
-import torch
-from lightning.fabric.utilities.seed import reset_seed
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
-from lightning.pytorch.strategies.ddp import DDPStrategy as _DDP
+from tfx.registry import STRATEGIES
 
 
-class CPUCapableDeepSpeedStrategy(DeepSpeedStrategy):
-    def _on_cpu(self) -> bool:
-        return self.parallel_devices is not None and self.parallel_devices[0].type == "cpu"
-
-    def setup_environment(self) -> None:
-        if self._on_cpu():
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
-            _DDP.setup_environment(self)  # skips only DeepSpeedStrategy's CUDA check
-        else:
-            super().setup_environment()
-
-    def setup_distributed(self) -> None:
-        if not self._on_cpu():
-            return super().setup_distributed()
-        # as DeepSpeedStrategy, less its check that device indices equal local ranks (CPUs have none)
-        reset_seed()
-        self.set_world_ranks()
-        self._init_deepspeed_distributed()
-
-    @property
-    def root_device(self) -> torch.device:
-        if self._on_cpu():
-            return torch.device("cpu", self.local_rank)
-        return super().root_device
+@STRATEGIES.register("auto")
+def auto(accelerator: str):
+    return "auto"
 
 
-def build_strategy(name: str, accelerator: str, **options):
-    """``auto`` | ``ddp`` | ``deepspeed_zero{1,2,3}`` | ``deepspeed_zero3_offload``."""
-    cpu = accelerator == "cpu"
-    if name == "auto":
-        return "auto"
-    if name == "ddp":
-        return DDPStrategy(process_group_backend="gloo" if cpu else None, **options)
-    if name.startswith("deepspeed_zero"):
-        stage = int(name.removeprefix("deepspeed_zero")[0])
-        offload = name.endswith("_offload")
+@STRATEGIES.register("ddp")
+def ddp(accelerator: str):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(process_group_backend="gloo" if accelerator == "cpu" else None)
+
+
+def _deepspeed(stage: int, offload: bool = False):
+    def strategy(accelerator: str):
+        from tfx.train.deepspeed_cpu import CPUCapableDeepSpeedStrategy
+
+        cpu = accelerator == "cpu"
         if cpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         return CPUCapableDeepSpeedStrategy(
             stage=stage, offload_optimizer=offload, offload_parameters=offload and stage == 3,
             process_group_backend="gloo" if cpu else None,
-            # batches are token-budgeted, not a fixed size; DeepSpeed uses this for its logs only
-            logging_batch_size_per_gpu=1, **options,
+            logging_batch_size_per_gpu=1,  # batches are token-budgeted; DeepSpeed uses this for its logs only
         )
-    raise KeyError(f"unknown strategy '{name}' (known: auto, ddp, deepspeed_zero1, deepspeed_zero2, "
-                   "deepspeed_zero3, deepspeed_zero3_offload)")
+
+    strategy.__doc__ = f"DeepSpeed ZeRO stage {stage}{' with optimizer and parameter offload' if offload else ''}"
+    return strategy
+
+
+for _stage in (1, 2, 3):
+    STRATEGIES.register(f"deepspeed_zero{_stage}", _deepspeed(_stage))
+STRATEGIES.register("deepspeed_zero3_offload", _deepspeed(3, offload=True))

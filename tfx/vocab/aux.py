@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from tfx.vocab.genes import VocabError
 
@@ -32,3 +35,20 @@ def write_aux_vocab(vocab_dir: str | os.PathLike, column: str, vocab: dict[str, 
 def official_assay_vocab() -> dict[str, int]:
     """The assay vocabulary of the official releases (CELLxGENE assay names), for new models."""
     return json.loads((Path(__file__).parent / "assay_vocab.json").read_text())
+
+
+def aux_token_ids(aux_vocabs: dict[str, dict[str, int]], values: dict[str, Sequence | None], n: int
+                  ) -> np.ndarray | None:
+    """[n, columns] ids of n cells' aux values (``values[col]``, None when the data lacks the
+    column); a value the vocabulary lacks is 'unknown'. None for a model without aux tokens."""
+    if not aux_vocabs:
+        return None
+    columns = []
+    for col, vocab in aux_vocabs.items():
+        given = values.get(col)
+        if given is None:
+            columns.append(np.full(n, vocab["unknown"], dtype=np.int64))
+        else:
+            columns.append(np.array([vocab.get(str(v), vocab["unknown"]) if v is not None else vocab["unknown"]
+                                     for v in given], dtype=np.int64))
+    return np.stack(columns, axis=1)

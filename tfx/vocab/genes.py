@@ -16,11 +16,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tfx.errors import VocabError
+
 log = logging.getLogger(__name__)
-
-
-class VocabError(ValueError):
-    pass
 
 
 def read_gene_embeddings(path: str | os.PathLike, arrays: bool = True) -> tuple[list[str], np.ndarray | None]:

@@ -1,0 +1,26 @@
+"""The exception types every layer raises. Each is a user's mistake: the CLI prints it as one line
+and exits with 2 (see ``tfx.cli``)."""
+
+
+class TfxError(ValueError):
+    """Bad input, config, checkpoint or recipe: the message names the file and the fix."""
+
+
+class InputError(TfxError):
+    """A data file or option the user gave cannot be used as it is."""
+
+
+class ConfigError(TfxError):
+    """A model or data configuration tfx cannot build."""
+
+
+class CheckpointError(TfxError):
+    """A checkpoint directory that is not one tfx can read."""
+
+
+class VocabError(TfxError):
+    """A gene embedding file or vocabulary that cannot be read."""
+
+
+class RecipeError(TfxError):
+    """A recipe that does not compose, validate or build."""

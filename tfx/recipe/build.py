@@ -1,0 +1,259 @@
+"""The one builder: a composed recipe -> the checkpoint to start from, the data, the objective and
+the trainer's settings. It is the only code that reads the recipe; what it builds gets typed
+values. Objectives, strategies, loggers and tasks come from the registry (``tfx.train`` registers
+the built-in ones), so this layer imports neither Lightning nor DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, ListConfig
+
+from tfx.checkpoint import Checkpoint, load_checkpoint
+from tfx.checkpoint.io import build_model
+from tfx.checkpoint.surgery import add_species
+from tfx.data import preprocess
+from tfx.data.anndata import CellReader
+from tfx.data.loader import ShardLoader, resolve_urls
+from tfx.data.memory import CellBatches, read_cells
+from tfx.data.shards import label_values
+from tfx.errors import ConfigError, InputError, RecipeError
+from tfx.model.config import DataConfig
+from tfx.recipe.schema import Recipe, TaskSchema
+from tfx.registry import LOGGERS, OBJECTIVES, STRATEGIES, TASKS
+from tfx.vocab import GeneVocab, species_for_file
+from tfx.vocab.aux import official_assay_vocab
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Build:
+    """Everything a run needs, built from one recipe."""
+
+    recipe_file: str
+    output_dir: Path
+    seed: int
+    checkpoint: Checkpoint
+    task: Any  # the fine-tuning task head (a TASKS entry), or None
+    objective: Any  # an OBJECTIVES entry, given its typed settings
+    sources: Callable[[int, int], tuple[Any, dict[str, Any]]]  # (rank, world) -> (train, {name: held-out})
+    has_validation: bool
+    trainer: dict = field(default_factory=dict)  # Lightning Trainer arguments, strategy and loggers built
+    checkpoint_every_n_steps: int = 100
+    peak_tflops: float | None = None
+    resume: str | None = None
+    config_yaml: str = ""  # the composed recipe, as the run directory records it
+
+
+def build(cfg: DictConfig, recipe_file: str = "recipe") -> Build:
+    try:
+        r: Recipe = OmegaConf.to_object(cfg)
+    except ConfigError as err:  # ModelConfig checks itself as it is built
+        raise RecipeError(f"{recipe_file}: model: {err}") from None
+    src = recipe_file
+    objective_cls = _registered(OBJECTIVES, r.objective, "objective", src)
+    if objective_cls.starts_from_checkpoint and not r.init:
+        raise RecipeError(f"{src}: objective '{r.objective}' starts from a checkpoint; set init=CHECKPOINT_DIR")
+    if not objective_cls.starts_from_checkpoint and r.init:
+        raise RecipeError(f"{src}: objective '{r.objective}' trains a new model, init={r.init} is not read; "
+                          "use a continue/ recipe (objective=continue) to start from a checkpoint")
+    if objective_cls.needs_task and r.task is None:
+        raise RecipeError(f"{src}: objective '{r.objective}' needs a task; add task=celltype (or task=regression)")
+    ckpt = _checkpoint(r, src)
+    ckpt.model.transformer_encoder.checkpointing = r.trainer.activation_checkpointing
+    task = _task(r.task, r, ckpt, src) if objective_cls.needs_task else None
+    objective = objective_cls(optim=r.optim, freeze=list(r.freeze), task=task, task_cfg=r.task,
+                              max_steps=r.trainer.max_steps)
+    out = Path(r.output_dir)
+    strategy = _registered(STRATEGIES, r.strategy.name, "strategy", src)(accelerator=r.trainer.accelerator)
+    attempt = len(list((out / "logs").glob("*/metrics.csv")))  # one CSV per (re)start
+    loggers = [LOGGERS.get("csv")(save_dir=out, version=attempt)]
+    if r.logger.name != "csv":
+        loggers.append(_registered(LOGGERS, r.logger.name, "logger", src)(
+            save_dir=out, version=attempt, project=r.logger.project, mode=r.logger.mode))
+    has_val = bool(r.data.val_files if r.data.source == "h5ad" else r.data.val_shards)
+    t = r.trainer
+    trainer = dict(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
+        precision=t.precision, max_steps=t.max_steps, gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
+        val_check_interval=t.val_check_interval if has_val else None,
+        limit_val_batches=t.limit_val_batches if has_val else 0, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, logger=loggers, default_root_dir=str(out), use_distributed_sampler=False,
+        enable_model_summary=False,
+    )
+    return Build(
+        recipe_file=src, output_dir=out, seed=r.seed, checkpoint=ckpt, task=task, objective=objective,
+        sources=_sources(r, ckpt, task, src), has_validation=has_val, trainer=trainer,
+        checkpoint_every_n_steps=t.checkpoint_every_n_steps, peak_tflops=t.peak_tflops,
+        resume=_resume(r.resume, out, src), config_yaml=OmegaConf.to_yaml(cfg),
+    )
+
+
+def _registered(registry, name: str, what: str, src: str):
+    if name not in registry:
+        raise RecipeError(f"{src}: unknown {what} '{name}' (registered: {', '.join(registry.names())})")
+    return registry.get(name)
+
+
+def _requested(r: Recipe) -> dict:
+    return {"clip_counts": r.data.clip_counts, "normalize_to_scale": r.data.normalize_to_scale,
+            "gene_order": r.data.gene_order}
+
+
+def _checkpoint(r: Recipe, src: str) -> Checkpoint:
+    """The model training starts from, reading counts as the recipe (or the init checkpoint) says."""
+    if r.init:
+        ckpt = load_checkpoint(r.init)
+        ckpt.model.train()
+        ckpt = preprocess.apply(ckpt, _requested(r), f"{src}: data", f"init checkpoint {r.init}")
+    else:
+        import torch
+
+        files = _vocab_files(r, src)
+        data_cfg = DataConfig(esm2_mappings=[os.path.basename(f) for f in files],
+                              special_tokens=list(r.vocab.special_tokens), aux_cols=list(r.vocab.aux_cols),
+                              gene_col_name=r.data.gene_col)
+        data_cfg = preprocess.resolve(data_cfg, _requested(r), f"{src}: data", "the defaults")
+        vocab, table = GeneVocab.from_files(data_cfg.special_tokens, files)
+        aux = {col: official_assay_vocab() for col in data_cfg.aux_cols}
+        model = build_model(r.model, data_cfg, vocab, torch.as_tensor(table), aux)
+        ckpt = Checkpoint(model, vocab, aux, r.model, data_cfg)
+    if r.vocab.add:
+        ckpt = add_species(ckpt, list(r.vocab.add))
+    return ckpt
+
+
+def _vocab_files(r: Recipe, src: str) -> list[str]:
+    """vocab.embeddings, in the preset's species order when the recipe names a preset."""
+    files = list(r.vocab.embeddings)
+    if not files:
+        raise RecipeError(f"{src}: vocab.embeddings lists no gene embedding file; set vocab.embeddings=[A_gene.h5,...]")
+    if r.vocab.species is None:
+        return files
+    given = {species_for_file(Path(f).name): f for f in files}
+    missing = [s for s in r.vocab.species if s not in given]
+    if missing:
+        raise RecipeError(f"{src}: the {r.vocab.preset} vocabulary has {len(r.vocab.species)} species and "
+                          f"vocab.embeddings lacks {', '.join(missing)}; add {missing[0]}_gene.h5")
+    extra = [s for s in given if s not in r.vocab.species]
+    if extra:
+        raise RecipeError(f"{src}: {', '.join(extra)} is not a species of the {r.vocab.preset} vocabulary; "
+                          "drop it, or choose vocab=default for a species set of your own")
+    return [given[s] for s in r.vocab.species]
+
+
+def _shard_specs(spec, what: str, src: str) -> dict[str, str | list[str]]:
+    """{source name: shard spec}; a directory or file is named by its last path part."""
+    if spec is None:
+        return {}
+    specs = list(spec) if isinstance(spec, (list, tuple, ListConfig)) else [spec]
+    if not all(isinstance(s, str) for s in specs):
+        raise RecipeError(f"{src}: {what} must be a path or URL, or a list of them")
+    names = [Path(s.rstrip("/")).name or f"source{i}" for i, s in enumerate(specs)]
+    if len(set(names)) < len(names):
+        names = [f"{n}_{i}" for i, n in enumerate(names)]
+    return dict(zip(names, specs))
+
+
+def _task(t: TaskSchema, r: Recipe, ckpt: Checkpoint, src: str):
+    """The task head, its classes read from the training data's label column."""
+    task_cls = _registered(TASKS, t.name, "task", src)
+    classes = None
+    if getattr(task_cls, "categorical", True):
+        if r.data.source == "shards":
+            urls = [u for spec in _shard_specs(r.data.shards, "data.shards", src).values() for u in resolve_urls(spec)]
+            classes = sorted(label_values(urls, t.label_key))
+        else:
+            labels = set()
+            for path in r.data.files:
+                reader = CellReader(path, ckpt.vocab.lookup, gene_col=r.data.gene_col)
+                if t.label_key not in reader.obs.columns:
+                    raise InputError(f"{path}: obs has no column '{t.label_key}'; set task.label_key to an obs column")
+                labels |= set(reader.obs[t.label_key].astype(str))
+                reader.close()
+            classes = sorted(labels)
+        if len(classes) < 2:
+            raise InputError(f"{src}: the training data has {len(classes)} value(s) of '{t.label_key}'; "
+                             "classification needs at least 2")
+    return task_cls(ckpt.model_cfg.embed_dim, classes)
+
+
+def _encode(labels, classes, where: str):
+    if labels is None:
+        return None
+    if classes is None:
+        return labels.astype(np.float32)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(labels.astype(str)) - set(index))
+    if unknown:
+        raise InputError(f"{where}: labels not seen in training: {unknown[:5]}")
+    return np.array([index[c] for c in labels.astype(str)], dtype=np.int64)
+
+
+def _sources(r: Recipe, ckpt: Checkpoint, task, src: str):
+    d = r.data
+    seq_len, n_aux = ckpt.model_cfg.seq_len, len(ckpt.aux_vocabs)
+    pack_row_len = (d.pack_row_len or seq_len + n_aux) if d.pack else None
+    label_key = r.task.label_key if task is not None else None
+    classes = getattr(task, "classes", None)
+    tokenizer = preprocess.tokenizer(ckpt.data_cfg, seq_len)
+    if d.source == "shards":
+        train_specs = _shard_specs(d.shards, "data.shards", src)
+        if not train_specs:
+            raise RecipeError(f"{src}: data.shards names no shards; set data.shards=DIR (tfx shard output)")
+        weights = list(d.weights) if d.weights else [1.0] * len(train_specs)
+        if len(weights) != len(train_specs):
+            raise RecipeError(f"{src}: data.weights has {len(weights)} entries for {len(train_specs)} data.shards sources")
+        val_specs = _shard_specs(d.val_shards, "data.val_shards", src)
+
+        def sources(rank: int, world: int):
+            def loader(spec: dict, seed: int) -> ShardLoader:
+                return ShardLoader(spec, ckpt.vocab, tokenizer, aux_vocabs=ckpt.aux_vocabs,
+                                   token_budget=d.token_budget, max_cells=d.max_cells, shuffle_buffer=d.shuffle_buffer,
+                                   seed=seed, rank=rank, world_size=world, num_workers=d.num_workers,
+                                   on_corrupt=d.on_corrupt, pack_row_len=pack_row_len, label_key=label_key,
+                                   classes=classes)
+
+            train = loader({n: {"urls": u, "weight": w} for (n, u), w in zip(train_specs.items(), weights)}, r.seed)
+            return train, {n: loader({n: {"urls": u}}, r.seed + 1) for n, u in val_specs.items()}
+
+        return sources
+    if d.source != "h5ad":
+        raise RecipeError(f"{src}: data.source '{d.source}' is not one of shards, h5ad")
+    if not d.files:
+        raise RecipeError(f"{src}: data.files lists no h5ad file; set data.files=[cells.h5ad]")
+
+    def read(files):
+        cells, aux, labels = read_cells(files, ckpt.vocab.lookup, ckpt.aux_vocabs, d.gene_col, label_key)
+        return cells, aux, _encode(labels, classes, ", ".join(map(str, files)))
+
+    def sources(rank: int, world: int):
+        def batches(cells, aux, labels, seed):
+            return CellBatches(cells, aux, ckpt.vocab.pad, tokenizer, labels=labels, token_budget=d.token_budget,
+                               max_cells=d.max_cells, seed=seed, rank=rank, world_size=world,
+                               pack_row_len=pack_row_len)
+
+        train = batches(*read(d.files), r.seed)
+        return train, {Path(f).stem: batches(*read([f]), r.seed + 1) for f in d.val_files}
+
+    return sources
+
+
+def _resume(resume: str | None, out: Path, src: str) -> str | None:
+    if not resume:
+        return None
+    if resume == "auto":
+        last = out / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(resume).exists():
+        raise RecipeError(f"{src}: resume={resume}: no such checkpoint")
+    return str(resume)

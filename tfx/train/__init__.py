@@ -1,0 +1,1 @@
+"""Training with Lightning (and DeepSpeed ZeRO): objectives, strategies, loggers, callbacks, export."""
