@@ -67,6 +67,7 @@ def build(cfg: DictConfig, recipe_file: str = "recipe") -> Build:
                           "use a continue/ recipe (objective=continue) to start from a checkpoint")
     if objective_cls.needs_task and r.task is None:
         raise RecipeError(f"{src}: objective '{r.objective}' needs a task; add task=celltype (or task=regression)")
+    _seed(r.seed)  # a new model's random weights
     ckpt = _checkpoint(r, src)
     ckpt.model.transformer_encoder.checkpointing = r.trainer.activation_checkpointing
     task = _task(r.task, r, ckpt, src) if objective_cls.needs_task else None
@@ -96,6 +97,16 @@ def build(cfg: DictConfig, recipe_file: str = "recipe") -> Build:
         checkpoint_every_n_steps=t.checkpoint_every_n_steps, peak_tflops=t.peak_tflops,
         resume=_resume(r.resume, out, src), config_yaml=OmegaConf.to_yaml(cfg),
     )
+
+
+def _seed(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _registered(registry, name: str, what: str, src: str):

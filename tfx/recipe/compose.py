@@ -93,7 +93,9 @@ def compose(recipe: str, overrides: list[str] = (), extra: str | os.PathLike | N
             cfg = hydra_compose(config_name=path.stem,
                                 overrides=[*overrides, f"hydra.searchpath=[file://{conf_dir()}]"])
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        cfg = OmegaConf.merge(OmegaConf.structured(Recipe), cfg)  # a user's recipe without tfx_recipe
+        # checked again from plain values: a user's recipe may not list tfx_recipe, and Hydra lets
+        # `+key=value` add keys even to a typed node
+        cfg = OmegaConf.merge(OmegaConf.structured(Recipe), OmegaConf.to_container(cfg))
     except (HydraException, OmegaConfBaseException) as err:
         raise RecipeError(f"{path}: {_one_line(err)}") from None
     missing = sorted(OmegaConf.missing_keys(cfg))
