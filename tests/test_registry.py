@@ -83,3 +83,11 @@ def test_plugin_likelihood_trains_and_evaluates_by_name(plugin_site, monkeypatch
     assert last < first
     nonempty = np.array([len(ids) > 0 for ids, _ in cells])
     assert torch.isfinite(nll[nonempty]).all() and torch.isnan(nll[~nonempty]).all()
+
+
+def test_membership_loads_plugins_as_get_does(plugin_site):
+    """`name in REGISTRY` answers for plugins too, so every command accepts what `get` would build."""
+    env = {**os.environ, "PYTHONPATH": str(plugin_site)}
+    code = "from tfx.registry import LIKELIHOODS; print('shifted_geometric' in LIKELIHOODS)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "True"

@@ -49,11 +49,12 @@ def tiny_model(vocab_size: int, args):
 
 def compare(name: str, cells, vocab_size: int, args) -> None:
     from tfx.tokenize import Tokenizer
-    from tfx.train.data import CellBatches
-    from tfx.train.module import OptimConfig, adamw
+    from tfx.data.memory import CellBatches
+    from tfx.recipe.schema import OptimSchema
+    from tfx.train.module import adamw
 
     model = tiny_model(vocab_size, args).train()
-    opt = adamw(model, OptimConfig())["optimizer"]
+    opt = adamw(model, OptimSchema(), total_steps=1000)["optimizer"]
     aux = np.ones((len(cells), 1), dtype=np.int64)
     tokenizer = Tokenizer(2047, order="random")
     sources = {

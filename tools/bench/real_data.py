@@ -37,7 +37,8 @@ def main() -> None:
     from tfx.cli import main as tfx
     from tfx.eval.inputs import pca_of_log_counts
     from tfx.eval.probes import label_prediction, large_classes
-    from tfx.train.run import compose, train
+    from tfx.recipe import compose
+    from tfx.train.run import train
     from tfx.vocab import write_gene_embeddings
 
     work = Path(args.workdir or tempfile.mkdtemp())
@@ -58,7 +59,7 @@ def main() -> None:
         started = time.perf_counter()
         train(compose("pretrain/tiny", ["data=h5ad", f"data.files=[{data}]", f"vocab.embeddings=[{gene_file}]",
                                         f"output_dir={run}", f"trainer.max_steps={steps}", f"optim.lr={args.lr}",
-                                        f"data.order={args.order}", f"data.token_budget={args.token_budget}"]))
+                                        f"data.gene_order={args.order}", f"data.token_budget={args.token_budget}"]))
         seconds = time.perf_counter() - started
         tfx(["infer", "--checkpoint", str(run / "export"), "--data", str(data), "--output", str(run / "emb.h5ad")])
         emb = anndata.read_h5ad(run / "emb.h5ad").obsm["embeddings"]

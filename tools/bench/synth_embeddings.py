@@ -26,10 +26,11 @@ from tfx.checkpoint import load_checkpoint
 from tfx.data.anndata import CellReader
 from tfx.eval.inputs import pca_of_log_counts
 from tfx.eval.probes import label_prediction
-from tfx.infer import aux_token_ids
+from tfx.data.memory import obs_aux_ids
 from tfx.synth import synth_atlas
 from tfx.tokenize import Tokenizer, collate, length_batches
-from tfx.train.run import compose, train
+from tfx.recipe import compose
+from tfx.train.run import train
 
 
 @torch.no_grad()
@@ -37,14 +38,14 @@ def embeddings(export: Path, files: list[Path], order: str) -> dict[str, np.ndar
     """{pooling: [cells, E]} for every cell of ``files``, in file order."""
     ckpt = load_checkpoint(export)
     model, seq_len = ckpt.model.eval(), ckpt.model_cfg.seq_len
-    # ordered before truncation at seq_len, as training tokenizes (tfx infer reads var order only)
+    # ordered before truncation at seq_len, as training tokenizes
     tokenizer = Tokenizer(seq_len, order=order, clip_counts=ckpt.data_cfg.clip_counts,
                           normalize_to_scale=ckpt.data_cfg.normalize_to_scale)
     pooled = {"reference (sum / seq_len)": [], "mean over positions": []}
     for path in files:
         reader = CellReader(path, ckpt.vocab.lookup)
         for first, cells in reader.iter_chunks():
-            aux = aux_token_ids(ckpt, reader.obs.iloc[first : first + len(cells)], str(path))
+            aux = obs_aux_ids(ckpt.aux_vocabs, reader.obs.iloc[first : first + len(cells)], str(path))
             cells = [tokenizer(ids, counts) for ids, counts in cells]
             parts = {name: np.zeros((len(cells), ckpt.model_cfg.embed_dim), np.float32) for name in pooled}
             for idx in length_batches(np.array([len(ids) + 1 for ids, _ in cells]), 16384, 256):
@@ -81,7 +82,7 @@ def main() -> None:
         started = time.perf_counter()
         export = train(compose("pretrain/tiny", [
             "data=h5ad", f"data.files=[{','.join(map(str, files))}]", f"vocab.embeddings=[{genes}]",
-            f"output_dir={run}", "resume=null", f"trainer.max_steps={steps}", f"data.order={args.order}",
+            f"output_dir={run}", "resume=null", f"trainer.max_steps={steps}", f"data.gene_order={args.order}",
             f"data.token_budget={args.token_budget}", "trainer.val_check_interval=1000000", *overrides]))
         seconds = time.perf_counter() - started
         for pooling, features in embeddings(export, files, args.embed_order).items():

@@ -129,8 +129,9 @@ def main() -> None:
     from tfx.synth import synth_atlas
     from tfx.tokenize import Tokenizer
     from tfx.train.callbacks import device_peak_flops
-    from tfx.train.data import CellBatches
-    from tfx.train.module import OptimConfig, adamw, model_flops_per_token
+    from tfx.data.memory import CellBatches
+    from tfx.recipe.schema import OptimSchema
+    from tfx.train.module import adamw, model_flops_per_token
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +139,7 @@ def main() -> None:
         cells, n_vocab = h5ad_cells(Path(atlas["species"]["synth_alpha"]["h5ad"]))
     model = build_model(max(args.vocab, n_vocab), args, device)
     seq_len = model.cfg.seq_len
-    opt = adamw(model, OptimConfig())["optimizer"]
+    opt = adamw(model, OptimSchema(), total_steps=1000)["optimizer"]
     lengths = np.array([min(len(ids), seq_len) + 1 for ids, _ in cells], dtype=np.float64)
     context = (lengths**2).sum() / lengths.sum()  # the cell length the average token attends over
     peak = device_peak_flops(None) if device.type == "cuda" else None
