@@ -6,8 +6,9 @@ preprocessing, and recipes shipped in a non-editable install."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -223,8 +224,11 @@ def test_the_checkpoint_owns_preprocessing(data, tmp_path, caplog):
 
 def test_recipes_ship_in_a_non_editable_install(data, tmp_path):
     """A wheel installed into a fresh directory has the recipes: list them and train one from elsewhere."""
-    wheels, site = tmp_path / "wheels", tmp_path / "site"
-    build_cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w",
+    wheels, site, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    # a clean copy: a build/ left in the checkout by an earlier build would hide what the wheel lacks
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "quickstart",
+                                                               "runs", "__pycache__"))
+    build_cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source), "-w",
                  str(wheels)]
     subprocess.run(build_cmd, check=True, capture_output=True, cwd=tmp_path)
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
