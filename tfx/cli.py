@@ -186,7 +186,8 @@ def cmd_train(args) -> int:
             print(f"  {name:<24} {description}")
         return 0
     if not args.recipe:
-        raise SystemExit("tfx train: error: name a recipe (tfx train --list shows them) or a recipe YAML file")
+        print("tfx train: error: name a recipe (tfx train --list shows them) or a recipe YAML file", file=sys.stderr)
+        return 2
     from tfx.recipe import compose, recipe_path
     from tfx.train.run import train
 
