@@ -110,9 +110,9 @@ def test_every_packaged_recipe_is_covered():
 def test_recipe_composes_and_builds_as_shipped(name, data, base, tmp_path):
     """Shipped sizes (no shrinking): the builder reads every key, the TF-sized model included."""
     overrides = [o for o in _recipe_overrides(name, data, base, tmp_path / "run") if not o.startswith(("model.",))]
-    run = build(compose(name, overrides))
-    objective = compose(name, overrides).objective
-    assert type(run.objective).__name__.lower() == objective
+    cfg = compose(name, overrides)
+    run = build(cfg)
+    assert type(run.objective).__name__.lower() == cfg.objective
     if name.startswith("pretrain/") and name != "pretrain/tiny":
         cfg = run.checkpoint.model_cfg
         assert (cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.seq_len) == (2048, 12, 16, 2047)
@@ -259,3 +259,15 @@ def test_a_users_recipe_file_and_directory(data, tmp_path, capsys):
     assert cfg.model.embed_dim == 64 and cfg.trainer.max_steps == 200  # the group file, then the schema's default
     cfg = compose(str(mine / "small.yaml"), [f"data.shards={data['shards']['homo_sapiens', 'train']}"])
     assert cfg.description == "my own recipe"
+    assert main(["train", "--list", "--recipes", str(tmp_path / "absent")]) == 2
+    assert "absent: no such recipe directory" in capsys.readouterr().err
+
+
+def test_a_regression_on_a_text_column_is_one_clear_error(data, base, tmp_path):
+    from tfx.errors import InputError
+
+    run = build(compose("finetune/tiny", [*SHRINK, f"init={base}", "data=shards", "task=regression",
+                                          f"data.shards={data['shards']['homo_sapiens', 'train']}",
+                                          "task.label_key=cell_type", f"output_dir={tmp_path}"]))
+    with pytest.raises(InputError, match="obs 'cell_type' holds '.*', not a number"):
+        next(iter(run.sources(0, 1)[0]))

@@ -292,7 +292,11 @@ class ShardLoader:
             raise InputError(f"{url}: a cell has no obs '{self.label_key}'; re-write the shards with "
                              f"tfx shard --obs-keys {self.label_key}")
         if self._class_index is None:
-            return float(value)
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise InputError(f"{url}: obs '{self.label_key}' holds {value!r}, not a number; a regression "
+                                 "task needs a numeric column (or use task=celltype)") from None
         if str(value) not in self._class_index:
             raise InputError(f"{url}: label '{value}' of obs '{self.label_key}' is not one of the "
                              f"{len(self._class_index)} classes seen in the training shards")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tfx.checkpoint import Checkpoint, load_checkpoint
 from tfx.checkpoint.io import build_model
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 class Build:
     """Everything a run needs, built from one recipe."""
 
-    recipe_file: str
     output_dir: Path
     seed: int
     checkpoint: Checkpoint
@@ -53,12 +52,12 @@ class Build:
     config_yaml: str = ""  # the composed recipe, as the run directory records it
 
 
-def build(cfg: DictConfig, recipe_file: str = "recipe") -> Build:
+def build(cfg: DictConfig, src: str = "recipe") -> Build:
+    """``src``: the recipe file, named in every error."""
     try:
         r: Recipe = OmegaConf.to_object(cfg)
     except ConfigError as err:  # ModelConfig checks itself as it is built
-        raise RecipeError(f"{recipe_file}: model: {err}") from None
-    src = recipe_file
+        raise RecipeError(f"{src}: model: {err}") from None
     objective_cls = _registered(OBJECTIVES, r.objective, "objective", src)
     if objective_cls.starts_from_checkpoint and not r.init:
         raise RecipeError(f"{src}: objective '{r.objective}' starts from a checkpoint; set init=CHECKPOINT_DIR")
@@ -92,7 +91,7 @@ def build(cfg: DictConfig, recipe_file: str = "recipe") -> Build:
         enable_model_summary=False,
     )
     return Build(
-        recipe_file=src, output_dir=out, seed=r.seed, checkpoint=ckpt, task=task, objective=objective,
+        output_dir=out, seed=r.seed, checkpoint=ckpt, task=task, objective=objective,
         sources=_sources(r, ckpt, task, src), has_validation=has_val, trainer=trainer,
         checkpoint_every_n_steps=t.checkpoint_every_n_steps, peak_tflops=t.peak_tflops,
         resume=_resume(r.resume, out, src), config_yaml=OmegaConf.to_yaml(cfg),

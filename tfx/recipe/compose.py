@@ -32,6 +32,9 @@ def _resource(name: str) -> Path:
 def recipe_dirs(extra: str | os.PathLike | None = None) -> list[Path]:
     """Where recipe names are looked up: the user's directory first, then the packaged recipes."""
     dirs = [Path(d) for d in (extra, os.environ.get("TFX_RECIPES")) if d]
+    for d in dirs:
+        if not d.is_dir():
+            raise RecipeError(f"{d}: no such recipe directory; check --recipes or TFX_RECIPES")
     return [*dirs, _resource("recipes")]
 
 

@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 
-from tfx.train.module import tokens
+from tfx.train.module import n_tokens, tokens
 
 
 class Throughput(ThroughputMonitor):
@@ -22,8 +22,7 @@ class Throughput(ThroughputMonitor):
         self._module = None
 
     def _length(self, batch) -> int:
-        t = tokens(batch)
-        return int((t.gene_ids != self._module.model.special.pad).sum()) + t.n_cells * len(self._module.model.aux_unknown)
+        return n_tokens(self._module.model, tokens(batch))
 
     def setup(self, trainer, pl_module, stage):
         self._module = pl_module

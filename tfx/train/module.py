@@ -42,6 +42,11 @@ def tokens(batch) -> TokenBatch:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
+def n_tokens(model: TranscriptFormer, batch: TokenBatch) -> int:
+    """Tokens a batch feeds the model: its gene positions and each cell's aux tokens."""
+    return int((batch.gene_ids != model.special.pad).sum()) + batch.n_cells * len(model.aux_unknown)
+
+
 class _Module(L.LightningModule):
     """What both objectives share: AdamW with warm-up and cosine decay, the LR and the FLOPs of
     each batch (read by Lightning's ThroughputMonitor for FLOP/s and MFU)."""
@@ -54,7 +59,7 @@ class _Module(L.LightningModule):
     def _count(self, batch) -> int:
         """Tokens of the batch (gene positions and aux tokens); sets this batch's FLOPs."""
         t = tokens(batch)
-        n = int((t.gene_ids != self.model.special.pad).sum()) + t.n_cells * len(self.model.aux_unknown)
+        n = n_tokens(self.model, t)
         self.flops_per_batch = n * model_flops_per_token(self.model, t.gene_ids.shape[1])
         return n
 
