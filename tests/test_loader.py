@@ -234,3 +234,26 @@ def test_webdataset_urls_globs_and_manifests(synthetic):
         ShardLoader({"b": {"urls": str(synthetic["root"] / "nothing")}}, vocab, tok)
     with pytest.raises(InputError, match="holds no shard"):
         ShardLoader({"b": {"urls": str(synthetic["root"] / "*.tgz")}}, vocab, tok)
+
+
+@pytest.mark.parametrize("pack_row_len", [None, 130])
+def test_labels_follow_their_cells_from_shard_metadata(tmp_path, pack_row_len):
+    """Fine-tuning labels come from each cell's shard metadata and stay with that cell through
+    shuffling, planning and packing: here a cell's label is its own total count."""
+    rng = np.random.default_rng(5)
+    genes = [f"ENSG{i:05d}" for i in range(40)]
+    counts = (rng.random((90, 40)) < 0.2) * rng.integers(1, 50, (90, 40)).astype(np.float32)
+    counts[:, 0] += np.arange(1, 91)  # every cell's total differs
+    obs = pd.DataFrame({"total": counts.sum(1).astype(int).astype(str)}, index=[f"c{i}" for i in range(90)])
+    write_shards([write_h5ad(tmp_path / "t.h5ad", genes, counts, obs)], "homo_sapiens", tmp_path / "s",
+                 cells_per_shard=15, obs_keys=["total"], processes=1)
+    classes = sorted(obs["total"])
+    loader = ShardLoader({"s": {"urls": str(tmp_path / "s")}}, GeneVocab(SPECIALS + genes, SPECIALS),
+                         Tokenizer(64, clip_counts=None), token_budget=260, pack_row_len=pack_row_len, epochs=1,
+                         seed=2, label_key="total", classes=classes)
+    seen = 0
+    for batch, labels in loader:
+        for (_, cell_counts, _), label in zip(rows(batch), labels.tolist()):
+            assert sum(cell_counts) == float(classes[label])
+            seen += 1
+    assert seen == 90
