@@ -271,3 +271,11 @@ def test_a_regression_on_a_text_column_is_one_clear_error(data, base, tmp_path):
                                           "task.label_key=cell_type", f"output_dir={tmp_path}"]))
     with pytest.raises(InputError, match="obs 'cell_type' holds '.*', not a number"):
         next(iter(run.sources(0, 1)[0]))
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0", "inf"])
+def test_infer_refuses_a_clip_that_is_not_a_positive_number(value, data, base, tmp_path, capsys):
+    out = tmp_path / "emb.h5ad"
+    assert main(["infer", "--checkpoint", str(base), "--data", str(data["human_h5ad"]), "--output", str(out),
+                 f"--clip-counts={value}"]) == 2
+    assert "clip_counts" in capsys.readouterr().err and not out.exists()

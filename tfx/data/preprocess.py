@@ -30,13 +30,16 @@ def check_preprocessing(cfg: DataConfig, source: str) -> None:
         raise InputError(f"{source}: gene order '{cfg.gene_order}' is not one of {', '.join(TOKENIZERS.names())}")
 
 
-def resolve(recorded: DataConfig, requested: dict, source: str, recorded_by: str = "the checkpoint") -> DataConfig:
-    """``recorded`` with the non-None ``requested`` values (keys of OPTIONS) that differ from it."""
+def resolve(recorded: DataConfig, requested: dict, source: str, recorded_by: str | None = "the checkpoint"
+            ) -> DataConfig:
+    """``recorded`` with the non-None ``requested`` values (keys of OPTIONS) that differ from it,
+    each with a warning unless nothing recorded them (``recorded_by`` None: a new model's defaults)."""
     changes = {}
     for key in OPTIONS:
         value = requested.get(key)
         if value is not None and value != getattr(recorded, key):
-            log.warning("%s: %s=%s overrides %s's %s", source, key, value, recorded_by, getattr(recorded, key))
+            if recorded_by:
+                log.warning("%s: %s=%s overrides %s (%s)", source, key, value, recorded_by, getattr(recorded, key))
             changes[key] = value
     resolved = dataclasses.replace(recorded, **changes)
     check_preprocessing(resolved, source)

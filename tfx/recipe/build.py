@@ -132,7 +132,7 @@ def _checkpoint(r: Recipe, src: str) -> Checkpoint:
         data_cfg = DataConfig(esm2_mappings=[os.path.basename(f) for f in files],
                               special_tokens=list(r.vocab.special_tokens), aux_cols=list(r.vocab.aux_cols),
                               gene_col_name=r.data.gene_col)
-        data_cfg = preprocess.resolve(data_cfg, _requested(r), f"{src}: data", "the defaults")
+        data_cfg = preprocess.resolve(data_cfg, _requested(r), f"{src}: data", None)
         vocab, table = GeneVocab.from_files(data_cfg.special_tokens, files)
         aux = {col: official_assay_vocab() for col in data_cfg.aux_cols}
         model = build_model(r.model, data_cfg, vocab, torch.as_tensor(table), aux)
