@@ -14,6 +14,9 @@ def _use_raw(value: str) -> bool | None:
     return None if v == "auto" else v == "true"
 
 
+INFER_OUTPUTS = ("embeddings", "llh", "predictions")
+
+
 def cmd_registry(args) -> int:
     from tfx.components import load_all
     from tfx.registry import describe
@@ -31,20 +34,25 @@ def cmd_registry(args) -> int:
 def cmd_infer(args) -> int:
     from tfx.checkpoint import load_checkpoint
     from tfx.data import preprocess
+    from tfx.errors import InputError
     from tfx.infer.run import InferOptions, infer_file
 
     outputs = {o.strip() for o in args.outputs.split(",") if o.strip()}
-    unknown = outputs - {"embeddings", "llh"}
-    if unknown:
-        raise SystemExit(f"tfx infer: unknown --outputs {sorted(unknown)}; choose from embeddings, llh")
+    unknown = outputs - set(INFER_OUTPUTS)
+    if unknown or not outputs:
+        raise SystemExit(f"tfx infer: unknown --outputs {sorted(unknown)}; choose from {', '.join(INFER_OUTPUTS)}")
     ckpt = load_checkpoint(args.checkpoint, attention=args.attention)
+    if "predictions" in outputs and ckpt.task is None:
+        raise InputError(f"{args.checkpoint}: has no task head (task.json); --outputs predictions needs a "
+                         "checkpoint exported by a finetune recipe")
     ckpt = preprocess.apply(ckpt, {"clip_counts": args.clip_counts}, "tfx infer", f"checkpoint {args.checkpoint}")
     if args.species_embedding:
         from tfx.checkpoint.surgery import with_species_embeddings
 
         ckpt = with_species_embeddings(ckpt, args.species_embedding)
     opts = InferOptions(
-        emb_type=args.emb_type, llh="llh" in outputs, gene_col=args.gene_col or ckpt.data_cfg.gene_col_name,
+        emb_type=args.emb_type, embeddings="embeddings" in outputs, llh="llh" in outputs,
+        predictions="predictions" in outputs, gene_col=args.gene_col or ckpt.data_cfg.gene_col_name,
         use_raw=args.use_raw, remove_duplicate_genes=args.remove_duplicate_genes, device=args.device,
         precision=args.precision, token_budget=args.token_budget, max_cells=args.batch_size,
         chunk_size=args.chunk_size, devices=args.devices,
@@ -199,7 +207,7 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from tfx.train.export import export_run
 
-    print(f"exported {export_run(args.run_dir, args.output)}")
+    print(f"exported {export_run(args.run_dir, args.output, lora_form=args.lora_form)}")
     return 0
 
 
@@ -218,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="input h5ad (raw counts)")
     p.add_argument("--output", required=True, help="output h5ad")
     p.add_argument("--emb-type", choices=["cell", "cge"], default="cell")
-    p.add_argument("--outputs", default="embeddings", help="comma list of: embeddings, llh")
+    p.add_argument("--outputs", default="embeddings",
+                   help=f"comma list of: {', '.join(INFER_OUTPUTS)} (predictions: a fine-tuned checkpoint's task head)")
     p.add_argument("--batch-size", type=int, default=256, help="most cells per batch")
     p.add_argument("--token-budget", type=int, default=16384, help="most cells x padded length per batch")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -326,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="consolidated inference checkpoint from a training run (ZeRO shards too)")
     p.add_argument("run_dir")
     p.add_argument("--output", required=True)
+    p.add_argument("--lora-form", choices=["merged", "adapter"], default=None,
+                   help="a LoRA run: adapters merged into the weights (the reference loads it) or kept as a "
+                        "small file beside the base checkpoint; default: the recipe's finetune.export")
     p.set_defaults(func=cmd_export)
     return parser
 
