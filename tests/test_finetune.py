@@ -43,9 +43,9 @@ def _served(ckpt_dir, data, out, outputs="predictions"):
     return anndata.read_h5ad(out)
 
 
-def _module_probabilities(overrides, data) -> np.ndarray:
-    """Class probabilities of the training module itself (rebuilt from the recipe, final.ckpt
-    loaded), on every cell of ``data`` in one batch, in file order."""
+def _module_outputs(overrides, data) -> np.ndarray:
+    """What the training module itself predicts (rebuilt from the recipe, final.ckpt loaded) for
+    every cell of ``data`` in one batch, in file order: class probabilities, or values."""
     run = build(compose("finetune/tiny", overrides))
     module = run.objective.module(run.checkpoint.model)
     state = torch.load(run.output_dir / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
@@ -55,10 +55,12 @@ def _module_probabilities(overrides, data) -> np.ndarray:
     planner = BatchPlanner(run.checkpoint.model_cfg.seq_len, aux.shape[1], 10**9, len(cells))
     (plan,) = planner.plan([len(ids) for ids, _ in cells])
     batch, idx = planner.emit(plan, cells.__getitem__, aux, run.checkpoint.vocab.pad)
-    probs = np.zeros((len(cells), len(TYPES)), dtype=np.float32)
     with torch.no_grad():
-        probs[idx] = module(batch).softmax(-1).numpy()
-    return probs
+        pred = module(batch)
+    pred = pred.softmax(-1) if module.task.categorical else pred
+    out = np.zeros(tuple(pred.shape), dtype=np.float32)
+    out[idx] = pred.numpy()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,7 @@ def test_lora_trains_only_adapters_and_head(lora_run, pretrained):
 def test_lora_merged_and_adapter_exports_serve_the_module_predictions(lora_run, atlas, tmp_path):
     out, overrides = lora_run
     _, _, val = atlas["alpha"]
-    expected = _module_probabilities(overrides, val)  # the adapter-applied model, unmerged
+    expected = _module_outputs(overrides, val)  # the adapter-applied model, unmerged
     merged = out / "export"
     assert not (merged / "adapter.json").exists()
     assert not any(is_adapter(k) for k in torch.load(merged / "model_weights.pt", weights_only=True))
@@ -174,6 +176,23 @@ def test_added_assay_reaches_the_output_and_resume_continues(pretrained, atlas, 
     as_unknown.write_h5ad(tmp_path / "unknown_assay.h5ad")
     unknown = _served(export, tmp_path / "unknown_assay.h5ad", tmp_path / "u.h5ad", "embeddings").obsm["embeddings"]
     assert np.abs(with_new - unknown).max() > 1e-3
+
+
+def test_regression_is_served(pretrained, atlas, tmp_path):
+    _, cells, val = atlas["alpha"]
+    for path in (cells, val):  # a numeric column: the share of genes detected
+        adata = anndata.read_h5ad(path)
+        adata.obs["detected"] = (np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X) > 0).mean(1)
+        adata.write_h5ad(tmp_path / path.name)
+    overrides = _finetune(pretrained, atlas, tmp_path / "reg", 10, f"data.files=[{tmp_path / cells.name}]",
+                          f"data.val_files=[{tmp_path / val.name}]", "task=regression", "task.label_key=detected",
+                          "finetune.backbone=frozen")
+    train(compose("finetune/tiny", overrides))
+    served = _served(tmp_path / "reg" / "export", tmp_path / val.name, tmp_path / "pred.h5ad")
+    assert json.loads((tmp_path / "reg" / "export" / "task.json").read_text())["type"] == "regression"
+    np.testing.assert_allclose(served.obs["detected_pred"], _module_outputs(overrides, tmp_path / val.name)[:, 0],
+                               atol=1e-5)
+    assert "detected_proba" not in served.obsm
 
 
 def test_predictions_need_a_task_head(pretrained, atlas, tmp_path, capsys):
