@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -71,10 +72,14 @@ def resolve_urls(spec: str | list[str]) -> list[str]:
     if not isinstance(spec, str):
         return [url for part in spec for url in resolve_urls(part)]
     if spec.endswith(".json"):
-        with wds.gopen(spec) as f:
-            manifest = json.load(f)
+        try:
+            with wds.gopen(spec) as f:
+                names = [s["name"] for s in json.load(f)["shards"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{spec}: not a readable shard manifest ({type(err).__name__}: {err}); "
+                             "re-write the shards with tfx shard") from None
         base = spec.rsplit("/", 1)[0] + "/" if "/" in spec else ""
-        return [base + s["name"] for s in manifest["shards"]]
+        return [base + _manifest_entry(name, spec) for name in names]
     if os.path.isdir(spec):
         if os.path.exists(os.path.join(spec, MANIFEST)):
             return resolve_urls(os.path.join(spec, MANIFEST))
@@ -85,6 +90,16 @@ def resolve_urls(spec: str | list[str]) -> list[str]:
         if "{" not in spec and not os.path.exists(spec):
             raise InputError(f"{spec}: no such shard, directory or manifest; check the source's urls")
     return wds.shardlists.expand_urls(spec)
+
+
+def _manifest_entry(name, manifest: str) -> str:
+    """A manifest names files beside it, nothing else: a URL or ``pipe:`` command in a received
+    manifest would be fetched or run (those come only from the command line or a recipe)."""
+    if (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", name)
+            or not name.endswith(".tar")):
+        raise InputError(f"{manifest}: shard entry {name!r} is not a plain .tar file name beside the manifest; "
+                         "refused (re-write the shards with tfx shard, or name URLs in the recipe)")
+    return name
 
 
 def epoch_order(urls: list[str], seed: int, source: str, epoch: int) -> list[str]:

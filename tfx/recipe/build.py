@@ -224,6 +224,8 @@ def _sources(r: Recipe, ckpt: Checkpoint, task, src: str):
         if len(weights) != len(train_specs):
             raise RecipeError(f"{src}: data.weights has {len(weights)} entries for {len(train_specs)} data.shards sources")
         val_specs = _shard_specs(d.val_shards, "data.val_shards", src)
+        for spec in (*train_specs.values(), *val_specs.values()):
+            resolve_urls(spec)  # a missing path or a refused manifest stops the run before compute
 
         def sources(rank: int, world: int):
             def loader(spec: dict, seed: int) -> ShardLoader:

@@ -9,6 +9,7 @@ reference ignores.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 from tfx.atomic import atomic_path
 from tfx.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from tfx.checkpoint.zero import consolidate_zero
 
 
 def write_template(ckpt: Checkpoint, path: Path, task=None, task_cfg=None) -> None:
@@ -33,12 +35,14 @@ def write_template(ckpt: Checkpoint, path: Path, task=None, task_cfg=None) -> No
 
 def _training_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The module's full fp32 state_dict from a Lightning checkpoint file or a DeepSpeed directory."""
-    if checkpoint.is_dir():  # DeepSpeed: one shard per rank, consolidated by DeepSpeed's own tool
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
+    if checkpoint.is_dir():  # DeepSpeed: one shard per rank, consolidated with weights-only loading
+        state = consolidate_zero(checkpoint)
         return {k.removeprefix("_forward_module."): v for k, v in state.items()}
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{checkpoint}: not a readable training checkpoint ({type(err).__name__}); "
+                              "it may be truncated: export an earlier one, or train again") from None
 
 
 def latest_checkpoint(run_dir: Path) -> Path:

@@ -1,0 +1,114 @@
+"""Hostile inputs and faults, through the real `tfx` commands: received files never run code, outputs
+never delete what tfx did not write, every run ends with an honest exit code and one line.
+See docs/security.md for the promises these tests hold tfx to."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tfx.data.loader import resolve_urls
+from tfx.data.shards import write_shards
+from tfx.errors import InputError
+from tfx.synth import synth_atlas
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ["model.embed_dim=16", "model.num_heads=2", "model.num_layers=1", "model.model_dim=32", "model.seq_len=31",
+         "model.gene_head_hidden_dim=32", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32",
+         "trainer.log_every_n_steps=1", "strategy=auto", "logger=csv", "data.num_workers=0",
+         "data.token_budget=256", "data.max_cells=8", "data.shuffle_buffer=20", "data.val_shards=null"]
+
+
+def tfx(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
+    """The `tfx` command in its own process, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **kw.pop("env", {})}
+    return subprocess.run([sys.executable, "-m", "tfx.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    """The failure is one line on stderr naming the problem (no traceback), with the expected exit code."""
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    """One synthetic species: its h5ad, gene embeddings and six shards of 20 cells."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    s = synth_atlas(tmp / "synth", species=1, cells=120, genes=200, seed=0)["species"]["synth_alpha"]
+    write_shards([s["h5ad"]], "synth_alpha", tmp / "shards", cells_per_shard=20, processes=1)
+    return {"h5ad": Path(s["h5ad"]), "genes": Path(s["gene_h5"]), "shards": tmp / "shards"}
+
+
+def train_args(atlas, out, *extra, shards=None):
+    return ["train", "pretrain/tiny", *TRAIN, f"data.shards={shards or atlas['shards']}",
+            f"vocab.embeddings=[{atlas['genes']}]", f"output_dir={out}", *extra]
+
+
+# ---- no code runs from a received file ---------------------------------------------------------
+
+class _Payload:
+    """Pickled, it calls os.system when unpickled: what a crafted checkpoint file would hold."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_a_crafted_zero_checkpoint_runs_no_code(tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    (run / "checkpoint_template").mkdir(parents=True)
+    (run / "checkpoint_template" / "config.json").write_text("{}")
+    shard_dir = run / "checkpoints" / "final.ckpt" / "checkpoint"
+    shard_dir.mkdir(parents=True)
+    (shard_dir.parent / "latest").write_text("checkpoint")
+    payload = {"module": _Payload(f"touch {marker}"), "buffer_names": [], "param_shapes": []}
+    torch.save(payload, shard_dir / "mp_rank_00_model_states.pt")
+    torch.save({"optimizer_state_dict": payload}, shard_dir / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    line = one_line_error(tfx("export", run, "--output", tmp_path / "out"))
+    assert "final.ckpt/checkpoint: holds pickled objects" in line and "refused" in line, line
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_manifest_cannot_name_a_command_or_a_path_outside(atlas, tmp_path):
+    marker = tmp_path / "pwned"
+    received = tmp_path / "received"
+    shutil.copytree(atlas["shards"], received)
+    manifest = json.loads((received / "manifest.json").read_text())
+
+    def with_entry(name):
+        manifest["shards"][0]["name"] = name
+        (received / "manifest.json").write_text(json.dumps(manifest))
+
+    with_entry(f"pipe:touch {marker}")
+    line = one_line_error(tfx(*train_args(atlas, tmp_path / "run", "trainer.max_steps=1", shards=received)))
+    assert "manifest.json: shard entry 'pipe:touch" in line and "refused" in line, line
+    assert not marker.exists() and not (tmp_path / "run" / "checkpoints").exists()
+    for entry in ["../shards/shard-000000.tar", "/etc/passwd", "http://example.org/a.tar", "sub/x.tar", 7]:
+        with_entry(entry)
+        with pytest.raises(InputError, match=r"manifest.json: shard entry .* refused"):
+            resolve_urls(str(received))
+    with_entry("shard-000000.tar")
+    assert resolve_urls(str(received))[0] == f"{received}/shard-000000.tar"
+
+
+def test_a_gene_id_that_is_a_path_is_refused(tmp_path):
+    fasta = tmp_path / "p.fa"
+    fasta.write_text(">P1 gene:ENSG1\nMKV\n>P2 gene:../../evil\nMKL\n")
+    line = one_line_error(tfx("embed-proteins", "--fasta", fasta, "--model", tmp_path / "none.pt",
+                              "--output", tmp_path / "x_gene.h5"))
+    assert "p.fa: protein P2 has gene id '../../evil'" in line
+    assert not list(tmp_path.parent.rglob("evil*"))
