@@ -33,6 +33,20 @@ def tfx(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env, **kw)
 
 
+@pytest.fixture
+def cli(capsys):
+    """The `tfx` command in this process (faster: torch is imported once); same result fields as ``tfx``."""
+    from tfx.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
 def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
     """The failure is one line on stderr naming the problem (no traceback), with the expected exit code."""
     assert proc.returncode == code, proc.stderr[-3000:]
@@ -112,3 +126,70 @@ def test_a_gene_id_that_is_a_path_is_refused(tmp_path):
                               "--output", tmp_path / "x_gene.h5"))
     assert "p.fa: protein P2 has gene id '../../evil'" in line
     assert not list(tmp_path.parent.rglob("evil*"))
+
+
+# ---- outputs never delete what tfx did not write -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run_dir(atlas, tmp_path_factory):
+    """A finished two-step run (exported)."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    done = tfx(*train_args(atlas, out, "trainer.max_steps=2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def _tree(path: Path) -> dict:
+    return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in sorted(path.rglob("*"))}
+
+
+def test_export_never_replaces_what_it_did_not_write(run_dir, tmp_path, monkeypatch, cli):
+    before = _tree(run_dir)
+    for target in [run_dir, run_dir / "checkpoints", run_dir.parent]:
+        line = one_line_error(cli("export", run_dir, "--output", target, "--overwrite"))
+        assert "not a checkpoint directory tfx wrote" in line, line
+    assert _tree(run_dir) == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    assert "not a checkpoint directory tfx wrote (notes.txt)" in one_line_error(
+        cli("add-species", "--checkpoint", run_dir / "export", "--embeddings", "x.h5", "--output", mine, "--overwrite"))
+    assert (mine / "notes.txt").read_text() == "my notes"
+    monkeypatch.chdir(mine)
+    assert "--output .: not a checkpoint directory" in one_line_error(cli("export", run_dir, "--output", "."))
+    # an existing checkpoint is replaced only with --overwrite; a killed run's temporaries are cleaned
+    assert "pass --overwrite" in one_line_error(cli("export", run_dir, "--output", run_dir / "export"))
+    stale = tmp_path / f".again.tmp-{_dead_pid()}"
+    stale.mkdir()
+    assert cli("export", run_dir, "--output", tmp_path / "again").returncode == 0
+    assert cli("export", run_dir, "--output", tmp_path / "again", "--overwrite").returncode == 0
+    assert not stale.exists() and (tmp_path / "again" / "model_weights.pt").exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_swap_killed_between_its_renames_keeps_the_old_directory(tmp_path):
+    from tfx.atomic import atomic_path
+
+    old = tmp_path / f".ckpt.old-{_dead_pid()}"  # the rename of ckpt done, the new one's not yet
+    old.mkdir()
+    (old / "config.json").write_text("the previous checkpoint")
+    with atomic_path(tmp_path / "other") as tmp:
+        tmp.write_text("x")
+    assert old.exists()  # another path's leftovers are not touched
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "ckpt"):
+            raise RuntimeError("killed")
+    assert (tmp_path / "ckpt" / "config.json").read_text() == "the previous checkpoint" and not old.exists()
+
+
+def test_a_run_of_another_model_is_refused_before_anything_changes(atlas, run_dir, cli):
+    before = _tree(run_dir)
+    line = one_line_error(tfx(*train_args(atlas, run_dir, "trainer.max_steps=4", "model.embed_dim=32")))
+    assert "holds a run of another model" in line and "embed_dim 16 -> 32" in line, line
+    assert _tree(run_dir) == before
+    assert cli("export", run_dir, "--output", run_dir.parent / "still_exports").returncode == 0

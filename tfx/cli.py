@@ -94,9 +94,10 @@ def cmd_embed_proteins(args) -> int:
 
 
 def cmd_add_species(args) -> int:
-    from tfx.checkpoint import load_checkpoint, save_checkpoint
+    from tfx.checkpoint import check_output_dir, load_checkpoint, save_checkpoint
     from tfx.checkpoint.surgery import add_species
 
+    check_output_dir(args.output, args.overwrite)
     ckpt = add_species(load_checkpoint(args.checkpoint), args.embeddings)
     save_checkpoint(ckpt, args.output)
     print(f"wrote {args.output}: vocabulary of {len(ckpt.vocab)} tokens ({', '.join(f for f, _ in ckpt.vocab.files)})")
@@ -199,7 +200,7 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from tfx.train.export import export_run
 
-    print(f"exported {export_run(args.run_dir, args.output)}")
+    print(f"exported {export_run(args.run_dir, args.output, overwrite=args.overwrite)}")
     return 0
 
 
@@ -265,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("add-species", help="a checkpoint whose vocabulary also holds new species' genes")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--embeddings", required=True, nargs="+", help="SPECIES_gene.h5 files (official layout)")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="new checkpoint directory (absent or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already at --output")
     p.set_defaults(func=cmd_add_species)
 
     p = sub.add_parser("download", help="fetch an official release (tf-sapiens, ...) or the species embeddings")
@@ -324,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="consolidated inference checkpoint from a training run (ZeRO shards too)")
-    p.add_argument("run_dir")
-    p.add_argument("--output", required=True)
+    p.add_argument("run_dir", help="a tfx train output_dir")
+    p.add_argument("--output", required=True, help="checkpoint directory to write (absent or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already at --output")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -4,6 +4,6 @@
 ``DIR/vocabs/<species>_gene.h5`` and ``DIR/vocabs/<column>_vocab.json``.
 """
 
-from tfx.checkpoint.io import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from tfx.checkpoint.io import Checkpoint, CheckpointError, check_output_dir, load_checkpoint, save_checkpoint
 
-__all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "check_output_dir", "load_checkpoint", "save_checkpoint"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tfx.errors import CheckpointError
+from tfx.errors import CheckpointError, InputError
 from tfx.atomic import atomic_path
 from tfx.model.config import ConfigError, DataConfig, ModelConfig, config_dict, parse_config
 from tfx.model.transcriptformer import SpecialIds, TranscriptFormer
@@ -28,6 +28,30 @@ class Checkpoint:
     model_cfg: ModelConfig
     data_cfg: DataConfig
     path: Path | None = None
+
+
+LAYOUT = {"config.json", "model_weights.pt", "vocabs", "task_head.pt", "task.json"}  # what tfx writes
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
+    """Refuse an output directory that is not empty unless ``overwrite``, and even then unless it
+    holds a checkpoint and nothing else: tfx never deletes what it did not write."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise InputError(f"{option} {path}: exists and is not a directory; choose another {option}")
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return
+    foreign = [e for e in entries if e not in LAYOUT]
+    if foreign or "config.json" not in entries:
+        what = ", ".join(foreign[:3]) if foreign else "no config.json"
+        raise InputError(f"{option} {path}: not a checkpoint directory tfx wrote ({what}); nothing there is "
+                         f"replaced, choose another {option}")
+    if not overwrite:
+        raise InputError(f"{option} {path}: holds a checkpoint; pass --overwrite to replace it, "
+                         f"or choose another {option}")
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

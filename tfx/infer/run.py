@@ -138,6 +138,8 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
     data, output = Path(data), Path(output)
     if output.resolve() == data.resolve():
         raise InputError(f"{output}: the output would overwrite the input; choose another --output")
+    if output.is_dir():
+        raise InputError(f"--output {output}: is a directory; name the .h5ad file to write")
     devices = resolve_devices(opts.device, opts.devices)
     reader = CellReader(data, ckpt.vocab.lookup, gene_col=opts.gene_col, use_raw=opts.use_raw,
                         remove_duplicate_genes=opts.remove_duplicate_genes)

@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 
 from tfx.atomic import atomic_path
-from tfx.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from tfx.checkpoint import Checkpoint, CheckpointError, check_output_dir, load_checkpoint, save_checkpoint
 from tfx.checkpoint.zero import consolidate_zero
 
 
 def write_template(ckpt: Checkpoint, path: Path, task=None, task_cfg=None) -> None:
     """The checkpoint without weights; a fine-tuning run adds task.json: the task's registry name,
     its label column and its classes in the order of the head's outputs."""
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         save_checkpoint(ckpt, Path(tmp) / "ckpt")
         with atomic_path(path) as out:
             shutil.copytree(Path(tmp) / "ckpt", out, ignore=shutil.ignore_patterns("model_weights.pt"))
@@ -52,8 +52,11 @@ def latest_checkpoint(run_dir: Path) -> Path:
     raise CheckpointError(f"{run_dir}: no checkpoints/final.ckpt or last.ckpt; is it a tfx train run directory?")
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path | None = None,
+               overwrite: bool = False) -> Path:
+    """``overwrite``: an existing checkpoint at ``out_dir`` may be replaced (nothing else ever is)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_output_dir(out_dir, overwrite)
     template = run_dir / "checkpoint_template"
     if not (template / "config.json").exists():
         raise CheckpointError(f"{template}: missing; export needs a run directory written by `tfx train`")
