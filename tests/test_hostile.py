@@ -193,3 +193,60 @@ def test_a_run_of_another_model_is_refused_before_anything_changes(atlas, run_di
     assert "holds a run of another model" in line and "embed_dim 16 -> 32" in line, line
     assert _tree(run_dir) == before
     assert cli("export", run_dir, "--output", run_dir.parent / "still_exports").returncode == 0
+
+
+# ---- every run ends, and ends honestly ---------------------------------------------------------------
+
+def _losses(run: Path) -> dict[int, float]:
+    """train/loss by step, over every start of the run."""
+    import pandas as pd
+
+    frames = [pd.read_csv(f) for f in sorted((run / "logs").glob("*/metrics.csv"))]
+    m = pd.concat(frames).dropna(subset=["train/loss"])
+    return dict(zip(m["step"].astype(int), m["train/loss"]))
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(atlas, tmp_path):
+    """SLURM's preemption mid-shard: a checkpoint at the next step, exit 143, and the resumed run
+    trains on exactly the batches the uninterrupted one does."""
+    import signal
+    import time
+
+    common = ["trainer.max_steps=24", "trainer.checkpoint_every_n_steps=3", "optim.total_steps=24"]
+    split = tmp_path / "split"
+    proc = subprocess.Popen([sys.executable, "-m", "tfx.cli", *train_args(atlas, split, *common)],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    while not (split / "checkpoints" / "last.ckpt").exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
+    line = next(x for x in err.splitlines() if "interrupted:" in x)
+    stopped = int(line.split("stopped at step ")[1].split()[0])
+    assert 3 <= stopped < 24 and not (split / "export").exists(), line
+    assert "run the same command again to resume" in line
+
+    assert tfx(*train_args(atlas, split, *common)).returncode == 0  # resume=auto
+    assert tfx(*train_args(atlas, tmp_path / "full", *common)).returncode == 0
+    full, resumed = _losses(tmp_path / "full"), _losses(split)
+    assert sorted(resumed) == sorted(full) and len(full) == 24
+    for step in full:
+        assert resumed[step] == pytest.approx(full[step], rel=1e-4), step
+    a = torch.load(split / "export" / "model_weights.pt", weights_only=True)
+    b = torch.load(tmp_path / "full" / "export" / "model_weights.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_truncated_checkpoint_is_one_line(atlas, run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    line = one_line_error(tfx(*train_args(atlas, run, "trainer.max_steps=4")))
+    assert "last.ckpt: unreadable" in line and "resume=" in line, line
+    final = run / "checkpoints" / "final.ckpt"
+    final.write_bytes(final.read_bytes()[:5000])
+    assert "final.ckpt: not a readable training checkpoint" in one_line_error(
+        tfx("export", run, "--output", tmp_path / "out"))

@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lightning").propagate = False  # it prints through its own handler: once is enough
     from tfx.artifacts import DownloadError, PortalError
-    from tfx.errors import TfxError
+    from tfx.errors import Interrupted, TfxError
 
     try:
         return args.func(args)
@@ -347,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"tfx {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"tfx {args.command}: interrupted: {err}", file=sys.stderr)
+        return err.code
 
 
 if __name__ == "__main__":

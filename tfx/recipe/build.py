@@ -232,7 +232,8 @@ def _sources(r: Recipe, ckpt: Checkpoint, task, src: str):
                 return ShardLoader(spec, ckpt.vocab, tokenizer, aux_vocabs=ckpt.aux_vocabs,
                                    token_budget=d.token_budget, max_cells=d.max_cells, shuffle_buffer=d.shuffle_buffer,
                                    seed=seed, rank=rank, world_size=world, num_workers=d.num_workers,
-                                   on_corrupt=d.on_corrupt, pack_row_len=pack_row_len, label_key=label_key,
+                                   on_corrupt=d.on_corrupt, max_corrupt_share=d.max_corrupt_share,
+                                   pack_row_len=pack_row_len, label_key=label_key,
                                    classes=classes)
 
             train = loader({n: {"urls": u, "weight": w} for (n, u), w in zip(train_specs.items(), weights)}, r.seed)

@@ -40,7 +40,7 @@ def _training_state(checkpoint: Path) -> dict[str, torch.Tensor]:
         return {k.removeprefix("_forward_module."): v for k, v in state.items()}
     try:
         return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, TypeError) as err:
         raise CheckpointError(f"{checkpoint}: not a readable training checkpoint ({type(err).__name__}); "
                               "it may be truncated: export an earlier one, or train again") from None
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import signal
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,7 +22,7 @@ import tfx.train.objectives  # noqa: F401  (registers the objectives)
 import tfx.train.strategies  # noqa: F401  (registers the strategies)
 from tfx.atomic import atomic_path
 from tfx.checkpoint import check_output_dir
-from tfx.errors import RecipeError
+from tfx.errors import CheckpointError, Interrupted, RecipeError
 from tfx.model.config import config_dict
 from tfx.recipe import Build, build
 
@@ -68,11 +70,22 @@ def check_run_dir(run: Build) -> None:
     check_output_dir(out / "export", overwrite=True, option="the run's")
 
 
+def _check_readable(checkpoint: Path) -> None:
+    """A checkpoint cut short (a killed save, a full disk) is one line, not a traceback from inside Lightning."""
+    import torch
+
+    try:
+        torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{checkpoint}: unreadable ({type(err).__name__}), perhaps cut short; resume from an "
+                              "earlier checkpoint (resume=PATH) or start over (resume=null)") from None
+
+
 def fit(run: Build) -> Path:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from tfx.train.callbacks import GradNorm, Throughput
+    from tfx.train.callbacks import GradNorm, StopOnSignal, Throughput
     from tfx.train.datamodule import RecipeData
     from tfx.train.export import export_run, write_template
 
@@ -87,9 +100,20 @@ def fit(run: Build) -> Path:
             tmp.write_text(run.config_yaml)
     checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=run.checkpoint_every_n_steps,
                                   save_last=True, save_top_k=1)
-    trainer = L.Trainer(**run.trainer, callbacks=[checkpoints, Throughput(run.peak_tflops), GradNorm()])
+    stop = StopOnSignal()
+    trainer = L.Trainer(**run.trainer, callbacks=[checkpoints, Throughput(run.peak_tflops), GradNorm(), stop])
     run.objective.before_fit(run, _rank())
-    trainer.fit(module, datamodule=RecipeData(run.sources), ckpt_path=run.resume)
+    resume_file = run.resume is not None and Path(run.resume).is_file()
+    if resume_file:
+        _check_readable(Path(run.resume))
+    trainer.fit(module, datamodule=RecipeData(run.sources), ckpt_path=run.resume,
+                weights_only=True if resume_file else None)
+    if stop.received is not None:
+        last = out / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(str(last), weights_only=False)  # collective under DeepSpeed
+        name = signal.Signals(stop.received).name
+        raise Interrupted(f"{name} received: stopped at step {trainer.global_step} and saved {last}; "
+                          "run the same command again to resume", 128 + stop.received)
     final = out / "checkpoints" / "final.ckpt"
     trainer.save_checkpoint(str(final), weights_only=False)  # collective under DeepSpeed: every rank writes its shard
     if trainer.is_global_zero:
