@@ -250,3 +250,74 @@ def test_a_truncated_checkpoint_is_one_line(atlas, run_dir, tmp_path):
     final.write_bytes(final.read_bytes()[:5000])
     assert "final.ckpt: not a readable training checkpoint" in one_line_error(
         tfx("export", run, "--output", tmp_path / "out"))
+
+
+def _big_h5ad(path: Path, cells: int = 3000) -> Path:
+    import numpy as np
+
+    from conftest import write_h5ad
+
+    rng = np.random.default_rng(0)
+    counts = (rng.random((cells, 300)) < 0.1) * rng.integers(1, 20, (cells, 300))
+    return write_h5ad(path, [f"ENSG{i:011d}" for i in range(300)], counts)
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(pids) -> list[int]:
+    import psutil
+
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
+def test_shard_workers_end_with_their_parent(tmp_path, how):
+    import signal
+    import time
+
+    data = _big_h5ad(tmp_path / "a.h5ad")
+    proc = subprocess.Popen([sys.executable, "-m", "tfx.cli", "shard", "--input", str(data), "--species", "homo_sapiens",
+                             "--output", str(tmp_path / "shards"), "--cells-per-shard", "20", "--processes", "2"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            start_new_session=True)
+    workers = []
+    while len(workers) < 2 and proc.poll() is None:
+        workers = _children(proc.pid)
+        time.sleep(0.01)
+    assert len(workers) == 2, proc.communicate()[1][-2000:]
+    if how == "kill -9":
+        proc.kill()
+    else:  # a terminal's Ctrl-C reaches the whole process group
+        os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    deadline = time.time() + 10
+    while _alive(workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(workers)
+    if how == "Ctrl-C":
+        assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+        assert "tfx shard: interrupted (Ctrl-C)" in err
+        # a re-run completes it, byte-identical shards
+        assert tfx("shard", "--input", data, "--species", "homo_sapiens", "--output", tmp_path / "shards",
+                   "--cells-per-shard", "20", "--processes", "2").returncode == 0
+
+
+def test_an_input_edited_in_place_is_not_served_from_old_shards(tmp_path, cli):
+    import h5py
+
+    data = _big_h5ad(tmp_path / "a.h5ad", cells=50)
+    args = ["shard", "--input", data, "--species", "homo_sapiens", "--output", tmp_path / "shards", "--processes", "1"]
+    assert cli(*args).returncode == 0
+    size = data.stat().st_size
+    with h5py.File(data, "r+") as f:
+        f["X"]["data"][0] += 1  # one count changed: same size, same shape
+    assert data.stat().st_size == size
+    line = one_line_error(cli(*args))
+    assert "holds shards of a.h5ad as it was before it changed" in line, line

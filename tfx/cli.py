@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 
 def _use_raw(value: str) -> bool | None:
@@ -333,11 +334,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in str(record.msg)
+
+
+def _quiet_third_parties() -> None:
+    """Normal output without libraries' adverts and deprecation notices (-v shows them)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NoAdverts())
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(lightning|pytorch_lightning|torch|deepspeed)\b")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lightning").propagate = False  # it prints through its own handler: once is enough
+    if not args.verbose:
+        _quiet_third_parties()
     from tfx.artifacts import DownloadError, PortalError
     from tfx.errors import Interrupted, TfxError
 
@@ -350,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         print(f"tfx {args.command}: interrupted: {err}", file=sys.stderr)
         return err.code
+    except KeyboardInterrupt:
+        print(f"tfx {args.command}: interrupted (Ctrl-C); nothing half-written is kept, "
+              "run the same command again", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata.io import write_elem
-from tqdm import tqdm
 
 from tfx.atomic import atomic_path
+from tfx.progress import progress
 from tfx.checkpoint import Checkpoint
 from tfx.data.anndata import CellReader, InputError
 from tfx.infer import tokenize_file
@@ -160,7 +160,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
             results = _parallel_results(ckpt, data, opts, devices, n_cells, output.parent)
         else:
             results = _row_results(ckpt, data, opts, devices[0])
-        bar = tqdm(total=n_cells, unit="cell", desc="infer", disable=None)
+        bar = progress(total=n_cells, unit="cell", desc="infer")
         for start, res, n_empty in results:
             n = res.cells
             empty += n_empty
