@@ -40,7 +40,10 @@ def cli(capsys):
 
     def run(*args):
         capsys.readouterr()
-        code = main([str(a) for a in args])
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit:  # argparse's usage errors
+            code = exit.code
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out, err)
 
@@ -136,6 +139,7 @@ def run_dir(atlas, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
     done = tfx(*train_args(atlas, out, "trainer.max_steps=2"))
     assert done.returncode == 0, done.stderr[-3000:]
+    (out / "train.log").write_text(done.stdout + done.stderr)
     return out
 
 
@@ -321,3 +325,130 @@ def test_an_input_edited_in_place_is_not_served_from_old_shards(tmp_path, cli):
     assert data.stat().st_size == size
     line = one_line_error(cli(*args))
     assert "holds shards of a.h5ad as it was before it changed" in line, line
+
+
+# ---- every option and input checked: one line, exit 2 ---------------------------------------------
+
+@pytest.mark.parametrize("option,value", [("--batch-size", "0"), ("--token-budget", "0"), ("--chunk-size", "-1"),
+                                          ("--chunk-size", "0"), ("--clip-counts", "nan"), ("--clip-counts", "-1"),
+                                          ("--clip-counts", "0"), ("--clip-counts", "inf"), ("--devices", "0"),
+                                          ("--batch-size", "many")])
+def test_numeric_options_are_checked_when_parsed(cli, option, value):
+    line = one_line_error(cli("infer", "--checkpoint", "ckpt", "--data", "in.h5ad", "--output", "o.h5ad", option, value))
+    assert f"argument {option}" in line and f"{value} is not" in line, line
+
+
+def test_every_option_has_help_and_numeric_ones_their_range():
+    from tfx.cli import Range, build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+            if isinstance(action.type, Range):
+                assert "%(type)s" in action.help, (name, action.option_strings)
+    text = sub.choices["infer"].format_help()
+    assert "an integer >= 1 (the reference's default is 8) (default: 256)" in " ".join(text.split())
+    assert "(default: 32)" in text and "--checkpoint-path" in text
+
+
+def _broken_checkpoints(export: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """A damaged copy of ``export`` per case, with the start of the expected error line."""
+    import numpy as np
+
+    from tfx.vocab import write_gene_embeddings
+
+    def copy(name, edit):
+        path = tmp / name
+        shutil.copytree(export, path)
+        edit(path)
+        return path
+
+    def config(edit):
+        def apply(path):
+            raw = json.loads((path / "config.json").read_text())
+            (path / "config.json").write_text(json.dumps(edit(raw)))
+        return apply
+
+    def heads(raw):
+        raw["model"]["model_config"]["num_heads"] = "four"
+        return raw
+
+    weights = export / "model_weights.pt"
+    write_gene_embeddings(tmp / "wrong_gene.h5", ["ENSX1", "ENSX2"], np.ones((2, 7), np.float32))
+    return {
+        "invalid json": (copy("a", lambda p: (p / "config.json").write_text("{nope")), "config.json: not valid JSON"),
+        "json list": (copy("b", config(lambda raw: [raw])), "config.json: holds a JSON list"),
+        "num_heads four": (copy("c", config(heads)), "config.json: num_heads is 'four', not an int"),
+        "truncated weights": (copy("d", lambda p: (p / "model_weights.pt").write_bytes(weights.read_bytes()[:4000])),
+                              "model_weights.pt: not a readable torch weights file"),
+        "random weights": (copy("e", lambda p: (p / "model_weights.pt").write_bytes(os.urandom(4000))),
+                           "model_weights.pt: not a readable torch weights file"),
+        "assay vocab": (copy("f", lambda p: (p / "vocabs" / "assay_vocab.json").write_text('{"a": ')),
+                        "assay_vocab.json: not a JSON object"),
+        "wrong dimension": (export, "wrong_gene.h5: embeddings of dimension 7, the checkpoint's are"),
+    }
+
+
+def test_broken_checkpoints_and_inputs_are_one_line(run_dir, atlas, tmp_path, cli):
+    import anndata
+    import numpy as np
+
+    cases = _broken_checkpoints(run_dir / "export", tmp_path)
+    for case, (ckpt, message) in cases.items():
+        extra = ["--species-embedding", tmp_path / "wrong_gene.h5"] if case == "wrong dimension" else []
+        line = one_line_error(cli("infer", "--checkpoint", ckpt, "--data", atlas["h5ad"], "--output",
+                                  tmp_path / "o.h5ad", *extra))
+        assert message in line, (case, line)
+    (tmp_path / "dir.h5ad").mkdir()
+    assert "--output" in one_line_error(cli("infer", "--checkpoint", run_dir / "export", "--data", atlas["h5ad"],
+                                            "--output", tmp_path / "dir.h5ad"))
+    for value, message in [(np.inf, "X holds infinite values"), (1e30, "X holds a count of 1e+30")]:
+        adata = anndata.read_h5ad(atlas["h5ad"])
+        adata.X = adata.X.toarray()
+        adata.X[3, 5] = value
+        adata.write_h5ad(tmp_path / "bad.h5ad")
+        line = one_line_error(cli("infer", "--checkpoint", run_dir / "export", "--data", tmp_path / "bad.h5ad",
+                                  "--output", tmp_path / "o.h5ad"))
+        assert message in line, line
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_nan_weights_are_reported_with_the_number_of_cells(run_dir, atlas, tmp_path, cli, caplog):
+    import anndata
+
+    ckpt = tmp_path / "nan"
+    shutil.copytree(run_dir / "export", ckpt)
+    state = torch.load(ckpt / "model_weights.pt", weights_only=True)
+    name = next(k for k in state if k.endswith("linear1.weight"))
+    state[name][0, 0] = float("nan")
+    torch.save(state, ckpt / "model_weights.pt")
+    assert cli("infer", "--checkpoint", ckpt, "--data", atlas["h5ad"], "--output", tmp_path / "o.h5ad").returncode == 0
+    n = anndata.read_h5ad(atlas["h5ad"]).n_obs
+    assert f"{n} of {n} cells have NaN or infinite outputs" in caplog.text
+
+
+# ---- the reference's flags, the overlap report, progress in a log, quiet libraries -----------------
+
+def test_reference_flags_overlap_and_progress_in_a_log(run_dir, atlas, tmp_path):
+    import anndata
+
+    adata = anndata.read_h5ad(atlas["h5ad"])
+    adata.var["ensembl_id"] = [g if i % 25 == 0 else f"OTHER{i}" for i, g in enumerate(adata.var["ensembl_id"])]
+    adata.write_h5ad(tmp_path / "few.h5ad")  # 4% of its genes in the vocabulary
+    done = tfx("infer", "--checkpoint-path", run_dir / "export", "--data-file", tmp_path / "few.h5ad",
+               "--output-path", tmp_path / "out", "--num-gpus", "1", "--gene-col-name", "ensembl_id")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert anndata.read_h5ad(tmp_path / "out" / "embeddings.h5ad").n_obs == adata.n_obs
+    assert "tfx: note: --checkpoint-path is the reference's name for --checkpoint" in done.stderr
+    assert "tfx: note: --num-gpus is the reference's name for --devices" in done.stderr
+    assert f"8 of 200 genes (4%) are in the model's vocabulary" in done.stderr
+    assert "WARNING" in next(x for x in done.stderr.splitlines() if "8 of 200 genes" in x)
+    assert "INFO tfx.progress: infer: 100%" in done.stderr  # stderr is a file here: progress is logged
+    assert "Traceback" not in done.stderr
+
+
+def test_training_output_carries_no_adverts_or_deprecations(run_dir):
+    log = (run_dir / "train.log").read_text()
+    assert "Tip:" not in log and "deprecated" not in log.lower(), log[-3000:]
+    assert "exported" in log

@@ -64,8 +64,9 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: holds pickled objects, not a plain state_dict; tfx never unpickles code "
             "(export it with `tfx export` or save model.state_dict())"
         ) from err
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: not a torch weights file ({err})") from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable torch weights file (truncated, damaged or not written by "
+                              f"torch.save: {type(err).__name__}); download or export it again") from None
     if isinstance(state, dict) and "state_dict" in state and not torch.is_tensor(state["state_dict"]):
         raise CheckpointError(f"{path}: a training checkpoint, not inference weights; run `tfx export RUN_DIR`")
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -82,9 +83,16 @@ def load_checkpoint(path: str | os.PathLike, attention: str | None = None) -> Ch
     if not config_path.exists():
         raise CheckpointError(f"{config_path}: missing; is {path} a TranscriptFormer checkpoint directory?")
     try:
-        model_cfg, data_cfg = parse_config(json.loads(config_path.read_text()), str(config_path))
-    except (ConfigError, TypeError) as err:
-        raise CheckpointError(str(err)) from err
+        raw = json.loads(config_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err}); the checkpoint is damaged") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{config_path}: holds a JSON {type(raw).__name__}, not the config object of a checkpoint")
+    try:
+        model_cfg, data_cfg = parse_config(raw, str(config_path))
+    except (ConfigError, TypeError, AttributeError) as err:
+        msg = str(err)
+        raise CheckpointError(msg if msg.startswith(str(config_path)) else f"{config_path}: {msg}") from None
     if attention:
         model_cfg.attention = attention
     weights = load_weights(path / "model_weights.pt")

@@ -144,11 +144,12 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
     reader = CellReader(data, ckpt.vocab.lookup, gene_col=opts.gene_col, use_raw=opts.use_raw,
                         remove_duplicate_genes=opts.remove_duplicate_genes)
     n_cells, obs = reader.n_cells, reader.obs.copy()
+    _report_overlap(reader, opts.chunk_size)
     reader.close()
 
     llh = np.full(n_cells, np.nan, dtype=np.float32) if opts.llh else None
     cge_emb, cge_cells, cge_genes = [], [], []
-    empty = 0
+    empty = non_finite = 0
     started = time.perf_counter()
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
         write_elem(f, "obsm", {})
@@ -164,6 +165,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         for start, res, n_empty in results:
             n = res.cells
             empty += n_empty
+            non_finite += _non_finite_cells(res, n_empty)
             if emb_ds is not None:
                 for i in range(0, n, opts.chunk_size):  # part files are read back chunk by chunk
                     emb_ds[start + i : start + min(n, i + opts.chunk_size)] = res.embeddings[i : i + opts.chunk_size]
@@ -180,6 +182,9 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         if empty:
             log.warning("%s: %d of %d cells have no expressed gene in the vocabulary; kept (their llh is NaN)",
                         data, empty, n_cells)
+        if non_finite:
+            log.warning("%s: %d of %d cells have NaN or infinite outputs; the checkpoint's weights may be broken "
+                        "(or a half --precision overflowed: try --precision 32)", output, non_finite, n_cells)
         if llh is not None:
             obs["llh"] = llh
         uns = {}
@@ -194,6 +199,34 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         _write_anndata_skeleton(f, obs, uns)
     seconds = time.perf_counter() - started
     return {"cells": n_cells, "empty_cells": empty, "seconds": seconds, "output": str(output)}
+
+
+OVERLAP_WARN = 0.5  # below this share of genes or counts in the vocabulary, infer warns
+
+
+def _report_overlap(reader: CellReader, cells: int) -> None:
+    """How much of the data the model sees: genes in its vocabulary and their share of the counts
+    (over the first ``cells`` cells); a warning when either is below OVERLAP_WARN."""
+    matched = reader.column_ids >= 0
+    sample = reader.read_rows(0, min(reader.n_cells, cells))
+    total = float(sample.sum())
+    counts = float(sample[:, np.flatnonzero(matched)].sum()) / total if total else 0.0
+    text = (f"{reader.path}: {int(matched.sum())} of {len(matched)} genes ({matched.mean():.0%}) are in the model's "
+            f"vocabulary, holding {counts:.0%} of the counts (first {sample.shape[0]} cells)")
+    if min(matched.mean(), counts) < OVERLAP_WARN:
+        log.warning("%s; check --gene-col and the species (--species-embedding)", text)
+    else:
+        log.info("%s", text)
+
+
+def _non_finite_cells(res: Outputs, n_empty: int) -> int:
+    """Cells whose embeddings or llh hold NaN or inf (a cell without a vocabulary gene has a NaN llh by design)."""
+    if res.embeddings is not None:
+        bad = ~np.isfinite(np.asarray(res.embeddings)).all(axis=1)
+    else:
+        bad = np.array([not np.isfinite(e).all() for e in res.cge_embeddings], dtype=bool)
+    llh_bad = 0 if res.llh is None else int((~np.isfinite(np.asarray(res.llh))).sum()) - n_empty
+    return max(int(bad.sum()), llh_bad)
 
 
 def _write_anndata_skeleton(f: h5py.File, obs: pd.DataFrame, uns: dict) -> None:
