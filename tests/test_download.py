@@ -288,6 +288,8 @@ MALICIOUS = {  # members (name, type, link target) added to a valid archive, and
     "dotdot": ([("tf_sapiens/../../evil.txt", tarfile.REGTYPE, "")], "climbs out with '..'"),
     "symlink_absolute": ([("tf_sapiens/link", tarfile.SYMTYPE, "/etc/passwd")], "links outside"),
     "symlink_up": ([("tf_sapiens/link", tarfile.SYMTYPE, "../../evil.txt")], "links outside"),
+    "symlink_to_parent": ([("tf_sapiens/up", tarfile.SYMTYPE, "..")], "links outside"),
+    "hardlink_beside": ([("tf_sapiens/hard", tarfile.LNKTYPE, "other/file")], "links outside"),
     "hardlink": ([("tf_sapiens/hard", tarfile.LNKTYPE, "/etc/passwd")], "links outside"),
     "device": ([("tf_sapiens/dev", tarfile.CHRTYPE, "")], "device"),
     "fifo": ([("tf_sapiens/pipe", tarfile.FIFOTYPE, "")], "device or pipe"),

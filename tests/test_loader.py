@@ -4,6 +4,7 @@ by weight, resumption that skips consumed shards, corrupt shards named and handl
 from __future__ import annotations
 
 import json
+import os
 import logging
 import shutil
 from collections import Counter
@@ -161,31 +162,27 @@ def test_packed_batches_hold_every_cell_once_in_rows_of_one_shape(synthetic):
 
 
 @pytest.mark.parametrize("workers,pack_row_len", [(0, None), (2, None), (0, 130)])
-def test_resumption_skips_consumed_shards(synthetic, workers, pack_row_len):
-    vocab, tok = synthetic["vocab"], Tokenizer(64)
-    by_shard = shard_cells(synthetic["a"], vocab, tok)
+def test_resumption_continues_at_the_exact_batch(synthetic, workers, pack_row_len):
+    vocab, tok = synthetic["vocab"], Tokenizer(64, order="random")
 
     def loader():
         return ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, aux_vocabs={"assay": ASSAYS},
-                           max_cells=10, shuffle_buffer=30, batch_window=20, epochs=1, seed=5, num_workers=workers,
+                           max_cells=10, shuffle_buffer=30, batch_window=20, epochs=2, seed=5, num_workers=workers,
                            token_budget=260 if pack_row_len else 16384, pack_row_len=pack_row_len)
 
+    uninterrupted = [rows(b) for b in loader()]
     first, seen = loader(), []
     for batch in first:
-        seen += rows(batch)
-        if len(first.state_dict()["sources"]["a"]["consumed"].get("0", [])) >= 3:
-            break  # "the checkpoint": three of eight shards wholly delivered
+        seen.append(rows(batch))
+        if len(seen) == 7:
+            break  # "the checkpoint", in the middle of a shard
     state = json.loads(json.dumps(first.state_dict()))
-    consumed = state["sources"]["a"]["consumed"]["0"]
-    assert all(c in seen for shard in consumed for c in by_shard[shard])
-
     resumed = loader()
     resumed.load_state_dict(state)
-    rest = [r for b in resumed for r in rows(b)]
-    assert not set(rest) & {c for shard in consumed for c in by_shard[shard]}  # consumed shards are not read again
-    unconsumed = [c for shard, cells in by_shard.items() if shard not in consumed for c in cells]
-    assert sorted(rest) == sorted(unconsumed)  # the rest of the epoch, each cell once
-    assert resumed.state_dict()["sources"]["a"] == {"epoch": 1, "consumed": {}}
+    rest = [rows(b) for b in resumed]
+    assert seen + rest == uninterrupted  # the same batches, in the same order, each once
+    assert resumed.state_dict()["sources"]["a"] == {"epoch": 2, "consumed": {}}
+    assert resumed.state_dict()["replay"]["batches"] == len(uninterrupted)
 
     other = ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, rank=0, world_size=2)
     with pytest.raises(InputError, match="same ones"):
@@ -207,7 +204,8 @@ def test_corrupt_shards_are_named_and_handled_by_policy(synthetic, tmp_path, cap
     with pytest.raises(ShardError, match=r"shard-00000[25]\.tar.*on_corrupt='skip'"):
         list(ShardLoader(source, vocab, tok, epochs=1))
 
-    loader = ShardLoader(source, vocab, tok, aux_vocabs={"assay": ASSAYS}, epochs=1, on_corrupt="skip")
+    loader = ShardLoader(source, vocab, tok, aux_vocabs={"assay": ASSAYS}, epochs=1, on_corrupt="skip",
+                         max_corrupt_share=3 / 8)
     missing = str(shards[6])
     shards[6].unlink()  # a shard that vanished after the loader listed it
     with caplog.at_level(logging.WARNING):
@@ -219,6 +217,19 @@ def test_corrupt_shards_are_named_and_handled_by_policy(synthetic, tmp_path, cap
     intact = [c for shard, cells in by_shard.items() if shard not in bad for c in cells]
     assert set(intact) <= set(got) and len(intact) < len(got) < 200  # cells before the damage are kept
     assert loader.state_dict()["sources"]["a"]["epoch"] == 1  # skipped shards count as consumed
+    # more corrupt shards than the share allowed: the run stops, naming the source
+    with pytest.raises(ShardError, match=r"source a: 3 of its 8 shards are corrupt .* max_corrupt_share=0.25"):
+        list(ShardLoader(source, vocab, tok, epochs=1, on_corrupt="skip", max_corrupt_share=0.25))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_source_with_no_readable_shard_ends_the_stream(synthetic, tmp_path, workers):
+    for i in range(4):
+        (tmp_path / f"shard-{i:06d}.tar").write_bytes(os.urandom(3000))
+    loader = ShardLoader({"junk": {"urls": str(tmp_path)}}, synthetic["vocab"], Tokenizer(64), on_corrupt="skip",
+                         max_corrupt_share=1.0, num_workers=workers)  # endless: would loop forever
+    with pytest.raises(ShardError, match=r"^source junk: none of its \d shards .* gave a cell"):
+        next(iter(loader))
 
 
 def test_webdataset_urls_globs_and_manifests(synthetic):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from contextlib import contextmanager
@@ -10,9 +11,14 @@ from pathlib import Path
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary sibling of ``path``; on success it replaces ``path``, on error it is removed."""
-    path = Path(path)
+    """Yield a temporary sibling of ``path``; on success it replaces ``path``, on error it is removed.
+
+    Callers decide whether ``path`` may be replaced (see ``tfx.checkpoint.check_output_dir``).
+    Temporaries of a killed run (``.<name>.tmp-<pid>``, ``.<name>.old-<pid>`` of a pid no longer
+    running) are removed first."""
+    path = Path(os.path.abspath(path))  # '.' and 'dir/..' have a name to put a sibling beside
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     _remove(tmp)
     try:
@@ -26,6 +32,29 @@ def atomic_path(path: str | os.PathLike):
             os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+def remove_stale(path: Path) -> None:
+    """Remove the temporaries that a killed process left beside ``path``; a process killed between
+    its two renames left the previous ``path`` as ``.old``: it is put back."""
+    name = glob.escape(path.name)
+    for leftover in [*path.parent.glob(f".{name}.old-*"), *path.parent.glob(f".{name}.tmp-*")]:
+        pid = leftover.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _running(int(pid)):
+            if leftover.name.startswith(f".{path.name}.old-") and not path.exists():
+                os.replace(leftover, path)
+            else:
+                _remove(leftover)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove(p: Path) -> None:

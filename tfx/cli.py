@@ -4,7 +4,66 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
+import warnings
+
+
+class Range:
+    """An argparse type: a finite int or float within bounds, refused at parse time (exit 2);
+    ``%(type)s`` in an option's help shows the range."""
+
+    def __init__(self, kind: type, lo: float | None = None, hi: float | None = None, above: float | None = None,
+                 also: tuple = ()):
+        self.kind, self.lo, self.hi, self.above, self.also = kind, lo, hi, above, also
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text} is not {self}") from None
+        if value in self.also:
+            return value
+        if (not math.isfinite(value) or (self.lo is not None and value < self.lo)
+                or (self.hi is not None and value > self.hi) or (self.above is not None and value <= self.above)):
+            raise argparse.ArgumentTypeError(f"{text} is not {self}")
+        return value
+
+    def __str__(self) -> str:
+        noun = "an integer" if self.kind is int else "a number"
+        if self.lo is not None and self.hi is not None:
+            bounds = f" from {self.lo:g} to {self.hi:g}"
+        elif self.lo is not None:
+            bounds = f" >= {self.lo:g}"
+        elif self.above is not None:
+            bounds = f" > {self.above:g}"
+        else:
+            bounds = ""
+        return noun + bounds + "".join(f" or {a:g}" for a in self.also)
+
+
+POSITIVE, COUNT = Range(int, lo=1), Range(int, lo=0)
+REFERENCE_FLAGS = {  # `transcriptformer inference` flags -> tfx's
+    "--checkpoint-path": "--checkpoint", "--data-file": "--data", "--output-path": "--output (a directory there)",
+    "--output-filename": "--output (its file name)", "--gene-col-name": "--gene-col",
+    "--pretrained-embedding": "--species-embedding", "--num-gpus": "--devices",
+}
+
+
+def _note_reference_flags(argv: list[str]) -> None:
+    for flag, ours in REFERENCE_FLAGS.items():
+        if any(a == flag or a.startswith(flag + "=") for a in argv):
+            print(f"tfx: note: {flag} is the reference's name for {ours}", file=sys.stderr)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, []):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _use_raw(value: str) -> bool | None:
@@ -37,6 +96,9 @@ def cmd_infer(args) -> int:
     from tfx.errors import InputError
     from tfx.infer.run import InferOptions, infer_file
 
+    if args.output is None and args.output_path is None:
+        raise InputError("--output: name the output h5ad (or the reference's --output-path DIR)")
+    output = args.output or os.path.join(args.output_path, args.output_filename)
     outputs = {o.strip() for o in args.outputs.split(",") if o.strip()}
     unknown = outputs - set(INFER_OUTPUTS)
     if unknown or not outputs:
@@ -57,7 +119,7 @@ def cmd_infer(args) -> int:
         precision=args.precision, token_budget=args.token_budget, max_cells=args.batch_size,
         chunk_size=args.chunk_size, devices=args.devices,
     )
-    summary = infer_file(ckpt, args.data, args.output, opts)
+    summary = infer_file(ckpt, args.data, output, opts)
     rate = summary["cells"] / max(summary["seconds"], 1e-9)
     print(f"wrote {summary['output']}: {summary['cells']} cells in {summary['seconds']:.1f} s ({rate:.0f} cells/s)")
     return 0
@@ -102,9 +164,10 @@ def cmd_embed_proteins(args) -> int:
 
 
 def cmd_add_species(args) -> int:
-    from tfx.checkpoint import load_checkpoint, save_checkpoint
+    from tfx.checkpoint import check_output_dir, load_checkpoint, save_checkpoint
     from tfx.checkpoint.surgery import add_species
 
+    check_output_dir(args.output, args.overwrite)
     ckpt = add_species(load_checkpoint(args.checkpoint), args.embeddings)
     save_checkpoint(ckpt, args.output)
     print(f"wrote {args.output}: vocabulary of {len(ckpt.vocab)} tokens ({', '.join(f for f, _ in ckpt.vocab.files)})")
@@ -207,7 +270,7 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from tfx.train.export import export_run
 
-    print(f"exported {export_run(args.run_dir, args.output, lora_form=args.lora_form)}")
+    print(f"exported {export_run(args.run_dir, args.output, overwrite=args.overwrite, lora_form=args.lora_form)}")
     return 0
 
 
@@ -221,27 +284,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("registry", help="list registered components, plugins included")
     p.set_defaults(func=cmd_registry)
 
-    p = sub.add_parser("infer", help="cell / contextual-gene embeddings and log-likelihoods for an h5ad")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (official release or tfx export)")
-    p.add_argument("--data", required=True, help="input h5ad (raw counts)")
-    p.add_argument("--output", required=True, help="output h5ad")
-    p.add_argument("--emb-type", choices=["cell", "cge"], default="cell")
+    p = sub.add_parser("infer", help="cell / contextual-gene embeddings and log-likelihoods for an h5ad",
+                       epilog="The reference's flags (--checkpoint-path, --data-file, --output-path, --output-filename, "
+                              "--gene-col-name, --pretrained-embedding, --num-gpus) are accepted too.")
+    p.add_argument("--checkpoint", "--checkpoint-path", required=True,
+                   help="checkpoint directory (official release or tfx export)")
+    p.add_argument("--data", "--data-file", required=True, help="input h5ad (raw counts)")
+    p.add_argument("--output", default=None, help="output h5ad (required)")
+    p.add_argument("--output-path", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--output-filename", default="embeddings.h5ad", help=argparse.SUPPRESS)
+    p.add_argument("--emb-type", choices=["cell", "cge"], default="cell",
+                   help="cell embeddings, or contextual gene embeddings (cge)")
     p.add_argument("--outputs", default="embeddings",
                    help=f"comma list of: {', '.join(INFER_OUTPUTS)} (predictions: a fine-tuned checkpoint's task head)")
-    p.add_argument("--batch-size", type=int, default=256, help="most cells per batch")
-    p.add_argument("--token-budget", type=int, default=16384, help="most cells x padded length per batch")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--devices", type=int, default=1, help="processes, one per GPU (-1: every GPU)")
-    p.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32")
+    p.add_argument("--batch-size", type=POSITIVE, default=256,
+                   help="most cells per batch, %(type)s (the reference's default is 8)")
+    p.add_argument("--token-budget", type=POSITIVE, default=16384, help="most cells x padded length per batch, %(type)s")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
+    p.add_argument("--devices", "--num-gpus", type=Range(int, lo=1, also=(-1,)), default=1,
+                   help="processes, one per GPU (-1: every GPU), %(type)s")
+    p.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32",
+                   help="the reference's default is 16-mixed; 32 is exact on any device")
     p.add_argument("--attention", default=None, help="attention backend (registry name); default: the checkpoint's")
-    p.add_argument("--gene-col", default=None,
+    p.add_argument("--gene-col", "--gene-col-name", default=None,
                    help="var column of gene ids ('index' for the var index); default: the checkpoint's (ensembl_id)")
     p.add_argument("--use-raw", type=_use_raw, default=None, help="auto (default), true or false")
-    p.add_argument("--remove-duplicate-genes", action="store_true")
-    p.add_argument("--clip-counts", type=float, default=None,
-                   help="clip counts at this value; default: what the checkpoint records (30 for official releases)")
-    p.add_argument("--chunk-size", type=int, default=4096, help="cells read from the file at a time")
-    p.add_argument("--species-embedding", nargs="+", default=None,
+    p.add_argument("--remove-duplicate-genes", action="store_true", help="keep the first of genes listed twice")
+    p.add_argument("--clip-counts", type=Range(float, above=0), default=None,
+                   help="clip counts at this value, %(type)s; default: what the checkpoint records (30 for official releases)")
+    p.add_argument("--chunk-size", type=POSITIVE, default=4096, help="cells read from the file at a time, %(type)s")
+    p.add_argument("--species-embedding", "--pretrained-embedding", nargs="+", default=None,
                    help="gene embedding h5 files of out-of-distribution species")
     p.set_defaults(func=cmd_infer)
 
@@ -249,12 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, nargs="+", help="h5ad files (raw counts)")
     p.add_argument("--species", required=True, help="species name, e.g. homo_sapiens (see tfx registry)")
     p.add_argument("--output", required=True, help="output directory (a re-run completes an interrupted one)")
-    p.add_argument("--cells-per-shard", type=int, default=10000)
+    p.add_argument("--cells-per-shard", type=POSITIVE, default=10000, help="cells per shard, %(type)s")
     p.add_argument("--obs-keys", nargs="*", default=[], help="obs columns to store besides cell_type, assay, tissue")
-    p.add_argument("--processes", type=int, default=None, help="writer processes (default: one per CPU)")
+    p.add_argument("--processes", type=POSITIVE, default=None, help="writer processes, %(type)s (default: one per CPU)")
     p.add_argument("--gene-col", default="ensembl_id", help="var column of gene ids ('index' for the var index)")
     p.add_argument("--use-raw", type=_use_raw, default=None, help="auto (default), true or false")
-    p.add_argument("--remove-duplicate-genes", action="store_true")
+    p.add_argument("--remove-duplicate-genes", action="store_true", help="keep the first of genes listed twice")
     p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser("embed-proteins", help="per-gene ESM-2 embeddings of a protein FASTA, as a species gene h5")
@@ -266,43 +338,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=33, help="representation layer (0 = token embeddings, -1 = the last)")
     p.add_argument("--isoforms", choices=["first", "longest", "mean"], default="first",
                    help="the gene's first or longest protein, or the mean of all its proteins' embeddings")
-    p.add_argument("--max-residues", type=int, default=1022, help="residues kept per protein")
-    p.add_argument("--token-budget", type=int, default=4096, help="most tokens (sequences x padded length) per batch")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--max-residues", type=POSITIVE, default=1022, help="residues kept per protein, %(type)s")
+    p.add_argument("--token-budget", type=POSITIVE, default=4096,
+                   help="most tokens (sequences x padded length) per batch, %(type)s")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     p.set_defaults(func=cmd_embed_proteins)
 
     p = sub.add_parser("add-species", help="a checkpoint whose vocabulary also holds new species' genes")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory to extend")
     p.add_argument("--embeddings", required=True, nargs="+", help="SPECIES_gene.h5 files (official layout)")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="new checkpoint directory (absent or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already at --output")
     p.set_defaults(func=cmd_add_species)
 
     p = sub.add_parser("download", help="fetch an official release (tf-sapiens, ...) or the species embeddings")
-    p.add_argument("name", choices=["tf-sapiens", "tf-exemplar", "tf-metazoa", "all-embeddings", "all"])
+    p.add_argument("name", choices=["tf-sapiens", "tf-exemplar", "tf-metazoa", "all-embeddings", "all"], help="the release to fetch")
     p.add_argument("--checkpoint-dir", default="./checkpoints", help="unpacked to DIR/tf_sapiens/ etc. (default ./checkpoints)")
     p.add_argument("--base-url", default=None,
                    help="a mirror serving NAME.tar.gz (default: https://czi-transcriptformer.s3.amazonaws.com/weights)")
-    p.add_argument("--retries", type=int, default=3, help="resumed retries after a dropped connection")
+    p.add_argument("--retries", type=COUNT, default=3, help="resumed retries after a dropped connection, %(type)s")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("download-data", help="CELLxGENE datasets of chosen species (needs pip install 'tfx[data]')")
     p.add_argument("--species", required=True, nargs="+",
                    help="binomials, e.g. 'homo sapiens' 'mus musculus' (or one comma-separated list)")
-    p.add_argument("--output-dir", default="./data/cellxgene")
-    p.add_argument("--processes", type=int, default=4, help="datasets downloaded at once")
-    p.add_argument("--max-retries", type=int, default=5, help="attempts per dataset")
+    p.add_argument("--output-dir", default="./data/cellxgene", help="directory the datasets (and their metadata) are written to")
+    p.add_argument("--processes", type=POSITIVE, default=4, help="datasets downloaded at once, %(type)s")
+    p.add_argument("--max-retries", type=POSITIVE, default=5, help="attempts per dataset, %(type)s")
     p.add_argument("--census-version", default="stable", help="the CELLxGENE Census release to list and fetch")
     p.add_argument("--no-metadata", action="store_true", help="skip OUTPUT/dataset_metadata.json")
     p.add_argument("--shard", action="store_true", help="also write WebDataset shards to OUTPUT/shards/<species>/<dataset_id>/")
-    p.add_argument("--cells-per-shard", type=int, default=10_000)
+    p.add_argument("--cells-per-shard", type=POSITIVE, default=10_000, help="with --shard, %(type)s")
     p.set_defaults(func=cmd_download_data)
 
     p = sub.add_parser("synth", help="write the seeded synthetic multi-species atlas (h5ad + gene embeddings)")
     p.add_argument("--output", required=True, help="directory for <species>.h5ad and <species>_gene.h5")
-    p.add_argument("--species", type=int, default=3, help="number of species: synth_alpha, synth_beta, ... (at most 8)")
-    p.add_argument("--cells", type=int, default=600, help="cells per species")
-    p.add_argument("--genes", type=int, default=800, help="genes per species (75%% of them one-to-one orthologs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--species", type=Range(int, 1, 8), default=3,
+                   help="number of species: synth_alpha, synth_beta, ..., %(type)s")
+    p.add_argument("--cells", type=POSITIVE, default=600, help="cells per species, %(type)s")
+    p.add_argument("--genes", type=POSITIVE, default=800,
+                   help="genes per species (75%% of them one-to-one orthologs), %(type)s")
+    p.add_argument("--seed", type=COUNT, default=0, help="%(type)s")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("eval", help="label probes, species mixing and UMAPs of cell embeddings, beside a PCA baseline")
@@ -313,15 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--counts", nargs="+", default=None,
                    help="the h5ad files given to tfx infer, in the same order: adds the PCA-of-log-counts baseline")
     p.add_argument("--output", required=True, help="report directory")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=COUNT, default=0, help="%(type)s")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("quickstart", help="synth -> shard -> pretrain tiny -> export -> infer -> eval, on CPU")
-    p.add_argument("--output", default="quickstart")
-    p.add_argument("--species", type=int, default=3)
-    p.add_argument("--cells", type=int, default=600, help="cells per species")
-    p.add_argument("--steps", type=int, default=quickstart_steps, help="pretraining steps (of 1,024 tokens)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="quickstart", help="directory for every step's output")
+    p.add_argument("--species", type=Range(int, 1, 8), default=3, help="number of species, %(type)s")
+    p.add_argument("--cells", type=POSITIVE, default=600, help="cells per species, %(type)s")
+    p.add_argument("--steps", type=POSITIVE, default=quickstart_steps, help="pretraining steps (of 1,024 tokens), %(type)s")
+    p.add_argument("--seed", type=COUNT, default=0, help="%(type)s")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("train", help="run a Hydra recipe: pretraining, continuation or fine-tuning")
@@ -333,22 +409,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="consolidated inference checkpoint from a training run (ZeRO shards too)")
-    p.add_argument("run_dir")
-    p.add_argument("--output", required=True)
+    p.add_argument("run_dir", help="a tfx train output_dir")
+    p.add_argument("--output", required=True, help="checkpoint directory to write (absent or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already at --output")
     p.add_argument("--lora-form", choices=["merged", "adapter"], default=None,
                    help="a LoRA run: adapters merged into the weights (the reference loads it) or kept as a "
                         "small file beside the base checkpoint; default: the recipe's finetune.export")
     p.set_defaults(func=cmd_export)
+    for p in sub.choices.values():
+        p.formatter_class = _Help
     return parser
 
 
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in str(record.msg)
+
+
+def _quiet_third_parties() -> None:
+    """Normal output without libraries' adverts and deprecation notices (-v shows them)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NoAdverts())
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(lightning|pytorch_lightning|torch|deepspeed)\b")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if args.command == "infer":
+        _note_reference_flags(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lightning").propagate = False  # it prints through its own handler: once is enough
+    if not args.verbose:
+        _quiet_third_parties()
     from tfx.artifacts import DownloadError, PortalError
-    from tfx.errors import TfxError
+    from tfx.errors import Interrupted, TfxError
 
     try:
         return args.func(args)
@@ -356,6 +453,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"tfx {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"tfx {args.command}: interrupted: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print(f"tfx {args.command}: interrupted (Ctrl-C); nothing half-written is kept, "
+              "run the same command again", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

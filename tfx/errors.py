@@ -24,3 +24,12 @@ class VocabError(TfxError):
 
 class RecipeError(TfxError):
     """A recipe that does not compose, validate or build."""
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal after saving what it needs to resume; ``code`` is the exit code
+    (128 + the signal's number: 130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code

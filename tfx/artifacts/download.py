@@ -223,8 +223,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_member(member: tarfile.TarInfo) -> None:
-    """Refuse a member that would be written outside the extraction directory, or a device."""
+def check_member(member: tarfile.TarInfo, top: str) -> None:
+    """Refuse a member that would be written outside the extraction directory, or a device; a link
+    inside the archive's directory ``top`` (what is kept) must point inside it too."""
     name = member.name
     if PurePosixPath(name).is_absolute():
         raise UnsafeArchiveError(f"member {name!r} has an absolute path")
@@ -236,7 +237,8 @@ def check_member(member: tarfile.TarInfo) -> None:
         # a symlink's target is relative to its directory, a hard link's to the archive root
         base = PurePosixPath(name).parent if member.issym() else PurePosixPath()
         target = PurePosixPath(os.path.normpath(base / member.linkname))
-        if target.is_absolute() or target.parts[:1] == ("..",):
+        kept = PurePosixPath(name).parts[:1] == (top,)
+        if target.is_absolute() or target.parts[:1] == ("..",) or (kept and target.parts[:1] != (top,)):
             raise UnsafeArchiveError(f"member {name!r} links outside the archive (to {member.linkname!r})")
 
 
@@ -254,7 +256,7 @@ def _unpack(path: Path, archive: str, checkpoint_dir: Path, url: str) -> None:
                     tqdm(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
                          desc=f"unpack {archive}", disable=None) as bar:
                 for member in tar:
-                    check_member(member)
+                    check_member(member, archive)
                     # the data filter also catches escapes through links made by earlier members
                     tar.extract(member, staging, filter="data")
                     bar.update(raw.tell() - bar.n)

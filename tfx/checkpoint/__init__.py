@@ -7,6 +7,6 @@ task head, and may hold LoRA adapters beside a base checkpoint instead of weight
 """
 
 from tfx.checkpoint.finetuned import Task
-from tfx.checkpoint.io import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from tfx.checkpoint.io import Checkpoint, CheckpointError, check_output_dir, load_checkpoint, save_checkpoint
 
-__all__ = ["Checkpoint", "CheckpointError", "Task", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "Task", "check_output_dir", "load_checkpoint", "save_checkpoint"]

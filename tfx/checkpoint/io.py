@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tfx.checkpoint.finetuned import Task, adapter_base, read_task, write_task
+from tfx.checkpoint.finetuned import (ADAPTER_JSON, ADAPTER_WEIGHTS, TASK_JSON, TASK_WEIGHTS, Task, adapter_base,
+                                      read_task, write_task)
 from tfx.checkpoint.weights import load_weights
-from tfx.errors import CheckpointError
+from tfx.errors import CheckpointError, InputError
 from tfx.atomic import atomic_path
 from tfx.model.config import ConfigError, DataConfig, ModelConfig, config_dict, parse_config
 from tfx.model.lora import merge_adapters
@@ -33,6 +34,30 @@ class Checkpoint:
     task: Task | None = None  # a fine-tuned checkpoint's task head
 
 
+LAYOUT = {"config.json", "model_weights.pt", "vocabs", TASK_JSON, TASK_WEIGHTS, ADAPTER_JSON, ADAPTER_WEIGHTS}  # what tfx writes
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
+    """Refuse an output directory that is not empty unless ``overwrite``, and even then unless it
+    holds a checkpoint and nothing else: tfx never deletes what it did not write."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise InputError(f"{option} {path}: exists and is not a directory; choose another {option}")
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return
+    foreign = [e for e in entries if e not in LAYOUT]
+    if foreign or "config.json" not in entries:
+        what = ", ".join(foreign[:3]) if foreign else "no config.json"
+        raise InputError(f"{option} {path}: not a checkpoint directory tfx wrote ({what}); nothing there is "
+                         f"replaced, choose another {option}")
+    if not overwrite:
+        raise InputError(f"{option} {path}: holds a checkpoint; pass --overwrite to replace it, "
+                         f"or choose another {option}")
+
+
 def load_checkpoint(path: str | os.PathLike, attention: str | None = None) -> Checkpoint:
     """Load an official release or a tfx export; ``attention`` overrides the backend by name."""
     path = Path(path)
@@ -42,9 +67,16 @@ def load_checkpoint(path: str | os.PathLike, attention: str | None = None) -> Ch
     if not config_path.exists():
         raise CheckpointError(f"{config_path}: missing; is {path} a TranscriptFormer checkpoint directory?")
     try:
-        model_cfg, data_cfg = parse_config(json.loads(config_path.read_text()), str(config_path))
-    except (ConfigError, TypeError) as err:
-        raise CheckpointError(str(err)) from err
+        raw = json.loads(config_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err}); the checkpoint is damaged") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{config_path}: holds a JSON {type(raw).__name__}, not the config object of a checkpoint")
+    try:
+        model_cfg, data_cfg = parse_config(raw, str(config_path))
+    except (ConfigError, TypeError, AttributeError) as err:
+        msg = str(err)
+        raise CheckpointError(msg if msg.startswith(str(config_path)) else f"{config_path}: {msg}") from None
     if attention:
         model_cfg.attention = attention
     adapter = adapter_base(path) if not (path / "model_weights.pt").exists() else None

@@ -77,6 +77,10 @@ def _vocab_sized(model):
 def with_species_embeddings(ckpt: Checkpoint, files: list[str | os.PathLike]) -> Checkpoint:
     """The reference's ``--pretrained-embedding``: the genes of ``files`` replace the vocabulary."""
     vocab, table = GeneVocab.from_files(ckpt.data_cfg.special_tokens, files)
+    dim = ckpt.model.gene_embeddings.embedding.weight.shape[1]
+    if table.shape[1] != dim:
+        raise CheckpointError(f"{', '.join(map(str, files))}: embeddings of dimension {table.shape[1]}, the checkpoint's "
+                              f"are {dim}; embed the proteins with the checkpoint's ESM-2 model and layer")
     n_special = len(vocab.special_tokens)
     table[:n_special] = ckpt.model.gene_embeddings.embedding.weight[:n_special].detach().cpu().numpy()
     return remap_vocabulary(ckpt, vocab, table)

@@ -20,8 +20,9 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: holds pickled objects, not a plain state_dict; tfx never unpickles code "
             "(export it with `tfx export` or save model.state_dict())"
         ) from err
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: not a torch weights file ({err})") from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable torch weights file (truncated, damaged or not written by "
+                              f"torch.save: {type(err).__name__}); download or export it again") from None
     if isinstance(state, dict) and "state_dict" in state and not torch.is_tensor(state["state_dict"]):
         raise CheckpointError(f"{path}: a training checkpoint, not inference weights; run `tfx export RUN_DIR`")
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from tfx.errors import InputError
 
 log = logging.getLogger(__name__)
+MAX_COUNT = 1e9  # no raw count of one gene in one cell comes near; 1e30 is a unit or scaling mistake
 
 
 def strip_version(gene_ids) -> np.ndarray:
@@ -99,8 +100,12 @@ class CellReader:
         return ids
 
     def _check_values(self, data: np.ndarray, start: int) -> None:
-        if np.isnan(data).any():
-            raise InputError(f"{self.path}: X holds NaN (in cells from row {start}); counts must be raw, finite counts")
+        if not np.isfinite(data).all():
+            what = "NaN" if np.isnan(data).any() else "infinite values"
+            raise InputError(f"{self.path}: X holds {what} (in cells from row {start}); counts must be raw, finite counts")
+        if data.size and data.max() > MAX_COUNT:
+            raise InputError(f"{self.path}: X holds a count of {data.max():.3g} (in cells from row {start}), above "
+                             f"{MAX_COUNT:.0e}; counts must be raw counts")
         if (data < 0).any():
             raise InputError(f"{self.path}: X holds negative values (in cells from row {start}); pass raw counts")
         if not self._warned_non_integer and not np.allclose(data, np.round(data), atol=1e-6):

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -71,10 +72,14 @@ def resolve_urls(spec: str | list[str]) -> list[str]:
     if not isinstance(spec, str):
         return [url for part in spec for url in resolve_urls(part)]
     if spec.endswith(".json"):
-        with wds.gopen(spec) as f:
-            manifest = json.load(f)
+        try:
+            with wds.gopen(spec) as f:
+                names = [s["name"] for s in json.load(f)["shards"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{spec}: not a readable shard manifest ({type(err).__name__}: {err}); "
+                             "re-write the shards with tfx shard") from None
         base = spec.rsplit("/", 1)[0] + "/" if "/" in spec else ""
-        return [base + s["name"] for s in manifest["shards"]]
+        return [base + _manifest_entry(name, spec) for name in names]
     if os.path.isdir(spec):
         if os.path.exists(os.path.join(spec, MANIFEST)):
             return resolve_urls(os.path.join(spec, MANIFEST))
@@ -85,6 +90,16 @@ def resolve_urls(spec: str | list[str]) -> list[str]:
         if "{" not in spec and not os.path.exists(spec):
             raise InputError(f"{spec}: no such shard, directory or manifest; check the source's urls")
     return wds.shardlists.expand_urls(spec)
+
+
+def _manifest_entry(name, manifest: str) -> str:
+    """A manifest names files beside it, nothing else: a URL or ``pipe:`` command in a received
+    manifest would be fetched or run (those come only from the command line or a recipe)."""
+    if (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", name)
+            or not name.endswith(".tar")):
+        raise InputError(f"{manifest}: shard entry {name!r} is not a plain .tar file name beside the manifest; "
+                         "refused (re-write the shards with tfx shard, or name URLs in the recipe)")
+    return name
 
 
 def epoch_order(urls: list[str], seed: int, source: str, epoch: int) -> list[str]:
@@ -153,15 +168,21 @@ class _CellStream(torch.utils.data.IterableDataset):
         epoch = first
         while ld.epochs is None or epoch < first + ld.epochs:
             consumed = self.consumed[src.name].get(epoch, set())
-            todo = [u for u in ld.rank_shards(src, epoch) if u not in consumed]
-            for url in todo[worker::workers]:
-                yield from self._shard_cells((src.name, epoch, url), progress, rng)
+            todo = [u for u in ld.rank_shards(src, epoch) if u not in consumed][worker::workers]
+            used = 0
+            for url in todo:
+                used += yield from self._shard_cells((src.name, epoch, url), progress, rng)
+            if todo and not used:  # a pass that gave no cell: every later one would loop forever
+                raise ShardError(f"source {src.name}: none of its {len(todo)} shards (e.g. {todo[0]}) gave a cell "
+                                 "with a gene of the vocabulary (corrupt shards are logged above); check the "
+                                 "source's urls and the vocabulary's species")
             epoch += 1
 
     def _shard_cells(self, shard: tuple, progress: _Progress, rng):
+        """Yield the shard's cells; return how many."""
         ld, url = self.loader, shard[2]
         progress.open(shard)
-        read = 0
+        read = used = 0
         try:
             cells = read_shard(url)
             table = ld.vocab.lookup(next(cells)["genes"])  # the shard's gene table -> vocabulary ids
@@ -174,6 +195,7 @@ class _CellStream(torch.utils.data.IterableDataset):
                     continue
                 ids, counts = ld.tokenizer(ids[keep], counts[keep], rng)
                 progress.pending[shard] += 1
+                used += 1
                 yield shard, ids, counts, ld.aux_ids(meta), ld.label(meta, url)
         except ShardError as err:
             if ld.on_corrupt == "raise":
@@ -182,6 +204,7 @@ class _CellStream(torch.utils.data.IterableDataset):
             log.warning("%s (skipped after %d cells, on_corrupt='skip')", err, read)
             progress.corrupt.append(url)
         progress.finish(shard)
+        return used
 
     def _batches(self, cells, progress: _Progress, rng):
         """Windows of cells cut into batches, yielded in random order; the window's last batch (the
@@ -237,14 +260,16 @@ class ShardLoader:
                  *, aux_vocabs: Mapping[str, Mapping[str, int]] | None = None, token_budget: int = 16384,
                  max_cells: int = 256, shuffle_buffer: int = 2000, batch_window: int | None = None, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
-                 epochs: int | None = None, on_corrupt: str = "raise", pack_row_len: int | None = None,
-                 label_key: str | None = None, classes: list[str] | None = None):
+                 epochs: int | None = None, on_corrupt: str = "raise", max_corrupt_share: float = 0.1,
+                 pack_row_len: int | None = None, label_key: str | None = None, classes: list[str] | None = None):
         if isinstance(sources, Mapping):
             sources = [ShardSource(name, spec["urls"], float(spec.get("weight", 1.0))) for name, spec in sources.items()]
         if not sources:
             raise InputError("the loader has no shard source; name at least one")
         if on_corrupt not in ("raise", "skip"):
             raise InputError(f"on_corrupt={on_corrupt!r}: choose 'raise' or 'skip'")
+        if not 0 <= max_corrupt_share <= 1:
+            raise InputError(f"max_corrupt_share={max_corrupt_share}: must be a share between 0 and 1")
         if rank is None or world_size is None:
             rank, world_size = wds.utils.pytorch_worker_info()[:2]
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
@@ -269,10 +294,13 @@ class ShardLoader:
         self.planner = BatchPlanner(tokenizer.seq_len, len(self.aux_vocabs), token_budget, max_cells, pack_row_len)
         self.label_key, self.classes = label_key, classes
         self._class_index = {c: i for i, c in enumerate(classes)} if classes is not None else None
-        self.seed, self.epochs, self.on_corrupt = seed, epochs, on_corrupt
+        self.seed, self.epochs, self.on_corrupt, self.max_corrupt_share = seed, epochs, on_corrupt, max_corrupt_share
         self.epoch = {src.name: 0 for src in self.sources}  # the first epoch not yet wholly consumed
         self.consumed: dict[str, dict[int, set[str]]] = {src.name: {} for src in self.sources}
         self.stats = {"batches": 0, "cells": 0, "skipped_cells": 0, "corrupt_shards": []}
+        self._corrupt = {src.name: set() for src in self.sources}
+        # exact resume: the shard state this pass started from, and how many of its batches to replay unseen
+        self._base, self._skip, self._pass_skip, self._yielded = None, 0, 0, 0
 
     def rank_shards(self, src: ShardSource, epoch: int) -> list[str]:
         return epoch_order(self.urls[src.name], self.seed, src.name, epoch)[self.rank :: self.world_size]
@@ -303,20 +331,44 @@ class ShardLoader:
         return self._class_index[str(value)]
 
     def __iter__(self) -> Iterator[TokenBatch]:
+        self._base, self._yielded = self._shard_state(), 0
+        self._pass_skip, self._skip = self._skip, 0
         stream = _CellStream(self, dict(self.epoch), {k: {e: set(u) for e, u in v.items()} for k, v in self.consumed.items()})
         if self.num_workers > 0:
             stream = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                                                  collate_fn=_identity)
+        try:
+            yield from self._yield(stream)
+        except InputError as err:  # from a worker process, its traceback is in the message: keep the last line
+            if "Original Traceback" not in str(err):
+                raise
+            raise type(err)(str(err).rstrip().splitlines()[-1].split(": ", 1)[-1]) from None
+
+    def _yield(self, stream):
+        replayed = 0
         for batch, report in stream:
             self._account(report)
-            if batch is not None:
-                self.stats["batches"] += 1
-                self.stats["cells"] += (batch[0] if isinstance(batch, tuple) else batch).n_cells
-                yield batch
+            if batch is None:
+                continue
+            if replayed < self._pass_skip:  # a resumed pass: the interrupted run trained on these
+                replayed += 1
+                continue
+            self._yielded += 1
+            self.stats["batches"] += 1
+            self.stats["cells"] += (batch[0] if isinstance(batch, tuple) else batch).n_cells
+            yield batch
 
     def _account(self, report: dict) -> None:
         self.stats["skipped_cells"] += report["skipped_cells"]
         self.stats["corrupt_shards"] += report["corrupt_shards"]
+        for url in report["corrupt_shards"]:
+            name = next(n for n, urls in self.urls.items() if url in urls)
+            self._corrupt[name].add(url)
+            n, limit = len(self._corrupt[name]), self.max_corrupt_share * len(self.urls[name])
+            if n > limit:
+                raise ShardError(f"source {name}: {n} of its {len(self.urls[name])} shards are corrupt (e.g. {url}), "
+                                 f"more than max_corrupt_share={self.max_corrupt_share}; re-write them with tfx shard "
+                                 "(or raise data.max_corrupt_share)")
         for name, epoch, url in report["done"]:
             self.consumed[name].setdefault(epoch, set()).add(url)
         for src in self.sources:  # forget epochs this rank has wholly consumed
@@ -326,18 +378,28 @@ class ShardLoader:
                 del per_epoch[self.epoch[name]]
                 self.epoch[name] += 1
 
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "rank": self.rank, "world_size": self.world_size,
-                "sources": {name: {"epoch": self.epoch[name],
-                                   "consumed": {str(e): sorted(u) for e, u in self.consumed[name].items()}}
-                            for name in self.epoch}}
+    def _shard_state(self) -> dict:
+        return {name: {"epoch": self.epoch[name], "consumed": {str(e): sorted(u) for e, u in self.consumed[name].items()}}
+                for name in self.epoch}
+
+    def state_dict(self, batches: int | None = None) -> dict:
+        """``sources``: the shards consumed so far; ``replay``: the state this pass started from and
+        how many of its batches were used, ``batches`` (default: every batch yielded; a trainer that
+        fetches ahead passes the number it trained on)."""
+        used = self._pass_skip + self._yielded if batches is None else batches
+        return {"seed": self.seed, "rank": self.rank, "world_size": self.world_size, "sources": self._shard_state(),
+                "replay": {"sources": self._base or self._shard_state(), "batches": int(used)}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume at the exact batch: the next pass starts from ``replay``'s shard state and skips
+        the batches already used (read again, not yielded: same seed, same batches)."""
         saved = (state["seed"], state["rank"], state["world_size"])
         if saved != (self.seed, self.rank, self.world_size):
             raise InputError(f"loader state saved with seed, rank, world size {saved}, this loader has "
                              f"{(self.seed, self.rank, self.world_size)}; resume with the same ones")
-        for name, s in state["sources"].items():
+        replay = state.get("replay", {"sources": state["sources"], "batches": 0})
+        self._skip = int(replay["batches"])
+        for name, s in replay["sources"].items():
             if name not in self.epoch:
                 raise InputError(f"loader state names source {name}, which this loader lacks; keep the sources")
             self.epoch[name] = int(s["epoch"])

@@ -19,12 +19,16 @@ re-run after a kill writes only the missing ones, byte-identical to an uninterru
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import hashlib
 import io
 import json
 import logging
 import multiprocessing as mp
 import os
 import re
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -35,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import webdataset as wds
-from tqdm import tqdm
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 import tfx.vocab.species  # noqa: F401  (registers the built-in species)
 from tfx.atomic import atomic_path
+from tfx.progress import progress
 from tfx.data.anndata import CellReader, InputError
 from tfx.registry import SPECIES
 
@@ -225,8 +229,10 @@ def _plan(inputs, opts: _Options, cells_per_shard: int) -> tuple[dict, list[_Tas
             raise InputError(f"{path}: obs has no column {missing[0]} (columns: {cols}); fix --obs-keys")
         if any(f["name"] == path.name for f in files):
             raise InputError(f"{path}: another input has the same file name; rename one (it names the dataset)")
+        with open(path, "rb") as f:  # by content: an input edited in place, even to the same size, is another input
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
         files.append({"name": path.name, "path": str(path.resolve()), "bytes": path.stat().st_size,
-                      "cells": n_cells, "genes": n_genes})
+                      "sha256": digest, "cells": n_cells, "genes": n_genes})
         for start in range(0, n_cells, cells_per_shard):
             tasks.append(_Task(f"shard-{len(tasks):06d}.tar", str(path), path.name, path.stem,
                                start, min(start + cells_per_shard, n_cells)))
@@ -271,6 +277,16 @@ def _write_shard(opts: _Options, task: _Task) -> dict:
     return record
 
 
+def _worker_init(parent: int) -> None:
+    """A writer dies with tfx shard, even one killed with -9 (Linux's parent-death signal), and
+    leaves Ctrl-C to it (the shards being written finish, a re-run writes the rest)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
 def _remove_stale_temporaries(out: Path) -> None:
     """Temporary files of a killed run (atomic_path names them '.<name>.tmp-<pid>')."""
     for tmp in [*out.glob(".shard-*.tmp-*"), *out.glob(f".{MANIFEST}.tmp-*"), *(out / PROGRESS).glob(".*.tmp-*")]:
@@ -280,7 +296,13 @@ def _remove_stale_temporaries(out: Path) -> None:
 def _prepare_output(out: Path, plan: dict) -> None:
     plan_file = out / PROGRESS / "plan.json"
     if plan_file.exists():
-        if json.loads(plan_file.read_text()) != plan:
+        old = json.loads(plan_file.read_text())
+        if old != plan:
+            before = {f["name"]: f.get("sha256") for f in old.get("inputs", [])}
+            edited = [f["name"] for f in plan["inputs"] if f["name"] in before and before[f["name"]] != f["sha256"]]
+            if edited:
+                raise InputError(f"{out}: holds shards of {edited[0]} as it was before it changed (its content "
+                                 "differs); choose an empty --output or delete this directory")
             raise InputError(f"{out}: holds shards of another run (other inputs or options); "
                              "choose an empty --output or delete this directory")
         return
@@ -320,7 +342,7 @@ def write_shards(inputs, species: str, output_dir: str | os.PathLike, *, cells_p
     if records:
         log.info("%s: %d of %d shards already written; writing the other %d", out, len(records), len(tasks), len(todo))
     processes = max(1, min(processes or os.cpu_count() or 1, len(todo)))
-    bar = tqdm(total=len(tasks), initial=len(records), unit="shard", desc="shard", disable=None)
+    bar = progress(total=len(tasks), initial=len(records), unit="shard", desc="shard")
     try:
         write = partial(_write_shard, opts)
         if processes == 1:
@@ -330,7 +352,8 @@ def write_shards(inputs, species: str, output_dir: str | os.PathLike, *, cells_p
         else:
             # fork: workers inherit the imports and open their own readers (no HDF5 file is open here);
             # an executor, unlike a Pool, fails instead of hanging when a worker dies (out of memory)
-            with ProcessPoolExecutor(processes, mp_context=mp.get_context("fork")) as pool:
+            with ProcessPoolExecutor(processes, mp_context=mp.get_context("fork"), initializer=_worker_init,
+                                     initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(write, task) for task in todo]
                 try:
                     for future in as_completed(futures):

@@ -93,6 +93,10 @@ def read_proteins(fasta: str | os.PathLike, gene_map: str | os.PathLike | None =
             no_gene += 1
         elif not sequence:
             empty += 1
+        elif not strip_version(gene) or "/" in gene:
+            source = gene_map if protein_id in mapping or strip_version(protein_id) in mapping else fasta
+            raise InputError(f"{source}: protein {protein_id} has gene id {gene!r}, not a gene identifier "
+                             "(an id has no '/' and does not start with '.'); fix it there")
         else:
             # Some tools write residues in lower case; the ESM alphabet is upper case.
             proteins.append(Protein(protein_id, strip_version(gene), sequence.upper()))

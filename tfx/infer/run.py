@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata.io import write_elem
-from tqdm import tqdm
 
 from tfx.atomic import atomic_path
+from tfx.progress import progress
 from tfx.checkpoint import Checkpoint
 from tfx.data.anndata import CellReader, InputError
 from tfx.infer import tokenize_file
@@ -144,17 +144,20 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
     data, output = Path(data), Path(output)
     if output.resolve() == data.resolve():
         raise InputError(f"{output}: the output would overwrite the input; choose another --output")
+    if output.is_dir():
+        raise InputError(f"--output {output}: is a directory; name the .h5ad file to write")
     devices = resolve_devices(opts.device, opts.devices)
     reader = CellReader(data, ckpt.vocab.lookup, gene_col=opts.gene_col, use_raw=opts.use_raw,
                         remove_duplicate_genes=opts.remove_duplicate_genes)
     n_cells, obs = reader.n_cells, reader.obs.copy()
+    _report_overlap(reader, opts.chunk_size)
     reader.close()
 
     llh = np.full(n_cells, np.nan, dtype=np.float32) if opts.llh else None
     shapes = {name: (n_cells, *width) for name, wanted, width in _per_cell(ckpt, opts) if wanted}
     pred = np.full(shapes["predictions"], np.nan, dtype=np.float32) if opts.predictions else None
     cge_emb, cge_cells, cge_genes = [], [], []
-    empty = 0
+    empty = non_finite = 0
     started = time.perf_counter()
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
         write_elem(f, "obsm", {})
@@ -166,10 +169,11 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
             results = _parallel_results(ckpt, data, opts, devices, n_cells, output.parent)
         else:
             results = _row_results(ckpt, data, opts, devices[0])
-        bar = tqdm(total=n_cells, unit="cell", desc="infer", disable=None)
+        bar = progress(total=n_cells, unit="cell", desc="infer")
         for start, res, n_empty in results:
             n = res.cells
             empty += n_empty
+            non_finite += _non_finite_cells(res, n_empty)
             if emb_ds is not None:
                 for i in range(0, n, opts.chunk_size):  # part files are read back chunk by chunk
                     emb_ds[start + i : start + min(n, i + opts.chunk_size)] = res.embeddings[i : i + opts.chunk_size]
@@ -188,6 +192,9 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         if empty:
             log.warning("%s: %d of %d cells have no expressed gene in the vocabulary; kept (their llh is NaN)",
                         data, empty, n_cells)
+        if non_finite:
+            log.warning("%s: %d of %d cells have NaN or infinite outputs; the checkpoint's weights may be broken "
+                        "(or a half --precision overflowed: try --precision 32)", output, non_finite, n_cells)
         if llh is not None:
             obs["llh"] = llh
         uns = _write_predictions(f, obs, ckpt.task, pred) if pred is not None else {}
@@ -217,6 +224,34 @@ def _write_predictions(f: h5py.File, obs: pd.DataFrame, task, pred: np.ndarray) 
     f["obsm"].create_dataset(f"{label}_proba", data=pred).attrs.update(
         {"encoding-type": "array", "encoding-version": "0.2.0"})
     return {f"{label}_classes": classes.astype(str)}
+
+
+OVERLAP_WARN = 0.5  # below this share of genes or counts in the vocabulary, infer warns
+
+
+def _report_overlap(reader: CellReader, cells: int) -> None:
+    """How much of the data the model sees: genes in its vocabulary and their share of the counts
+    (over the first ``cells`` cells); a warning when either is below OVERLAP_WARN."""
+    matched = reader.column_ids >= 0
+    sample = reader.read_rows(0, min(reader.n_cells, cells))
+    total = float(sample.sum())
+    counts = float(sample[:, np.flatnonzero(matched)].sum()) / total if total else 0.0
+    text = (f"{reader.path}: {int(matched.sum())} of {len(matched)} genes ({matched.mean():.0%}) are in the model's "
+            f"vocabulary, holding {counts:.0%} of the counts (first {sample.shape[0]} cells)")
+    if min(matched.mean(), counts) < OVERLAP_WARN:
+        log.warning("%s; check --gene-col and the species (--species-embedding)", text)
+    else:
+        log.info("%s", text)
+
+
+def _non_finite_cells(res: Outputs, n_empty: int) -> int:
+    """Cells whose embeddings or llh hold NaN or inf (a cell without a vocabulary gene has a NaN llh by design)."""
+    if res.embeddings is not None:
+        bad = ~np.isfinite(np.asarray(res.embeddings)).all(axis=1)
+    else:
+        bad = np.array([not np.isfinite(e).all() for e in res.cge_embeddings], dtype=bool)
+    llh_bad = 0 if res.llh is None else int((~np.isfinite(np.asarray(res.llh))).sum()) - n_empty
+    return max(int(bad.sum()), llh_bad)
 
 
 def _write_anndata_skeleton(f: h5py.File, obs: pd.DataFrame, uns: dict) -> None:

@@ -59,6 +59,15 @@ class ModelConfig:
     gene_head: str = "gene_id"
 
     def __post_init__(self):
+        kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) != (f.type == "bool") or not isinstance(value, kinds[f.type]):
+                raise ConfigError(f"{f.name} is {value!r}, not {'an' if f.type == 'int' else 'a'} {f.type}")
+            if f.type == "int" and f.name != "aux_len" and value < 1:
+                raise ConfigError(f"{f.name} is {value}; it must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout is {self.dropout}; it must be from 0 up to (not including) 1")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.mu_link_fn != "softmax":

@@ -257,13 +257,16 @@ def _sources(r: Recipe, ckpt: Checkpoint, src: str):
         if len(weights) != len(train_specs):
             raise RecipeError(f"{src}: data.weights has {len(weights)} entries for {len(train_specs)} data.shards sources")
         val_specs = _shard_specs(d.val_shards, "data.val_shards", src)
+        for spec in (*train_specs.values(), *val_specs.values()):
+            resolve_urls(spec)  # a missing path or a refused manifest stops the run before compute
 
         def sources(rank: int, world: int):
             def loader(spec: dict, seed: int) -> ShardLoader:
                 return ShardLoader(spec, ckpt.vocab, tokenizer, aux_vocabs=ckpt.aux_vocabs,
                                    token_budget=d.token_budget, max_cells=d.max_cells, shuffle_buffer=d.shuffle_buffer,
                                    seed=seed, rank=rank, world_size=world, num_workers=d.num_workers,
-                                   on_corrupt=d.on_corrupt, pack_row_len=pack_row_len, label_key=label_key,
+                                   on_corrupt=d.on_corrupt, max_corrupt_share=d.max_corrupt_share,
+                                   pack_row_len=pack_row_len, label_key=label_key,
                                    classes=classes)
 
             train = loader({n: {"urls": u, "weight": w} for (n, u), w in zip(train_specs.items(), weights)}, r.seed)

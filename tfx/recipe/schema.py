@@ -48,6 +48,7 @@ class DataSchema:
     shuffle_buffer: int = 2000
     num_workers: int = 0
     on_corrupt: str = "skip"  # skip | raise: a shard that does not read
+    max_corrupt_share: float = 0.1  # skip: the run stops when more of a source's shards are corrupt
 
 
 @dataclass

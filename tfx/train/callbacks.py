@@ -1,7 +1,10 @@
 """Training callbacks: Lightning's ThroughputMonitor (cells, tokens, FLOP/s and MFU) and the
-gradient norm, each metric under one key."""
+gradient norm, each metric under one key; stopping at a step boundary on SIGTERM or SIGINT."""
 
 from __future__ import annotations
+
+import signal
+import threading
 
 import lightning as L
 import torch
@@ -51,3 +54,38 @@ class GradNorm(L.Callback):
         norm = engine.get_global_grad_norm() if engine is not None else None
         if norm is not None:
             module.log("train/grad_norm", float(norm), batch_size=1)
+
+
+class StopOnSignal(L.Callback):
+    """SIGTERM (a SLURM preemption or time limit, ``scancel``) or SIGINT (Ctrl-C) stops training at
+    the next step boundary, on every rank; ``received`` then holds the signal and the caller saves a
+    resumable checkpoint. A second signal stops at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def on_train_start(self, trainer, pl_module):
+        if threading.current_thread() is threading.main_thread():  # replaces Lightning's own SIGTERM handler
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            self.received = self.received or signal.SIGTERM  # another rank's signal
+            trainer.should_stop = True
+
+    def teardown(self, trainer, pl_module, stage):
+        self._restore()
+
+    def _restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}

@@ -2,8 +2,8 @@
 
 Sources need this process's rank and world size, which are known only after the strategy has
 set up the processes (Lightning's launcher starts them inside ``fit``). The data position is
-part of every checkpoint: shard loaders record the shards they consumed; in-memory batches are
-counted by completed optimizer steps (the trainer fetches one batch ahead).
+part of every checkpoint, counted in batches of completed optimizer steps (the trainer fetches one
+batch ahead): in-memory batches are skipped, a shard loader replays its stream to that batch.
 """
 
 from __future__ import annotations
@@ -13,11 +13,22 @@ from torch.utils.data import DataLoader, IterableDataset
 
 
 
+class _Stream:
+    """A ShardLoader as Lightning sees it: without state methods, which Lightning would call to save
+    the position counting the batch it fetched ahead (this module saves the position instead)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __iter__(self):
+        return iter(self.source)
+
+
 def _loader(source):
     """In-memory batches go through a DataLoader; a ShardLoader runs its own workers."""
     if isinstance(source, IterableDataset):
         return DataLoader(source, batch_size=None, num_workers=0)
-    return source
+    return _Stream(source)
 
 
 class RecipeData(L.LightningDataModule):
@@ -41,9 +52,10 @@ class RecipeData(L.LightningDataModule):
         return [_loader(v) for v in self.val_sets.values()]
 
     def state_dict(self) -> dict:
+        trained = self.trainer.global_step * self.trainer.accumulate_grad_batches  # not those fetched ahead
         if hasattr(self.train_source, "state_dict"):
-            return {"source": self.train_source.state_dict()}
-        return {"source": {"batches": self.trainer.global_step * self.trainer.accumulate_grad_batches}}
+            return {"source": self.train_source.state_dict(batches=trained)}
+        return {"source": {"batches": trained}}
 
     def load_state_dict(self, state: dict) -> None:
         self._position = state["source"]

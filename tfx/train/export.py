@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,15 +19,16 @@ from pathlib import Path
 import torch
 
 from tfx.atomic import atomic_path
-from tfx.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from tfx.checkpoint import Checkpoint, CheckpointError, check_output_dir, load_checkpoint, save_checkpoint
 from tfx.checkpoint.finetuned import ADAPTER_JSON, TASK_WEIGHTS, write_adapter
+from tfx.checkpoint.zero import consolidate_zero
 from tfx.model.lora import merge_adapters, split_adapters
 
 
 def write_template(ckpt: Checkpoint, path: Path, adapter: dict | None = None) -> None:
     """The checkpoint without weights (a fine-tuning run's task.json included) and, for a LoRA run,
     ``adapter.json``: what export needs to merge the adapters or keep them beside their base."""
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         save_checkpoint(ckpt, Path(tmp) / "ckpt")
         with atomic_path(path) as out:
             shutil.copytree(Path(tmp) / "ckpt", out, ignore=shutil.ignore_patterns("model_weights.pt", TASK_WEIGHTS))
@@ -36,12 +38,14 @@ def write_template(ckpt: Checkpoint, path: Path, adapter: dict | None = None) ->
 
 def _training_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The module's full fp32 state_dict from a Lightning checkpoint file or a DeepSpeed directory."""
-    if checkpoint.is_dir():  # DeepSpeed: one shard per rank, consolidated by DeepSpeed's own tool
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
+    if checkpoint.is_dir():  # DeepSpeed: one shard per rank, consolidated with weights-only loading
+        state = consolidate_zero(checkpoint)
         return {k.removeprefix("_forward_module."): v for k, v in state.items()}
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{checkpoint}: not a readable training checkpoint ({type(err).__name__}); "
+                              "it may be truncated: export an earlier one, or train again") from None
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -52,9 +56,11 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path | None = None,
-               lora_form: str | None = None) -> Path:
-    """``lora_form``: merged | adapter, for a LoRA run (default: what its recipe chose)."""
+               overwrite: bool = False, lora_form: str | None = None) -> Path:
+    """``overwrite``: an existing checkpoint at ``out_dir`` may be replaced (nothing else ever is);
+    ``lora_form``: merged | adapter, for a LoRA run (default: what its recipe chose)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_output_dir(out_dir, overwrite)
     template = run_dir / "checkpoint_template"
     if not (template / "config.json").exists():
         raise CheckpointError(f"{template}: missing; export needs a run directory written by `tfx train`")

@@ -18,10 +18,15 @@ def read_aux_vocab(vocab_dir: str | os.PathLike, columns: list[str]) -> dict[str
         path = Path(vocab_dir) / f"{col}_vocab.json"
         if not path.exists():
             raise VocabError(f"{path}: missing aux vocabulary for column '{col}'")
-        vocab = json.loads(path.read_text())
+        try:
+            vocab = json.loads(path.read_text())
+            vocab = {str(k): int(v) for k, v in vocab.items()}
+        except (ValueError, TypeError, AttributeError) as err:
+            raise VocabError(f"{path}: not a JSON object of token -> integer id ({type(err).__name__}: {err}); "
+                             "the checkpoint is damaged") from None
         if "unknown" not in vocab:
             raise VocabError(f"{path}: aux vocabulary has no 'unknown' entry")
-        vocabs[col] = {str(k): int(v) for k, v in vocab.items()}
+        vocabs[col] = vocab
     return vocabs
 
 

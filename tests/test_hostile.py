@@ -1,0 +1,454 @@
+"""Hostile inputs and faults, through the real `tfx` commands: received files never run code, outputs
+never delete what tfx did not write, every run ends with an honest exit code and one line.
+See docs/security.md for the promises these tests hold tfx to."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tfx.data.loader import resolve_urls
+from tfx.data.shards import write_shards
+from tfx.errors import InputError
+from tfx.synth import synth_atlas
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ["model.embed_dim=16", "model.num_heads=2", "model.num_layers=1", "model.model_dim=32", "model.seq_len=31",
+         "model.gene_head_hidden_dim=32", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32",
+         "trainer.log_every_n_steps=1", "strategy=auto", "logger=csv", "data.num_workers=0",
+         "data.token_budget=256", "data.max_cells=8", "data.shuffle_buffer=20", "data.val_shards=null"]
+
+
+def tfx(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
+    """The `tfx` command in its own process, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **kw.pop("env", {})}
+    return subprocess.run([sys.executable, "-m", "tfx.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)
+
+
+@pytest.fixture
+def cli(capsys):
+    """The `tfx` command in this process (faster: torch is imported once); same result fields as ``tfx``."""
+    from tfx.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit:  # argparse's usage errors
+            code = exit.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    """The failure is one line on stderr naming the problem (no traceback), with the expected exit code."""
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    """One synthetic species: its h5ad, gene embeddings and six shards of 20 cells."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    s = synth_atlas(tmp / "synth", species=1, cells=120, genes=200, seed=0)["species"]["synth_alpha"]
+    write_shards([s["h5ad"]], "synth_alpha", tmp / "shards", cells_per_shard=20, processes=1)
+    return {"h5ad": Path(s["h5ad"]), "genes": Path(s["gene_h5"]), "shards": tmp / "shards"}
+
+
+def train_args(atlas, out, *extra, shards=None):
+    return ["train", "pretrain/tiny", *TRAIN, f"data.shards={shards or atlas['shards']}",
+            f"vocab.embeddings=[{atlas['genes']}]", f"output_dir={out}", *extra]
+
+
+# ---- no code runs from a received file ---------------------------------------------------------
+
+class _Payload:
+    """Pickled, it calls os.system when unpickled: what a crafted checkpoint file would hold."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_a_crafted_zero_checkpoint_runs_no_code(tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    (run / "checkpoint_template").mkdir(parents=True)
+    (run / "checkpoint_template" / "config.json").write_text("{}")
+    shard_dir = run / "checkpoints" / "final.ckpt" / "checkpoint"
+    shard_dir.mkdir(parents=True)
+    (shard_dir.parent / "latest").write_text("checkpoint")
+    payload = {"module": _Payload(f"touch {marker}"), "buffer_names": [], "param_shapes": []}
+    torch.save(payload, shard_dir / "mp_rank_00_model_states.pt")
+    torch.save({"optimizer_state_dict": payload}, shard_dir / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    line = one_line_error(tfx("export", run, "--output", tmp_path / "out"))
+    assert "final.ckpt/checkpoint: holds pickled objects" in line and "refused" in line, line
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_manifest_cannot_name_a_command_or_a_path_outside(atlas, tmp_path):
+    marker = tmp_path / "pwned"
+    received = tmp_path / "received"
+    shutil.copytree(atlas["shards"], received)
+    manifest = json.loads((received / "manifest.json").read_text())
+
+    def with_entry(name):
+        manifest["shards"][0]["name"] = name
+        (received / "manifest.json").write_text(json.dumps(manifest))
+
+    with_entry(f"pipe:touch {marker}")
+    line = one_line_error(tfx(*train_args(atlas, tmp_path / "run", "trainer.max_steps=1", shards=received)))
+    assert "manifest.json: shard entry 'pipe:touch" in line and "refused" in line, line
+    assert not marker.exists() and not (tmp_path / "run" / "checkpoints").exists()
+    for entry in ["../shards/shard-000000.tar", "/etc/passwd", "http://example.org/a.tar", "sub/x.tar", 7]:
+        with_entry(entry)
+        with pytest.raises(InputError, match=r"manifest.json: shard entry .* refused"):
+            resolve_urls(str(received))
+    with_entry("shard-000000.tar")
+    assert resolve_urls(str(received))[0] == f"{received}/shard-000000.tar"
+
+
+def test_a_gene_id_that_is_a_path_is_refused(tmp_path):
+    fasta = tmp_path / "p.fa"
+    fasta.write_text(">P1 gene:ENSG1\nMKV\n>P2 gene:../../evil\nMKL\n")
+    line = one_line_error(tfx("embed-proteins", "--fasta", fasta, "--model", tmp_path / "none.pt",
+                              "--output", tmp_path / "x_gene.h5"))
+    assert "p.fa: protein P2 has gene id '../../evil'" in line
+    assert not list(tmp_path.parent.rglob("evil*"))
+
+
+# ---- outputs never delete what tfx did not write -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run_dir(atlas, tmp_path_factory):
+    """A finished two-step run (exported)."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    done = tfx(*train_args(atlas, out, "trainer.max_steps=2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out / "train.log").write_text(done.stdout + done.stderr)
+    return out
+
+
+def _tree(path: Path) -> dict:
+    return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in sorted(path.rglob("*"))}
+
+
+def test_export_never_replaces_what_it_did_not_write(run_dir, tmp_path, monkeypatch, cli):
+    before = _tree(run_dir)
+    for target in [run_dir, run_dir / "checkpoints", run_dir.parent]:
+        line = one_line_error(cli("export", run_dir, "--output", target, "--overwrite"))
+        assert "not a checkpoint directory tfx wrote" in line, line
+    assert _tree(run_dir) == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    assert "not a checkpoint directory tfx wrote (notes.txt)" in one_line_error(
+        cli("add-species", "--checkpoint", run_dir / "export", "--embeddings", "x.h5", "--output", mine, "--overwrite"))
+    assert (mine / "notes.txt").read_text() == "my notes"
+    monkeypatch.chdir(mine)
+    assert "--output .: not a checkpoint directory" in one_line_error(cli("export", run_dir, "--output", "."))
+    # an existing checkpoint is replaced only with --overwrite; a killed run's temporaries are cleaned
+    assert "pass --overwrite" in one_line_error(cli("export", run_dir, "--output", run_dir / "export"))
+    stale = tmp_path / f".again.tmp-{_dead_pid()}"
+    stale.mkdir()
+    assert cli("export", run_dir, "--output", tmp_path / "again").returncode == 0
+    assert cli("export", run_dir, "--output", tmp_path / "again", "--overwrite").returncode == 0
+    assert not stale.exists() and (tmp_path / "again" / "model_weights.pt").exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_swap_killed_between_its_renames_keeps_the_old_directory(tmp_path):
+    from tfx.atomic import atomic_path
+
+    old = tmp_path / f".ckpt.old-{_dead_pid()}"  # the rename of ckpt done, the new one's not yet
+    old.mkdir()
+    (old / "config.json").write_text("the previous checkpoint")
+    with atomic_path(tmp_path / "other") as tmp:
+        tmp.write_text("x")
+    assert old.exists()  # another path's leftovers are not touched
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "ckpt"):
+            raise RuntimeError("killed")
+    assert (tmp_path / "ckpt" / "config.json").read_text() == "the previous checkpoint" and not old.exists()
+
+
+def test_a_run_of_another_model_is_refused_before_anything_changes(atlas, run_dir, cli):
+    before = _tree(run_dir)
+    line = one_line_error(tfx(*train_args(atlas, run_dir, "trainer.max_steps=4", "model.embed_dim=32")))
+    assert "holds a run of another model" in line and "embed_dim 16 -> 32" in line, line
+    assert _tree(run_dir) == before
+    assert cli("export", run_dir, "--output", run_dir.parent / "still_exports").returncode == 0
+
+
+# ---- every run ends, and ends honestly ---------------------------------------------------------------
+
+def _losses(run: Path) -> dict[int, float]:
+    """train/loss by step, over every start of the run."""
+    import pandas as pd
+
+    frames = [pd.read_csv(f) for f in sorted((run / "logs").glob("*/metrics.csv"))]
+    m = pd.concat(frames).dropna(subset=["train/loss"])
+    return dict(zip(m["step"].astype(int), m["train/loss"]))
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(atlas, tmp_path):
+    """SLURM's preemption mid-shard: a checkpoint at the next step, exit 143, and the resumed run
+    trains on exactly the batches the uninterrupted one does."""
+    import signal
+    import time
+
+    common = ["trainer.max_steps=24", "trainer.checkpoint_every_n_steps=3", "optim.total_steps=24"]
+    split = tmp_path / "split"
+    proc = subprocess.Popen([sys.executable, "-m", "tfx.cli", *train_args(atlas, split, *common)],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    while not (split / "checkpoints" / "last.ckpt").exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
+    line = next(x for x in err.splitlines() if "interrupted:" in x)
+    stopped = int(line.split("stopped at step ")[1].split()[0])
+    assert 3 <= stopped < 24 and not (split / "export").exists(), line
+    assert "run the same command again to resume" in line
+
+    assert tfx(*train_args(atlas, split, *common)).returncode == 0  # resume=auto
+    assert tfx(*train_args(atlas, tmp_path / "full", *common)).returncode == 0
+    full, resumed = _losses(tmp_path / "full"), _losses(split)
+    assert sorted(resumed) == sorted(full) and len(full) == 24
+    for step in full:
+        assert resumed[step] == pytest.approx(full[step], rel=1e-4), step
+    a = torch.load(split / "export" / "model_weights.pt", weights_only=True)
+    b = torch.load(tmp_path / "full" / "export" / "model_weights.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_truncated_checkpoint_is_one_line(atlas, run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    line = one_line_error(tfx(*train_args(atlas, run, "trainer.max_steps=4")))
+    assert "last.ckpt: unreadable" in line and "resume=" in line, line
+    final = run / "checkpoints" / "final.ckpt"
+    final.write_bytes(final.read_bytes()[:5000])
+    assert "final.ckpt: not a readable training checkpoint" in one_line_error(
+        tfx("export", run, "--output", tmp_path / "out"))
+
+
+def _big_h5ad(path: Path, cells: int = 3000) -> Path:
+    import numpy as np
+
+    from conftest import write_h5ad
+
+    rng = np.random.default_rng(0)
+    counts = (rng.random((cells, 300)) < 0.1) * rng.integers(1, 20, (cells, 300))
+    return write_h5ad(path, [f"ENSG{i:011d}" for i in range(300)], counts)
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(pids) -> list[int]:
+    import psutil
+
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
+def test_shard_workers_end_with_their_parent(tmp_path, how):
+    import signal
+    import time
+
+    data = _big_h5ad(tmp_path / "a.h5ad")
+    proc = subprocess.Popen([sys.executable, "-m", "tfx.cli", "shard", "--input", str(data), "--species", "homo_sapiens",
+                             "--output", str(tmp_path / "shards"), "--cells-per-shard", "20", "--processes", "2"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            start_new_session=True)
+    workers = []
+    while len(workers) < 2 and proc.poll() is None:
+        workers = _children(proc.pid)
+        time.sleep(0.01)
+    assert len(workers) == 2, proc.communicate()[1][-2000:]
+    if how == "kill -9":
+        proc.kill()
+    else:  # a terminal's Ctrl-C reaches the whole process group
+        os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    deadline = time.time() + 10
+    while _alive(workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(workers)
+    if how == "Ctrl-C":
+        assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+        assert "tfx shard: interrupted (Ctrl-C)" in err
+        # a re-run completes it, byte-identical shards
+        assert tfx("shard", "--input", data, "--species", "homo_sapiens", "--output", tmp_path / "shards",
+                   "--cells-per-shard", "20", "--processes", "2").returncode == 0
+
+
+def test_an_input_edited_in_place_is_not_served_from_old_shards(tmp_path, cli):
+    import h5py
+
+    data = _big_h5ad(tmp_path / "a.h5ad", cells=50)
+    args = ["shard", "--input", data, "--species", "homo_sapiens", "--output", tmp_path / "shards", "--processes", "1"]
+    assert cli(*args).returncode == 0
+    size = data.stat().st_size
+    with h5py.File(data, "r+") as f:
+        f["X"]["data"][0] += 1  # one count changed: same size, same shape
+    assert data.stat().st_size == size
+    line = one_line_error(cli(*args))
+    assert "holds shards of a.h5ad as it was before it changed" in line, line
+
+
+# ---- every option and input checked: one line, exit 2 ---------------------------------------------
+
+@pytest.mark.parametrize("option,value", [("--batch-size", "0"), ("--token-budget", "0"), ("--chunk-size", "-1"),
+                                          ("--chunk-size", "0"), ("--clip-counts", "nan"), ("--clip-counts", "-1"),
+                                          ("--clip-counts", "0"), ("--clip-counts", "inf"), ("--devices", "0"),
+                                          ("--batch-size", "many")])
+def test_numeric_options_are_checked_when_parsed(cli, option, value):
+    line = one_line_error(cli("infer", "--checkpoint", "ckpt", "--data", "in.h5ad", "--output", "o.h5ad", option, value))
+    assert f"argument {option}" in line and f"{value} is not" in line, line
+
+
+def test_every_option_has_help_and_numeric_ones_their_range():
+    from tfx.cli import Range, build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+            if isinstance(action.type, Range):
+                assert "%(type)s" in action.help, (name, action.option_strings)
+    text = sub.choices["infer"].format_help()
+    assert "an integer >= 1 (the reference's default is 8) (default: 256)" in " ".join(text.split())
+    assert "(default: 32)" in text and "--checkpoint-path" in text
+
+
+def _broken_checkpoints(export: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """A damaged copy of ``export`` per case, with the start of the expected error line."""
+    import numpy as np
+
+    from tfx.vocab import write_gene_embeddings
+
+    def copy(name, edit):
+        path = tmp / name
+        shutil.copytree(export, path)
+        edit(path)
+        return path
+
+    def config(edit):
+        def apply(path):
+            raw = json.loads((path / "config.json").read_text())
+            (path / "config.json").write_text(json.dumps(edit(raw)))
+        return apply
+
+    def heads(raw):
+        raw["model"]["model_config"]["num_heads"] = "four"
+        return raw
+
+    weights = export / "model_weights.pt"
+    write_gene_embeddings(tmp / "wrong_gene.h5", ["ENSX1", "ENSX2"], np.ones((2, 7), np.float32))
+    return {
+        "invalid json": (copy("a", lambda p: (p / "config.json").write_text("{nope")), "config.json: not valid JSON"),
+        "json list": (copy("b", config(lambda raw: [raw])), "config.json: holds a JSON list"),
+        "num_heads four": (copy("c", config(heads)), "config.json: num_heads is 'four', not an int"),
+        "truncated weights": (copy("d", lambda p: (p / "model_weights.pt").write_bytes(weights.read_bytes()[:4000])),
+                              "model_weights.pt: not a readable torch weights file"),
+        "random weights": (copy("e", lambda p: (p / "model_weights.pt").write_bytes(os.urandom(4000))),
+                           "model_weights.pt: not a readable torch weights file"),
+        "assay vocab": (copy("f", lambda p: (p / "vocabs" / "assay_vocab.json").write_text('{"a": ')),
+                        "assay_vocab.json: not a JSON object"),
+        "wrong dimension": (export, "wrong_gene.h5: embeddings of dimension 7, the checkpoint's are"),
+    }
+
+
+def test_broken_checkpoints_and_inputs_are_one_line(run_dir, atlas, tmp_path, cli):
+    import anndata
+    import numpy as np
+
+    cases = _broken_checkpoints(run_dir / "export", tmp_path)
+    for case, (ckpt, message) in cases.items():
+        extra = ["--species-embedding", tmp_path / "wrong_gene.h5"] if case == "wrong dimension" else []
+        line = one_line_error(cli("infer", "--checkpoint", ckpt, "--data", atlas["h5ad"], "--output",
+                                  tmp_path / "o.h5ad", *extra))
+        assert message in line, (case, line)
+    (tmp_path / "dir.h5ad").mkdir()
+    assert "--output" in one_line_error(cli("infer", "--checkpoint", run_dir / "export", "--data", atlas["h5ad"],
+                                            "--output", tmp_path / "dir.h5ad"))
+    for value, message in [(np.inf, "X holds infinite values"), (1e30, "X holds a count of 1e+30")]:
+        adata = anndata.read_h5ad(atlas["h5ad"])
+        adata.X = adata.X.toarray()
+        adata.X[3, 5] = value
+        adata.write_h5ad(tmp_path / "bad.h5ad")
+        line = one_line_error(cli("infer", "--checkpoint", run_dir / "export", "--data", tmp_path / "bad.h5ad",
+                                  "--output", tmp_path / "o.h5ad"))
+        assert message in line, line
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_nan_weights_are_reported_with_the_number_of_cells(run_dir, atlas, tmp_path, cli, caplog):
+    import anndata
+
+    ckpt = tmp_path / "nan"
+    shutil.copytree(run_dir / "export", ckpt)
+    state = torch.load(ckpt / "model_weights.pt", weights_only=True)
+    name = next(k for k in state if k.endswith("linear1.weight"))
+    state[name][0, 0] = float("nan")
+    torch.save(state, ckpt / "model_weights.pt")
+    assert cli("infer", "--checkpoint", ckpt, "--data", atlas["h5ad"], "--output", tmp_path / "o.h5ad").returncode == 0
+    n = anndata.read_h5ad(atlas["h5ad"]).n_obs
+    assert f"{n} of {n} cells have NaN or infinite outputs" in caplog.text
+
+
+# ---- the reference's flags, the overlap report, progress in a log, quiet libraries -----------------
+
+def test_reference_flags_overlap_and_progress_in_a_log(run_dir, atlas, tmp_path):
+    import anndata
+
+    adata = anndata.read_h5ad(atlas["h5ad"])
+    adata.var["ensembl_id"] = [g if i % 25 == 0 else f"OTHER{i}" for i, g in enumerate(adata.var["ensembl_id"])]
+    adata.write_h5ad(tmp_path / "few.h5ad")  # 4% of its genes in the vocabulary
+    done = tfx("infer", "--checkpoint-path", run_dir / "export", "--data-file", tmp_path / "few.h5ad",
+               "--output-path", tmp_path / "out", "--num-gpus", "1", "--gene-col-name", "ensembl_id")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert anndata.read_h5ad(tmp_path / "out" / "embeddings.h5ad").n_obs == adata.n_obs
+    assert "tfx: note: --checkpoint-path is the reference's name for --checkpoint" in done.stderr
+    assert "tfx: note: --num-gpus is the reference's name for --devices" in done.stderr
+    assert f"8 of 200 genes (4%) are in the model's vocabulary" in done.stderr
+    assert "WARNING" in next(x for x in done.stderr.splitlines() if "8 of 200 genes" in x)
+    assert "INFO tfx.progress: infer: 100%" in done.stderr  # stderr is a file here: progress is logged
+    assert "Traceback" not in done.stderr
+
+
+def test_training_output_carries_no_adverts_or_deprecations(run_dir):
+    log = (run_dir / "train.log").read_text()
+    assert "Tip:" not in log and "deprecated" not in log.lower(), log[-3000:]
+    assert "exported" in log
