@@ -88,7 +88,8 @@ class TranscriptFormer(nn.Module):
             activation=cfg.activation, attn_bias=cfg.attn_bias, fw_bias=cfg.fw_bias,
             backend=attention or ATTENTION.build(cfg.attention),
         )
-        self.mu = HEADS.build(cfg.count_head, embed_dim=cfg.embed_dim, vocab_size=vocab_size, dropout=cfg.dropout)
+        self.mu = HEADS.build(cfg.count_head, embed_dim=cfg.embed_dim, vocab_size=vocab_size, dropout=cfg.dropout,
+                              link=cfg.mu_link_fn)
         if cfg.gene_id_loss_weight > 0:
             self.gene_id_head = HEADS.build(
                 cfg.gene_head, embed_dim=cfg.embed_dim, hidden_dim=cfg.gene_head_hidden_dim, vocab_size=vocab_size,
@@ -103,6 +104,11 @@ class TranscriptFormer(nn.Module):
     @property
     def vocab_size(self) -> int:
         return self.gene_embeddings.embedding.num_embeddings
+
+    @property
+    def causal_counts(self) -> bool:
+        """Whether gene j's count depends only on the cell up to gene j (a per-position link)."""
+        return self.cfg.mu_link_fn != "softmax"
 
     def set_attention(self, backend) -> None:
         for layer in self.transformer_encoder.encoder_layers:
@@ -130,7 +136,9 @@ class TranscriptFormer(nn.Module):
         out = ModelOutput(hidden=hidden, valid=valid, gene_masked=ids == self.special.pad, cell_ids=batch.cell_ids)
         if heads:
             conditioned = torch.cat([hidden, target_emb], dim=-1)
-            if batch.cell_ids is None:
+            if self.causal_counts:
+                out.mu = self.mu.rate(conditioned, ids)
+            elif batch.cell_ids is None:
                 out.mu = self.mu(conditioned, ids, out.gene_masked) * counts.sum(dim=1, keepdim=True)
             else:
                 out.mu = self._packed_mu(conditioned, batch, out.gene_masked)
