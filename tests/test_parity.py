@@ -25,14 +25,14 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def reference_cell_run(ref_checkpoint, parity_data, tmp_path_factory):
     work = tmp_path_factory.mktemp("ref_cell")
-    return reference.run_reference(ref_checkpoint, parity_data["path"], output_keys=["embeddings", "llh"],
+    return reference.run_reference(ref_checkpoint, parity_data["path"], output_keys=["embeddings", "llh", "gene_llh"],
                                    workdir=work)
 
 
 def test_cell_embeddings_and_llh_match_reference(ref_checkpoint, parity_data, reference_cell_run, tmp_path):
     out = tmp_path / "out.h5ad"
     assert main(["infer", "--checkpoint", str(ref_checkpoint), "--data", str(parity_data["path"]),
-                 "--output", str(out), "--outputs", "embeddings,llh", "--device", "cpu"]) == 0
+                 "--output", str(out), "--outputs", "embeddings,llh,gene_llh", "--device", "cpu"]) == 0
     ours = anndata.read_h5ad(out)
     ref = reference_cell_run
     assert ours.obsm["embeddings"].dtype == np.float32
@@ -41,6 +41,13 @@ def test_cell_embeddings_and_llh_match_reference(ref_checkpoint, parity_data, re
     ref_llh = ref.uns["llh"]["llh"].to_numpy()
     assert np.isnan(ref_llh[48])  # the reference's llh of a cell without genes; ours agrees below
     assert max_rel_error(ours.obs["llh"].to_numpy(), ref_llh) <= TOL
+    # gene_llh: the reference's cells x seq_len layout, 0 past each cell's genes; its mean per cell in obs
+    ref_gene = ref.obsm["gene_llh"]
+    assert ours.obsm["gene_llh"].shape == ref_gene.shape
+    assert max_rel_error(ours.obsm["gene_llh"], ref_gene) <= TOL
+    genes = np.array([(ref_gene[i] != 0).sum() for i in range(len(ref_gene))])
+    with np.errstate(invalid="ignore"):
+        assert max_rel_error(ours.obs["gene_llh"].to_numpy(), ref_gene.sum(axis=1) / genes) <= TOL
     # obs is copied whole
     assert (ours.obs["cell_type"].astype(str).to_numpy() == ref.obs["cell_type"].astype(str).to_numpy()).all()
 

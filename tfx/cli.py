@@ -31,20 +31,25 @@ def cmd_registry(args) -> int:
 def cmd_infer(args) -> int:
     from tfx.checkpoint import load_checkpoint
     from tfx.data import preprocess
+    from tfx.errors import TfxError
     from tfx.infer.run import InferOptions, infer_file
 
     outputs = {o.strip() for o in args.outputs.split(",") if o.strip()}
-    unknown = outputs - {"embeddings", "llh"}
+    unknown = outputs - {"embeddings", "llh", "gene_llh", "nll"}
     if unknown:
-        raise SystemExit(f"tfx infer: unknown --outputs {sorted(unknown)}; choose from embeddings, llh")
+        raise SystemExit(f"tfx infer: unknown --outputs {sorted(unknown)}; choose from embeddings, llh, gene_llh, nll")
     ckpt = load_checkpoint(args.checkpoint, attention=args.attention)
+    if {"gene_llh", "nll"} & outputs and not ckpt.model.has_gene_head:
+        raise TfxError(f"--outputs gene_llh/nll: checkpoint {args.checkpoint} has no gene-id head "
+                       "(gene_id_loss_weight 0); ask for embeddings and llh only")
     ckpt = preprocess.apply(ckpt, {"clip_counts": args.clip_counts}, "tfx infer", f"checkpoint {args.checkpoint}")
     if args.species_embedding:
         from tfx.checkpoint.surgery import with_species_embeddings
 
         ckpt = with_species_embeddings(ckpt, args.species_embedding)
     opts = InferOptions(
-        emb_type=args.emb_type, llh="llh" in outputs, gene_col=args.gene_col or ckpt.data_cfg.gene_col_name,
+        emb_type=args.emb_type, llh="llh" in outputs, gene_llh="gene_llh" in outputs, nll="nll" in outputs,
+        gene_col=args.gene_col or ckpt.data_cfg.gene_col_name,
         use_raw=args.use_raw, remove_duplicate_genes=args.remove_duplicate_genes, device=args.device,
         precision=args.precision, token_budget=args.token_budget, max_cells=args.batch_size,
         chunk_size=args.chunk_size, devices=args.devices,
@@ -218,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="input h5ad (raw counts)")
     p.add_argument("--output", required=True, help="output h5ad")
     p.add_argument("--emb-type", choices=["cell", "cge"], default="cell")
-    p.add_argument("--outputs", default="embeddings", help="comma list of: embeddings, llh")
+    p.add_argument("--outputs", default="embeddings", help="comma list of: embeddings, llh, gene_llh, nll")
     p.add_argument("--batch-size", type=int, default=256, help="most cells per batch")
     p.add_argument("--token-budget", type=int, default=16384, help="most cells x padded length per batch")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

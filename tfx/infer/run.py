@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 class InferOptions:
     emb_type: str = "cell"
     llh: bool = False
+    gene_llh: bool = False  # the reference's per-position gene-id NLL (obsm) and its per-cell mean (obs)
+    nll: bool = False  # each cell's total negative log-probability under the training factorisation
     gene_col: str = "ensembl_id"
     use_raw: bool | None = None
     remove_duplicate_genes: bool = False
@@ -44,6 +46,11 @@ class InferOptions:
     max_cells: int = 256
     chunk_size: int = 4096
     devices: int = 1  # processes, one per device (GPU); -1: every GPU
+
+    @property
+    def scores(self) -> tuple[str, ...]:
+        """The per-cell obs columns asked for."""
+        return tuple(name for name in ("llh", "gene_llh", "nll") if getattr(self, name))
 
 
 def resolve_devices(name: str, count: int = 1) -> list[torch.device]:
@@ -68,7 +75,7 @@ def _row_results(ckpt: Checkpoint, data: Path, opts: InferOptions, device: torch
         ckpt, data, gene_col=opts.gene_col, use_raw=opts.use_raw, remove_duplicate_genes=opts.remove_duplicate_genes,
         chunk_size=opts.chunk_size, start=start, stop=stop,
     ):
-        res = run_cells(model, cells, aux, ckpt.vocab.pad, emb_type=opts.emb_type, llh=opts.llh,
+        res = run_cells(model, cells, aux, ckpt.vocab.pad, emb_type=opts.emb_type, scores=opts.scores,
                         token_budget=opts.token_budget, max_cells=opts.max_cells, device=device,
                         precision=opts.precision)
         yield first, res, sum(len(ids) == 0 for ids, _ in cells)
@@ -77,22 +84,27 @@ def _row_results(ckpt: Checkpoint, data: Path, opts: InferOptions, device: torch
 def _worker(rank: int, ckpt: Checkpoint, data: Path, opts: InferOptions, devices: list, ranges: list, parts: Path):
     """One process per device: its rows' results go to part files the parent assembles."""
     start, stop = ranges[rank]
-    embeddings = llh = None
+    embeddings = gene_llh = None
     if opts.emb_type == "cell":
         embeddings = np.lib.format.open_memmap(parts / f"{rank}.emb.npy", "w+", np.float32,
                                                (stop - start, ckpt.model_cfg.embed_dim))
-    if opts.llh:
-        llh = np.lib.format.open_memmap(parts / f"{rank}.llh.npy", "w+", np.float32, (stop - start,))
+    scores = {name: np.lib.format.open_memmap(parts / f"{rank}.{name}.npy", "w+", np.float32, (stop - start,))
+              for name in opts.scores}
+    if opts.gene_llh:
+        gene_llh = np.lib.format.open_memmap(parts / f"{rank}.gene_llh_positions.npy", "w+", np.float32,
+                                             (stop - start, ckpt.model_cfg.seq_len))
     cge, empty = [], 0
     for first, res, n_empty in _row_results(ckpt, data, opts, devices[rank], start, stop):
         rows = slice(first - start, first - start + res.cells)
         if embeddings is not None:
             embeddings[rows] = res.embeddings
-        if llh is not None:
-            llh[rows] = res.llh
+        for name, arr in scores.items():
+            arr[rows] = res.scores[name]
+        if gene_llh is not None:
+            gene_llh[rows] = res.gene_llh
         cge += [(first + i, e, g) for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids))]
         empty += n_empty
-    for arr in (embeddings, llh):
+    for arr in (embeddings, gene_llh, *scores.values()):
         if arr is not None:
             arr.flush()
     if opts.emb_type == "cge":
@@ -123,8 +135,9 @@ def _read_parts(parts: Path, ranges: list, opts: InferOptions):
         res = Outputs(cells=stop - start)
         if opts.emb_type == "cell":
             res.embeddings = np.load(parts / f"{rank}.emb.npy", mmap_mode="r")
-        if opts.llh:
-            res.llh = np.load(parts / f"{rank}.llh.npy", mmap_mode="r")
+        res.scores = {name: np.load(parts / f"{rank}.{name}.npy", mmap_mode="r") for name in opts.scores}
+        if opts.gene_llh:
+            res.gene_llh = np.load(parts / f"{rank}.gene_llh_positions.npy", mmap_mode="r")
         if opts.emb_type == "cge":
             cge = np.load(parts / f"{rank}.cge.npz")
             split = np.searchsorted(cge["cells"], np.arange(start + 1, stop))  # cells may have no gene
@@ -144,16 +157,17 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
     n_cells, obs = reader.n_cells, reader.obs.copy()
     reader.close()
 
-    llh = np.full(n_cells, np.nan, dtype=np.float32) if opts.llh else None
+    scores = {name: np.full(n_cells, np.nan, dtype=np.float32) for name in opts.scores}
     cge_emb, cge_cells, cge_genes = [], [], []
     empty = 0
     started = time.perf_counter()
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
         write_elem(f, "obsm", {})
-        emb_ds = None
+        emb_ds = gene_llh_ds = None
         if opts.emb_type == "cell":  # streamed: memory stays bounded by the chunk size
-            emb_ds = f["obsm"].create_dataset("embeddings", shape=(n_cells, ckpt.model_cfg.embed_dim), dtype="f4")
-            emb_ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+            emb_ds = _obsm_dataset(f, "embeddings", (n_cells, ckpt.model_cfg.embed_dim))
+        if opts.gene_llh:  # the reference's layout: cells x seq_len, 0 past each cell's genes
+            gene_llh_ds = _obsm_dataset(f, "gene_llh", (n_cells, ckpt.model_cfg.seq_len))
         if len(devices) > 1:
             results = _parallel_results(ckpt, data, opts, devices, n_cells, output.parent)
         else:
@@ -170,16 +184,19 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
                     cge_emb.append(e)
                     cge_cells.append(np.full(len(g), start + i, dtype=np.int64))
                     cge_genes.append(g)
-            if llh is not None:
-                llh[start : start + n] = res.llh
+            if gene_llh_ds is not None:
+                for i in range(0, n, opts.chunk_size):
+                    gene_llh_ds[start + i : start + min(n, i + opts.chunk_size)] = res.gene_llh[i : i + opts.chunk_size]
+            for name, values in scores.items():
+                values[start : start + n] = res.scores[name]
             bar.update(n)
             bar.set_postfix(cells_per_s=f"{bar.n / (time.perf_counter() - started):.0f}")
         bar.close()
         if empty:
-            log.warning("%s: %d of %d cells have no expressed gene in the vocabulary; kept (their llh is NaN)",
-                        data, empty, n_cells)
-        if llh is not None:
-            obs["llh"] = llh
+            log.warning("%s: %d of %d cells have no expressed gene in the vocabulary; kept (their llh and "
+                        "gene_llh are NaN)", data, empty, n_cells)
+        for name, values in scores.items():
+            obs[name] = values
         uns = {}
         if opts.emb_type == "cge":
             dim = ckpt.model_cfg.embed_dim
@@ -192,6 +209,12 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         _write_anndata_skeleton(f, obs, uns)
     seconds = time.perf_counter() - started
     return {"cells": n_cells, "empty_cells": empty, "seconds": seconds, "output": str(output)}
+
+
+def _obsm_dataset(f: h5py.File, name: str, shape: tuple[int, int]) -> h5py.Dataset:
+    ds = f["obsm"].create_dataset(name, shape=shape, dtype="f4")
+    ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+    return ds
 
 
 def _write_anndata_skeleton(f: h5py.File, obs: pd.DataFrame, uns: dict) -> None:

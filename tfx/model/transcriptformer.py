@@ -106,6 +106,10 @@ class TranscriptFormer(nn.Module):
         return self.gene_embeddings.embedding.num_embeddings
 
     @property
+    def has_gene_head(self) -> bool:
+        return hasattr(self, "gene_id_head")
+
+    @property
     def causal_counts(self) -> bool:
         """Whether gene j's count depends only on the cell up to gene j (a per-position link)."""
         return self.cfg.mu_link_fn != "softmax"
@@ -215,6 +219,14 @@ class TranscriptFormer(nn.Module):
             counts[:, last] = 1
         return ids, counts
 
+    def end_positions(self, batch: TokenBatch) -> Tensor:
+        """[B, L] the position after each cell's last gene: it predicts [END]. (A cell that fills
+        seq_len has none; its last target becomes [END] instead, see ``targets``.)"""
+        pad = batch.gene_ids == self.special.pad
+        if batch.cell_ids is not None:
+            return pad & (batch.cell_ids >= 0) & (batch.positions >= 0)
+        return pad & (pad.cumsum(dim=1) == 1)
+
     def position_nll(self, out: ModelOutput, batch: TokenBatch) -> Tensor:
         _, counts = self.targets(batch)
         return self.likelihood(out.mu.float(), counts.float(), batch.gene_ids).masked_fill(out.gene_masked, 0.0)
@@ -224,18 +236,46 @@ class TranscriptFormer(nn.Module):
         n = _per_cell((~out.gene_masked).long(), out.cell_ids)
         return _per_cell(self.position_nll(out, batch), out.cell_ids) / n
 
+    def gene_log_probs(self, out: ModelOutput, allowed: Tensor | None = None) -> Tensor:
+        """[B, L, V] log p(next gene) from the soft-capped logits; ``allowed`` [B, L, V] bool
+        renormalises over a subset (a sampler's support)."""
+        logits = soft_cap(out.gene_logits.float(), self.cfg.softcap)
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        return torch.log_softmax(logits, dim=-1)
+
+    def position_gene_nll(self, out: ModelOutput, batch: TokenBatch, end: bool = False,
+                          allowed: Tensor | None = None) -> Tensor:
+        """[B, L] -log p of each position's gene target, 0 where there is none. ``end``: the
+        position after a cell's last gene predicts [END] (the training objective); without it
+        only gene positions count (the reference's ``gene_llh``)."""
+        ids, _ = self.targets(batch)
+        scored = ~out.gene_masked
+        if end:
+            ends = self.end_positions(batch)
+            ids, scored = ids.masked_fill(ends, self.special.end), scored | ends
+        logp = self.gene_log_probs(out, allowed)
+        nll = -logp.gather(-1, ids.masked_fill(~scored, 0).unsqueeze(-1)).squeeze(-1)
+        return nll.masked_fill(~scored, 0.0)
+
+    def sequence_nll(self, out: ModelOutput, batch: TokenBatch, allowed: Tensor | None = None) -> Tensor:
+        """[cells] each cell's total negative log-probability under the training factorisation:
+        every gene choice, [END] included, plus every gene's count. Needs the training forward
+        (``embed=False``); ``allowed`` as in ``gene_log_probs``."""
+        genes = self.position_gene_nll(out, batch, end=True, allowed=allowed)
+        ids, _ = self.targets(batch)
+        counts = self.position_nll(out, batch).masked_fill(ids == self.special.end, 0.0)  # [END] has no count
+        return _per_cell(genes + counts, out.cell_ids)
+
     def losses(self, out: ModelOutput, batch: TokenBatch) -> dict[str, Tensor]:
-        """Training objective: next-gene cross-entropy (soft-capped logits) and count NLL."""
+        """Training objective: next-gene cross-entropy (soft-capped logits), [END] after each
+        cell's last gene included, and count NLL."""
         n = (~out.gene_masked).sum().clamp(min=1)
         losses = {"count": self.position_nll(out, batch).sum() / n}
         total = losses["count"]
         if out.gene_logits is not None:
-            ids, _ = self.targets(batch)
-            logits = soft_cap(out.gene_logits.float(), self.cfg.softcap)
-            ce = nn.functional.cross_entropy(
-                logits.transpose(1, 2), ids.masked_fill(out.gene_masked, -100), reduction="sum"
-            )
-            losses["gene_id"] = ce / n
+            predicted = (~out.gene_masked).sum() + self.end_positions(batch).sum()
+            losses["gene_id"] = self.position_gene_nll(out, batch, end=True).sum() / predicted.clamp(min=1)
             total = total + self.cfg.gene_id_loss_weight * losses["gene_id"]
         losses["loss"] = total
         return losses
