@@ -60,6 +60,21 @@ def cmd_infer(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from tfx.checkpoint import load_checkpoint
+    from tfx.generate.run import generate_file
+    from tfx.infer.run import resolve_devices
+
+    ckpt = load_checkpoint(args.checkpoint, attention=args.attention)
+    summary = generate_file(ckpt, args.species, args.n_cells, args.output, prompt=args.prompt, assay=args.assay,
+                            order=args.order, temperature=args.temperature, top_k=args.top_k,
+                            max_genes=args.max_genes, seed=args.seed, batch_size=args.batch_size,
+                            device=resolve_devices(args.device)[0])
+    print(f"wrote {summary['output']}: {summary['cells']} cells, {summary['mean_genes']:.1f} genes on average, "
+          f"{summary['ended']} ended by [END]; counts {summary['counts'].split(':')[0]}")
+    return 0
+
+
 def cmd_shard(args) -> int:
     from tfx.components import load_all
     from tfx.data.shards import write_shards
@@ -240,6 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--species-embedding", nargs="+", default=None,
                    help="gene embedding h5 files of out-of-distribution species")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("generate", help="sample cells from a checkpoint (an h5ad of raw counts)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--species", required=True, help="a species of the checkpoint's vocabulary")
+    p.add_argument("--n-cells", type=int, required=True)
+    p.add_argument("--output", required=True, help="output h5ad")
+    p.add_argument("--assay", default=None, help="assay token (default: unknown)")
+    p.add_argument("--prompt", default=None, help="GENE[:COUNT],... that every cell starts with")
+    p.add_argument("--order", default="var", help="var (default): genes in vocabulary (var) order, as cells are "
+                   "read; free: any order the model prefers (kept in obsm['generation_order'])")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--max-genes", type=int, default=None, help="default: seq_len - 1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="cells sampled at once")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--attention", default=None, help="attention backend of the full forward (registry name)")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("shard", help="h5ad files of one species -> WebDataset shards for any model")
     p.add_argument("--input", required=True, nargs="+", help="h5ad files (raw counts)")

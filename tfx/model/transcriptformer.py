@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from tfx.model.attention import AttentionInputs, soft_cap
 from tfx.model.config import ModelConfig
-from tfx.model.layers import Encoder, GeneEmbedding
+from tfx.model.layers import Encoder, GeneEmbedding, KVCache
 from tfx.registry import ATTENTION, HEADS, LIKELIHOODS
 
 
@@ -54,6 +54,16 @@ class ModelOutput:
     mu: Tensor | None = None  # [B, L] expected count of gene j
     gene_logits: Tensor | None = None  # [B, L, V]
     cell_ids: Tensor | None = None  # [B, L] packed rows: the cell of each position
+
+
+@dataclass
+class DecodeState:
+    """Incremental decoding: every layer's key/value cache and each cached key's count bias and
+    validity, for the positions a batch of cells has read so far."""
+
+    kv: list[KVCache]
+    log_counts: Tensor  # [B, T]
+    key_valid: Tensor  # [B, T]
 
 
 @dataclass
@@ -198,6 +208,46 @@ class TranscriptFormer(nn.Module):
         segment, size = _segments(batch.cell_ids)
         share = _segment_softmax(logit.float(), segment, size, masked)
         return share * _segment_sum(batch.counts.float(), segment, size)
+
+    # -- incremental decoding (generation) ----------------------------------------------------
+
+    def decode_start(self, n_cells: int, aux_ids: Tensor | None = None) -> tuple[Tensor, DecodeState]:
+        """Read the aux tokens and [START]; returns the output that predicts the first gene [B, E]."""
+        start = torch.full((n_cells, 1), self.special.start, dtype=torch.long, device=self.gene_embeddings.embedding.weight.device)
+        x, valid = self.gene_embeddings(start), torch.ones_like(start, dtype=torch.bool)
+        if aux_ids is not None and hasattr(self, "aux_embeddings"):
+            aux_emb, aux_known = self._aux_tokens(aux_ids)
+            x, valid = torch.cat([aux_emb, x], dim=1), torch.cat([aux_known, valid], dim=1)
+        empty = x.new_zeros(n_cells, 0)
+        state = DecodeState([KVCache() for _ in self.transformer_encoder.encoder_layers], empty,
+                            empty.bool())
+        return self._decode(state, x, torch.ones_like(valid, dtype=x.dtype), valid)[:, -1], state
+
+    def decode_genes(self, state: DecodeState, gene_ids: Tensor, counts: Tensor) -> Tensor:
+        """Read genes [B, n] with their (clipped) counts after the cached positions; [PAD] reads
+        nothing (a finished cell). Returns the last output [B, E], which predicts the next gene."""
+        valid = gene_ids != self.special.pad
+        return self._decode(state, self.gene_embeddings(gene_ids), counts, valid)[:, -1]
+
+    def _decode(self, state: DecodeState, x: Tensor, counts: Tensor, valid: Tensor) -> Tensor:
+        state.log_counts = torch.cat([state.log_counts, torch.log1p(counts.float() + self.cfg.log_counts_eps)], dim=1)
+        state.key_valid = torch.cat([state.key_valid, valid], dim=1)
+        inp = AttentionInputs(log_counts=state.log_counts, key_valid=state.key_valid, embed_mode=False,
+                              softcap=self.cfg.softcap)
+        return self.transformer_encoder(x, inp, state.kv)
+
+    def next_gene_logits(self, hidden: Tensor) -> Tensor:
+        """[B, V] soft-capped logits of the next gene, as the loss reads them."""
+        return soft_cap(self.gene_id_head(hidden).float(), self.cfg.softcap)
+
+    def count_rate(self, hidden: Tensor, gene_ids: Tensor) -> Tensor:
+        """[B] mu of each chosen gene's count at the position that chose it. Exact for a causal
+        head; for the softmax head the logit is read as a log-rate (its softmax over the whole
+        cell and the cell's total count are not known until the cell is complete)."""
+        conditioned = torch.cat([hidden, self.gene_embeddings(gene_ids)], dim=-1)
+        if self.causal_counts:
+            return self.mu.rate(conditioned, gene_ids)
+        return self.mu.logits(conditioned, gene_ids).exp()
 
     # -- what the outputs mean ---------------------------------------------------------------
 
