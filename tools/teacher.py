@@ -37,6 +37,8 @@ def build_teacher(out_dir, species: str = "synth_alpha", n_genes: int = 60, emb_
     torch.manual_seed(seed)
     net = build_model(cfg, data_cfg, vocab, torch.as_tensor(table), aux)
     with torch.no_grad():
+        if not net.has_gene_head:
+            return save_checkpoint(Checkpoint(net, vocab, aux, cfg, data_cfg), out)
         last = net.gene_id_head.layers[-1]
         last.weight.mul_(scale)
         last.bias.mul_(scale)

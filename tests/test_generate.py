@@ -1,0 +1,138 @@
+"""Generation: cached decoding equals the full forward, sampled cells' log-probabilities are exact,
+the written h5ad reads back, and bad input is one line with exit code 2."""
+
+from __future__ import annotations
+
+import anndata
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_cells, tiny_model
+from teacher import build_teacher
+from tfx.checkpoint import load_checkpoint
+from tfx.cli import main
+from tfx.generate.sample import species_of
+from tfx.generate.score import score_cells
+from tfx.tokenize import collate
+
+SPECIES = "synth_alpha"
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A causal-count-head checkpoint whose cells end by [END] well before seq_len."""
+    return build_teacher(tmp_path_factory.mktemp("teacher") / "ckpt", n_genes=40, seq_len=48, end_bias=-1.0)
+
+
+@pytest.mark.parametrize("link", ["softmax", "softplus"])
+def test_cached_decoding_equals_the_training_forward(link):
+    model = tiny_model(mu_link_fn=link).eval()
+    cells = [c for c in random_cells(8, max_len=12, seed=1) if len(c[0]) >= 6]
+    n = min(len(ids) for ids, _ in cells)
+    aux = np.array([[0], [1], [2], [1], [0], [2], [1], [1]])[: len(cells)]  # 0: the unknown assay, masked
+    batch = collate([(ids[:n], c[:n]) for ids, c in cells], 1, 15, aux)
+    with torch.no_grad():
+        full = model(batch)
+        hidden, state = model.decode_start(len(cells), batch.aux_ids)
+        steps = [hidden]
+        for j in range(n - 1):  # one position at a time, then the rest at once
+            steps.append(model.decode_genes(state, batch.gene_ids[:, j : j + 1], batch.counts[:, j : j + 1]))
+        torch.testing.assert_close(torch.stack(steps, 1), full.hidden[:, :n], rtol=1e-5, atol=1e-5)
+        if link != "softmax":
+            rate = model.count_rate(full.hidden[:, 2], batch.gene_ids[:, 2])
+            torch.testing.assert_close(rate, full.mu[:, 2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("order", ["free", "var"])
+def test_sampled_log_prob_is_minus_the_scored_nll(teacher, tmp_path, order):
+    out = tmp_path / "cells.h5ad"
+    assert main(["generate", "--checkpoint", str(teacher), "--species", SPECIES, "--n-cells", "24", "--output",
+                 str(out), "--order", order, "--assay", "10x 3' v3", "--seed", "3"]) == 0
+    cells = anndata.read_h5ad(out)
+    assert cells.obs["ended"].all() and (cells.obs["clipped_counts"] == 0).all()
+    assert cells.obs["n_genes"].min() >= 0 and cells.obs["n_genes"].max() > 3
+    assert list(cells.var["ensembl_id"]) == list(cells.var_names)
+    ckpt = load_checkpoint(teacher)
+    species = species_of(ckpt, SPECIES)
+    X = cells.X.toarray()
+    seqs = []
+    for row, cols in zip(X, cells.obsm["generation_order"]):
+        cols = cols[cols >= 0]
+        assert (row[cols] >= 1).all() and (row > 0).sum() == len(cols)  # every drawn gene, and only those
+        if order == "var":
+            assert (np.diff(cols) > 0).all()  # the shape of real data
+        seqs.append((species.ids[cols], row[cols]))
+    nll = score_cells(ckpt, seqs, assay="10x 3' v3", support=(species, order))
+    np.testing.assert_allclose(nll, -cells.obs["log_prob"].to_numpy(), rtol=0, atol=1e-4)
+    if order == "var":  # stored in var order, a file reads back as it was drawn
+        scored = tmp_path / "scored.h5ad"
+        assert main(["infer", "--checkpoint", str(teacher), "--data", str(out), "--output", str(scored),
+                     "--outputs", "nll", "--device", "cpu"]) == 0
+        unrestricted = anndata.read_h5ad(scored).obs["nll"].to_numpy()
+        np.testing.assert_allclose(unrestricted, score_cells(ckpt, seqs, assay="10x 3' v3"), rtol=1e-5)
+        assert (unrestricted > nll - 1e-4).all()  # renormalising over fewer genes only raises probability
+
+
+def test_top_k_1_draws_the_same_genes_whatever_the_seed(teacher, tmp_path):
+    runs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"s{seed}.h5ad"
+        assert main(["generate", "--checkpoint", str(teacher), "--species", SPECIES, "--n-cells", "6", "--output",
+                     str(out), "--order", "free", "--top-k", "1", "--seed", seed, "--max-genes", "5"]) == 0
+        runs.append(anndata.read_h5ad(out))
+    orders = [r.obsm["generation_order"] for r in runs]
+    assert (orders[0] == orders[0][0]).all() and (orders[0] == orders[1]).all()
+    assert not np.array_equal(runs[0].X.toarray(), runs[1].X.toarray())  # counts still sampled
+
+
+def test_a_prompt_starts_every_cell(teacher, tmp_path):
+    ckpt = load_checkpoint(teacher)
+    genes = species_of(ckpt, SPECIES).genes
+    out = tmp_path / "p.h5ad"
+    assert main(["generate", "--checkpoint", str(teacher), "--species", SPECIES, "--n-cells", "5", "--output",
+                 str(out), "--order", "free", "--prompt", f"{genes[7]}:4,{genes[2]}"]) == 0
+    cells = anndata.read_h5ad(out)
+    assert (cells.obsm["generation_order"][:, :2] == [7, 2]).all()
+    assert (cells.X.toarray()[:, [7, 2]] == [4, 1]).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--species", "danio_rerio"], "--species danio_rerio: not in checkpoint"),
+    (["--n-cells", "0"], "--n-cells 0: ask for at least 1 cell"),
+    (["--temperature", "0"], "--temperature 0.0: must be > 0"),
+    (["--prompt", "NOT_A_GENE:3"], "gene NOT_A_GENE is not in species synth_alpha's vocabulary (no species"),
+    (["--assay", "nanopore"], "--assay nanopore: not in the checkpoint's assay vocabulary"),
+])
+def test_bad_generate_input_is_one_line_and_exit_2(teacher, tmp_path, capsys, args, message):
+    base = {"--species": SPECIES, "--n-cells": "2"}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    argv = ["generate", "--checkpoint", str(teacher), "--output", str(tmp_path / "x.h5ad")]
+    for flag, value in base.items():
+        argv += [flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "x.h5ad").exists()
+
+
+def test_a_prompt_gene_of_another_species_is_named(tmp_path, capsys):
+    alpha = build_teacher(tmp_path / "a", species="synth_alpha", n_genes=10)
+    from tfx.checkpoint.surgery import add_species
+    from tfx.checkpoint import save_checkpoint
+
+    beta_file = build_teacher(tmp_path / "b", species="synth_beta", n_genes=10).parent / ".b_vocab" / "synth_beta_gene.h5"
+    both = save_checkpoint(add_species(load_checkpoint(alpha), [beta_file]), tmp_path / "both")
+    beta_gene = species_of(load_checkpoint(both), "synth_beta").genes[0]
+    assert main(["generate", "--checkpoint", str(both), "--species", SPECIES, "--n-cells", "1", "--output",
+                 str(tmp_path / "x.h5ad"), "--prompt", beta_gene]) == 2
+    assert f"gene {beta_gene} is not in species synth_alpha's vocabulary (it is a gene of synth_beta)" in \
+        capsys.readouterr().err
+
+
+def test_a_checkpoint_without_gene_head_cannot_generate(tmp_path, capsys):
+    ckpt = build_teacher(tmp_path / "nohead", n_genes=10, gene_id_loss_weight=0.0)
+    assert main(["generate", "--checkpoint", str(ckpt), "--species", SPECIES, "--n-cells", "1", "--output",
+                 str(tmp_path / "x.h5ad")]) == 2
+    assert "has no gene-id head" in capsys.readouterr().err
