@@ -86,15 +86,25 @@ def test_top_k_1_draws_the_same_genes_whatever_the_seed(teacher, tmp_path):
     assert not np.array_equal(runs[0].X.toarray(), runs[1].X.toarray())  # counts still sampled
 
 
-def test_a_prompt_starts_every_cell(teacher, tmp_path):
+@pytest.mark.parametrize("order", ["free", "var"])
+def test_every_cell_holds_the_prompt(teacher, tmp_path, order):
+    """free: the cell starts with the prompt; var: the prompt genes sit in their var places, genes
+    drawn between them, as a real cell holding them would be read."""
     ckpt = load_checkpoint(teacher)
     genes = species_of(ckpt, SPECIES).genes
     out = tmp_path / "p.h5ad"
-    assert main(["generate", "--checkpoint", str(teacher), "--species", SPECIES, "--n-cells", "5", "--output",
-                 str(out), "--order", "free", "--prompt", f"{genes[7]}:4,{genes[2]}"]) == 0
+    assert main(["generate", "--checkpoint", str(teacher), "--species", SPECIES, "--n-cells", "16", "--output",
+                 str(out), "--order", order, "--prompt", f"{genes[30]}:4,{genes[12]}", "--max-genes", "20"]) == 0
     cells = anndata.read_h5ad(out)
-    assert (cells.obsm["generation_order"][:, :2] == [7, 2]).all()
-    assert (cells.X.toarray()[:, [7, 2]] == [4, 1]).all()
+    assert (cells.X.toarray()[:, [30, 12]] == [4, 1]).all()
+    generated = cells.obsm["generation_order"]
+    if order == "free":
+        assert (generated[:, :2] == [30, 12]).all()
+    else:
+        for row in generated:
+            row = row[row >= 0]
+            assert (np.diff(row) > 0).all() and {12, 30} <= set(row) and len(row) <= 20
+        assert (cells.obs["n_genes"] > 2).any()  # genes were drawn around the prompt
 
 
 @pytest.mark.parametrize("args, message", [

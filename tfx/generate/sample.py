@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from tfx.checkpoint import Checkpoint
@@ -93,16 +94,23 @@ def aux_ids(ckpt: Checkpoint, assay: str | None, n: int, device) -> Tensor | Non
 
 
 def allowed_next(in_species: Tensor, drawn: Tensor, last: Tensor, n_read: int, order: str, limit: int,
-                 end: int) -> Tensor:
+                 end: int, due: Tensor | None = None) -> Tensor:
     """[B, V] the genes a cell may take next: the species' genes not drawn yet (``var``: only those
     after the last drawn gene in vocabulary order), and [END]; only [END] once ``limit`` genes
-    are read. ``drawn`` [B, V] bool, ``last`` [B] the last gene's id (-1 before any)."""
+    are read. ``drawn`` [B, V] bool, ``last`` [B] the last gene's id (-1 before any).
+
+    ``due`` [B] (``var`` with a prompt): the next prompt gene each cell must still contain (-1:
+    none), so only it and the genes before it are allowed, and no [END].
+    """
     allowed = in_species[None] & ~drawn
     if order == "var":
-        allowed &= torch.arange(in_species.shape[0], device=drawn.device)[None] > last[:, None]
+        ids = torch.arange(in_species.shape[0], device=drawn.device)[None]
+        allowed &= ids > last[:, None]
+        if due is not None:
+            allowed &= (due[:, None] < 0) | (ids <= due[:, None])
     if n_read >= limit:
         allowed[:] = False
-    allowed[:, end] = True
+    allowed[:, end] = True if due is None else due < 0
     return allowed
 
 
@@ -131,11 +139,11 @@ def ztp_log_prob(counts: Tensor, rate: Tensor) -> Tensor:
 
 @dataclass
 class Sampled:
-    """A batch of sampled cells, each as genes in generation order (prompt first)."""
+    """A batch of sampled cells, each as genes in generation order."""
 
     genes: list[np.ndarray]  # vocabulary ids
     counts: list[np.ndarray]  # raw counts, as drawn
-    log_prob: np.ndarray  # [cells] float64, of the sampled positions (the prompt is given, not sampled)
+    log_prob: np.ndarray  # [cells] float64 of what was sampled (a prompt gene's count is given, not sampled)
     ended: np.ndarray  # [cells] bool: [END] was drawn (else the length limit ended the cell, log p 0)
 
 
@@ -152,32 +160,42 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
         raise ConfigError(f"checkpoint {ckpt.path}: counts are sampled for the ztp likelihood only, "
                           f"not {ckpt.model_cfg.likelihood}")
     prompt = prompt or Prompt()
-    if order == "var":  # cells are read in var (= vocabulary) order: so is the prompt
-        pairs = sorted(zip(prompt.ids, prompt.counts))
-        prompt = Prompt([i for i, _ in pairs], [c for _, c in pairs])
     generator = generator or torch.Generator(device=device)
     eps, clip = model.cfg.log_counts_eps, ckpt.data_cfg.clip_counts
     end, pad = model.special.end, model.special.pad
     limit = min(max_genes or model.cfg.seq_len, model.cfg.seq_len - 1)  # position seq_len - 1 predicts [END]
     in_species = species.mask(model.vocab_size, device)
+    if len(prompt.ids) > limit:
+        raise InputError(f"--prompt: {len(prompt.ids)} genes, more than the {limit} a cell may have")
 
     b = n_cells
     hidden, state = model.decode_start(b, aux_ids(ckpt, assay, b, device))
     drawn = torch.zeros(b, model.vocab_size, dtype=torch.bool, device=device)
     last = torch.full((b,), -1, dtype=torch.long, device=device)
     genes, counts = [], []
-    if prompt.ids:
+    given_count = torch.zeros(model.vocab_size, device=device)
+    given_count[prompt.ids] = torch.tensor(prompt.counts, device=device)
+    # var order: the prompt genes are drawn in their var positions, with genes between them;
+    # free order: the cell starts with them.
+    pending = sorted(prompt.ids) if order == "var" else []
+    if prompt.ids and order == "free":
         ids = torch.tensor([prompt.ids] * b, device=device)
-        given = torch.tensor([prompt.counts] * b, device=device)
+        given = given_count[ids]
         hidden = model.decode_genes(state, ids, given.clamp(max=clip) if clip else given)
         drawn[:, ids[0]] = True
         last[:] = ids[0, -1]
         genes, counts = list(ids.T), list(given.T)
+    placed = torch.zeros(b, dtype=torch.long, device=device)  # prompt genes drawn so far (var order)
+    pending_ids = torch.tensor(pending + [-1], dtype=torch.long, device=device)
     log_prob = torch.zeros(b, dtype=torch.float64, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
-    for n_read in range(len(prompt.ids), limit + 1):
-        logp = restrict(model.next_gene_logits(hidden), allowed_next(in_species, drawn, last, n_read, order, limit,
-                                                                     end), temperature, top_k)
+    for n_read in range(len(genes), limit + 1):
+        due = pending_ids[placed] if pending else None
+        allowed = allowed_next(in_species, drawn, last, n_read, order, limit, end, due)
+        if pending:  # room left only for the prompt genes still due: take them
+            forced = len(pending) - placed >= limit - n_read
+            allowed[forced] = F.one_hot(due[forced], model.vocab_size).bool()
+        logp = restrict(model.next_gene_logits(hidden), allowed, temperature, top_k)
         gene = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
         log_prob += torch.where(done, 0.0, logp.gather(1, gene[:, None]).squeeze(1).double())
         done |= gene == end
@@ -185,8 +203,10 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
             break
         gene = torch.where(done, pad, gene)
         rate = model.count_rate(hidden, gene).float() + eps
-        count = sample_ztp(rate, generator)
-        log_prob += torch.where(done, 0.0, ztp_log_prob(count, rate).double())
+        is_given = (gene == due) if due is not None else torch.zeros_like(done)
+        count = torch.where(is_given, given_count[gene], sample_ztp(rate, generator))
+        log_prob += torch.where(done | is_given, 0.0, ztp_log_prob(count, rate).double())
+        placed += is_given.long()
         count = count.masked_fill(done, 0.0)
         genes.append(gene)
         counts.append(count)
