@@ -75,6 +75,49 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_prompt(args) -> int:
+    from pathlib import Path
+
+    from tfx.checkpoint import load_checkpoint
+    from tfx.generate import prompt as queries
+    from tfx.generate.sample import parse_prompt, species_of
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if not ckpt.model.has_gene_head:
+        from tfx.errors import ConfigError
+
+        raise ConfigError(f"checkpoint {args.checkpoint} has no gene-id head (gene_id_loss_weight 0); it cannot "
+                          "answer prompts")
+    species = species_of(ckpt, args.species)
+    if args.query == "next":
+        table = queries.next_gene(ckpt, species, parse_prompt(ckpt, species, args.prompt), assay=args.assay,
+                                  top_k=args.top_k)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if args.output:
+            table.to_csv(args.output, index=False)
+    elif args.query == "gene-gene":
+        genes = queries.gene_list(ckpt, species, args.genes, "--genes")
+        names = [ckpt.vocab.tokens[g] for g in genes]
+        matrix = queries.gene_gene(ckpt, genes, count=args.count, assay=args.assay)
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        import pandas as pd
+
+        pd.DataFrame(matrix, index=names, columns=names).to_csv(out / "gene_gene.csv", index_label="prompt")
+        queries.heatmap_png(out / "gene_gene.png", matrix, names, names,
+                            "log p(column next | row) - log p(column next | nothing)")
+        print(f"wrote {out / 'gene_gene.csv'} and {out / 'gene_gene.png'} ({len(genes)} genes)")
+    else:
+        candidates = queries.gene_list(ckpt, species, args.candidates, "--candidates")
+        table = queries.run_programmes(ckpt, species, args.data, args.label, candidates, args.output,
+                                       n_markers=args.markers, gene_col=args.gene_col, assay=args.assay,
+                                       order=args.order, cells=args.cells, seed=args.seed)
+        for cell_type, row in table.iterrows():
+            print(f"{cell_type}: {', '.join(row.sort_values(ascending=False).index[:5])}")
+        print(f"wrote {args.output}/programmes.csv, markers.csv, programmes.png")
+    return 0
+
+
 def cmd_shard(args) -> int:
     from tfx.components import load_all
     from tfx.data.shards import write_shards
@@ -273,6 +316,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     p.add_argument("--attention", default=None, help="attention backend of the full forward (registry name)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("prompt", help="ask a checkpoint: next gene, gene-gene effects, cell-type programmes")
+    queries = p.add_subparsers(dest="query", required=True)
+    q_next = queries.add_parser("next", help="the next gene's distribution after a prompt (top k, expected counts)")
+    q_next.add_argument("--prompt", default="", help="GENE[:COUNT],... (empty: what a cell starts with)")
+    q_next.add_argument("--top-k", type=int, default=20)
+    q_next.add_argument("--output", default=None, help="also write the table as CSV")
+    q_pair = queries.add_parser("gene-gene", help="log p(g2 next | g1) - log p(g2 next | nothing): CSV and heatmap")
+    q_pair.add_argument("--genes", required=True, help="G1,G2,... or a file with one gene per line")
+    q_pair.add_argument("--count", type=float, default=1.0, help="count of the prompt gene")
+    q_pair.add_argument("--output", required=True, help="directory for gene_gene.csv and gene_gene.png")
+    q_prog = queries.add_parser("programmes", help="rank candidate genes for each cell type's marker prompt")
+    q_prog.add_argument("--data", required=True, help="a labelled h5ad of raw counts")
+    q_prog.add_argument("--label", default="cell_type")
+    q_prog.add_argument("--candidates", required=True, help="G1,G2,... or a file with one gene per line (e.g. TFs)")
+    q_prog.add_argument("--markers", type=int, default=6, help="most expressed markers per type in the prompt")
+    q_prog.add_argument("--cells", type=int, default=64, help="sampled cells per type")
+    q_prog.add_argument("--order", choices=["var", "free"], default="var")
+    q_prog.add_argument("--gene-col", default="ensembl_id")
+    q_prog.add_argument("--seed", type=int, default=0)
+    q_prog.add_argument("--output", required=True, help="directory for programmes.csv, markers.csv, programmes.png")
+    for q in (q_next, q_pair, q_prog):
+        q.add_argument("--checkpoint", required=True)
+        q.add_argument("--species", required=True)
+        q.add_argument("--assay", default=None)
+    p.set_defaults(func=cmd_prompt)
 
     p = sub.add_parser("shard", help="h5ad files of one species -> WebDataset shards for any model")
     p.add_argument("--input", required=True, nargs="+", help="h5ad files (raw counts)")

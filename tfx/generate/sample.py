@@ -145,13 +145,16 @@ class Sampled:
     counts: list[np.ndarray]  # raw counts, as drawn
     log_prob: np.ndarray  # [cells] float64 of what was sampled (a prompt gene's count is given, not sampled)
     ended: np.ndarray  # [cells] bool: [END] was drawn (else the length limit ended the cell, log p 0)
+    inclusion: np.ndarray | None = None  # [cells, V] each gene's chance of being drawn, given the cell's history
 
 
 @torch.no_grad()
 def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Prompt | None = None,
                  assay: str | None = None, order: str = "var", temperature: float = 1.0, top_k: int | None = None,
                  max_genes: int | None = None, generator: torch.Generator | None = None,
-                 device: str | torch.device = "cpu") -> Sampled:
+                 device: str | torch.device = "cpu", inclusion: bool = False) -> Sampled:
+    """``inclusion``: also sum, over each cell's steps, every gene's probability of being the one
+    drawn. Its mean over cells estimates p(gene in the cell) without the noise of the draws."""
     model = ckpt.model.to(device).eval()
     if not model.has_gene_head:
         raise ConfigError(f"checkpoint {ckpt.path} has no gene-id head (gene_id_loss_weight 0): it cannot "
@@ -189,6 +192,7 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
     pending_ids = torch.tensor(pending + [-1], dtype=torch.long, device=device)
     log_prob = torch.zeros(b, dtype=torch.float64, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
+    chance = torch.zeros(b, model.vocab_size, device=device) if inclusion else None
     for n_read in range(len(genes), limit + 1):
         due = pending_ids[placed] if pending else None
         allowed = allowed_next(in_species, drawn, last, n_read, order, limit, end, due)
@@ -197,6 +201,8 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
             allowed[forced] = F.one_hot(due[forced], model.vocab_size).bool()
         logp = restrict(model.next_gene_logits(hidden), allowed, temperature, top_k)
         gene = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+        if chance is not None:
+            chance += logp.exp().masked_fill(done[:, None], 0.0)
         log_prob += torch.where(done, 0.0, logp.gather(1, gene[:, None]).squeeze(1).double())
         done |= gene == end
         if done.all():
@@ -218,4 +224,5 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
     count_rows = torch.stack(counts, 1).cpu().numpy() if counts else np.zeros((b, 0), np.float32)
     keep = [row != pad for row in gene_rows]
     return Sampled([g[k] for g, k in zip(gene_rows, keep)], [c[k] for c, k in zip(count_rows, keep)],
-                   log_prob.cpu().numpy(), np.array([k.sum() < limit for k in keep], dtype=bool))
+                   log_prob.cpu().numpy(), np.array([k.sum() < limit for k in keep], dtype=bool),
+                   None if chance is None else chance.cpu().numpy())
