@@ -17,10 +17,11 @@ from tfx.vocab.aux import official_assay_vocab
 
 
 def build_teacher(out_dir, species: str = "synth_alpha", n_genes: int = 60, emb_dim: int = 16, seed: int = 0,
-                  scale: float = 3.0, end_bias: float = 0.0, **model) -> Path:
+                  scale: float = 3.0, end_bias: float = 0.0, early_bias: float = 0.0, **model) -> Path:
     """A random tiny model (pretrain/tiny's architecture unless ``model`` says otherwise) with a
     softplus count head and the exact ZTP normaliser, its gene-id head's output layer scaled by
-    ``scale`` and ``end_bias`` added to [END]'s logit; saved as a checkpoint."""
+    ``scale``, ``end_bias`` added to [END]'s logit and up to ``early_bias`` to the genes early in
+    vocabulary order (so that cells drawn in var order run longer); saved as a checkpoint."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     genes = [f"{species.upper()}_{i:05d}" for i in range(n_genes)]
@@ -43,4 +44,5 @@ def build_teacher(out_dir, species: str = "synth_alpha", n_genes: int = 60, emb_
         last.weight.mul_(scale)
         last.bias.mul_(scale)
         last.bias[vocab.end] += end_bias
+        last.bias[len(vocab.special_tokens):] += torch.linspace(early_bias, 0.0, n_genes)
     return save_checkpoint(Checkpoint(net, vocab, aux, cfg, data_cfg), out)

@@ -72,11 +72,12 @@ def gene_gene(ckpt: Checkpoint, genes: list[int], *, count: float = 1.0, assay: 
 
 @torch.no_grad()
 def programme_scores(ckpt: Checkpoint, species: Species, markers: list[int], candidates: list[int], *,
-                     assay: str | None = None, order: str = "var", cells: int = 64, max_genes: int | None = None,
-                     seed: int = 0) -> np.ndarray:
-    """[candidates] each candidate's probability of being in a cell that holds ``markers``
-    (counts 1), estimated from ``cells`` sampled cells."""
-    sampled = sample_cells(ckpt, species, cells, prompt=Prompt(list(markers), [1.0] * len(markers)), assay=assay,
+                     counts: list[float] | None = None, assay: str | None = None, order: str = "var",
+                     cells: int = 64, max_genes: int | None = None, seed: int = 0) -> np.ndarray:
+    """[candidates] each candidate's probability of being in a cell that holds ``markers`` (with
+    ``counts``, 1 each by default), estimated from ``cells`` sampled cells."""
+    prompt = Prompt(list(markers), list(counts) if counts is not None else [1.0] * len(markers))
+    sampled = sample_cells(ckpt, species, cells, prompt=prompt, assay=assay,
                            order=order, max_genes=max_genes, generator=torch.Generator().manual_seed(seed),
                            inclusion=True)
     return sampled.inclusion.mean(axis=0)[candidates]
