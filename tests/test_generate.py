@@ -146,3 +146,61 @@ def test_a_checkpoint_without_gene_head_cannot_generate(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(ckpt), "--species", SPECIES, "--n-cells", "1", "--output",
                  str(tmp_path / "x.h5ad")]) == 2
     assert "has no gene-id head" in capsys.readouterr().err
+
+
+def test_next_gene_and_gene_gene_are_the_full_forward_distributions(teacher, tmp_path, capsys):
+    from tfx.generate.prompt import gene_gene
+    from tfx.generate.sample import Prompt, parse_prompt
+
+    ckpt = load_checkpoint(teacher)
+    species = species_of(ckpt, SPECIES)
+    g = species.genes
+    out = tmp_path / "next.csv"
+    assert main(["prompt", "next", "--checkpoint", str(teacher), "--species", SPECIES, "--prompt",
+                 f"{g[3]}:5,{g[20]}", "--top-k", "5", "--output", str(out)]) == 0
+    table = __import__("pandas").read_csv(out)
+    prompt = parse_prompt(ckpt, species, f"{g[3]}:5,{g[20]}")
+    batch = collate([(np.array(prompt.ids), np.array(prompt.counts, np.float32))], ckpt.vocab.pad, 48,
+                    np.zeros((1, 1), np.int64))
+    with torch.no_grad():
+        logits = ckpt.model.next_gene_logits(ckpt.model(batch).hidden[0, 2])
+    allowed = species.mask(ckpt.model.vocab_size, "cpu")
+    allowed[prompt.ids] = False
+    allowed[ckpt.vocab.end] = True
+    expected = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1)
+    top = torch.topk(expected, 5)
+    assert list(table["gene"]) == [ckpt.vocab.tokens[i] for i in top.indices]
+    np.testing.assert_allclose(table["probability"], top.values.numpy(), rtol=1e-5)
+    assert ((table["expected_count"] > 1) | (table["gene"] == "[END]")).all()  # a ZTP mean exceeds 1
+
+    pairs = tmp_path / "pairs"
+    assert main(["prompt", "gene-gene", "--checkpoint", str(teacher), "--species", SPECIES, "--genes",
+                 f"{g[1]},{g[9]},{g[30]}", "--output", str(pairs)]) == 0
+    matrix = __import__("pandas").read_csv(pairs / "gene_gene.csv", index_col=0).to_numpy()
+    assert (pairs / "gene_gene.png").read_bytes()[:4] == b"\x89PNG"
+    with torch.no_grad():
+        def logp(ids):
+            b = collate([(np.array(ids, np.int64), np.ones(len(ids), np.float32))], ckpt.vocab.pad, 48, None)
+            b.aux_ids = None
+            return torch.log_softmax(ckpt.model.next_gene_logits(ckpt.model(b).hidden[0, len(ids)]), -1)
+        cols = [ckpt.vocab.index[x] for x in (g[1], g[9], g[30])]
+        expected = np.stack([(logp([c]) - logp([]))[cols].numpy() for c in cols])
+    np.testing.assert_allclose(matrix, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gene_gene(ckpt, cols), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_programme_scores_estimate_how_often_genes_are_drawn(teacher):
+    """The smoothed estimate agrees with counting the genes of many sampled cells."""
+    from tfx.generate.prompt import programme_scores
+    from tfx.generate.sample import Prompt, sample_cells
+
+    ckpt = load_checkpoint(teacher)
+    species = species_of(ckpt, SPECIES)
+    markers, candidates = [int(species.ids[5]), int(species.ids[25])], [int(i) for i in species.ids[:20]]
+    estimate = programme_scores(ckpt, species, markers, candidates, cells=400)
+    many = sample_cells(ckpt, species, 800, prompt=Prompt(markers, [1.0, 1.0]),
+                        generator=torch.Generator().manual_seed(9))
+    frequency = np.array([np.mean([c in set(cell) for cell in many.genes]) for c in candidates])
+    assert estimate[5] == pytest.approx(1.0, abs=0.05) and frequency[5] == 1.0  # a prompt gene is in every cell
+    np.testing.assert_allclose(estimate, frequency, atol=0.06)
+    assert frequency.std() > 0.1  # the genes differ, so agreement means something
