@@ -204,3 +204,22 @@ def test_programme_scores_estimate_how_often_genes_are_drawn(teacher):
     assert estimate[5] == pytest.approx(1.0, abs=0.05) and frequency[5] == 1.0  # a prompt gene is in every cell
     np.testing.assert_allclose(estimate, frequency, atol=0.06)
     assert frequency.std() > 0.1  # the genes differ, so agreement means something
+
+
+def test_scores_of_a_checkpoint_without_gene_head_are_refused(tmp_path, capsys):
+    ckpt = build_teacher(tmp_path / "nohead", n_genes=10, gene_id_loss_weight=0.0)
+    from conftest import write_h5ad
+
+    data = write_h5ad(tmp_path / "cells.h5ad", species_of(load_checkpoint(ckpt), SPECIES).genes, np.ones((2, 10)))
+    assert main(["infer", "--checkpoint", str(ckpt), "--data", str(data), "--output", str(tmp_path / "o.h5ad"),
+                 "--outputs", "embeddings,nll"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has no gene-id head" in err
+
+
+def test_an_unknown_count_link_is_refused():
+    from tfx.model import ModelConfig
+    from tfx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mu_link_fn 'sigmoid' is not supported; choose one of softmax, exp, softplus"):
+        ModelConfig(mu_link_fn="sigmoid")
