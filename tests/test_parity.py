@@ -25,14 +25,14 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def reference_cell_run(ref_checkpoint, parity_data, tmp_path_factory):
     work = tmp_path_factory.mktemp("ref_cell")
-    return reference.run_reference(ref_checkpoint, parity_data["path"], output_keys=["embeddings", "llh"],
+    return reference.run_reference(ref_checkpoint, parity_data["path"], output_keys=["embeddings", "llh", "gene_llh"],
                                    workdir=work)
 
 
 def test_cell_embeddings_and_llh_match_reference(ref_checkpoint, parity_data, reference_cell_run, tmp_path):
     out = tmp_path / "out.h5ad"
     assert main(["infer", "--checkpoint", str(ref_checkpoint), "--data", str(parity_data["path"]),
-                 "--output", str(out), "--outputs", "embeddings,llh", "--device", "cpu"]) == 0
+                 "--output", str(out), "--outputs", "embeddings,llh,gene_llh", "--device", "cpu"]) == 0
     ours = anndata.read_h5ad(out)
     ref = reference_cell_run
     assert ours.obsm["embeddings"].dtype == np.float32
@@ -41,6 +41,13 @@ def test_cell_embeddings_and_llh_match_reference(ref_checkpoint, parity_data, re
     ref_llh = ref.uns["llh"]["llh"].to_numpy()
     assert np.isnan(ref_llh[48])  # the reference's llh of a cell without genes; ours agrees below
     assert max_rel_error(ours.obs["llh"].to_numpy(), ref_llh) <= TOL
+    # gene_llh: the reference's cells x seq_len layout, 0 past each cell's genes; its mean per cell in obs
+    ref_gene = ref.obsm["gene_llh"]
+    assert ours.obsm["gene_llh"].shape == ref_gene.shape
+    assert max_rel_error(ours.obsm["gene_llh"], ref_gene) <= TOL
+    genes = np.array([(ref_gene[i] != 0).sum() for i in range(len(ref_gene))])
+    with np.errstate(invalid="ignore"):
+        assert max_rel_error(ours.obs["gene_llh"].to_numpy(), ref_gene.sum(axis=1) / genes) <= TOL
     # obs is copied whole
     assert (ours.obs["cell_type"].astype(str).to_numpy() == ref.obs["cell_type"].astype(str).to_numpy()).all()
 
@@ -74,3 +81,43 @@ def test_mu_and_gene_logits_match_reference(ref_checkpoint, parity_data, attenti
     valid = ~ref["mask"][:, :length]
     assert max_rel_error(out.mu.numpy()[valid], ref["mu"][:, :length][valid]) <= TOL
     assert max_rel_error(out.gene_logits.numpy()[valid], ref["gene_logit"][:, :length][valid]) <= TOL
+
+
+@pytest.fixture(scope="module", params=["exp", "softplus"])
+def causal_checkpoint(request, parity_data, tmp_path_factory):
+    """A checkpoint with a per-position count link, built and saved by the reference package."""
+    out = tmp_path_factory.mktemp(f"causal_{request.param}") / "ckpt"
+    return reference.build_reference_checkpoint(out, {"mus_musculus": parity_data["vocab_genes"]}, seq_len=31,
+                                                seed=5, mu_link_fn=request.param)
+
+
+def test_causal_count_heads_match_reference(causal_checkpoint, parity_data, tmp_path):
+    ref = reference.reference_forward(causal_checkpoint, parity_data["path"])
+    ckpt = load_checkpoint(causal_checkpoint, attention="eager")
+    assert ckpt.model.causal_counts
+    (_, cells, aux, _), = list(tokenize_file(ckpt, parity_data["path"]))
+    batch = collate(cells, ckpt.vocab.pad, ckpt.model_cfg.seq_len, aux)
+    with torch.no_grad():
+        out = ckpt.model(batch, embed=True)
+    valid = ~ref["mask"][:, : batch.gene_ids.shape[1]]
+    assert max_rel_error(out.mu.numpy()[valid], ref["mu"][:, : batch.gene_ids.shape[1]][valid]) <= TOL
+    # whole-file llh through both CLIs' paths
+    ref_run = reference.run_reference(causal_checkpoint, parity_data["path"], output_keys=["llh"],
+                                      workdir=tmp_path / "ref")
+    out_path = tmp_path / "out.h5ad"
+    assert main(["infer", "--checkpoint", str(causal_checkpoint), "--data", str(parity_data["path"]),
+                 "--output", str(out_path), "--outputs", "llh", "--device", "cpu"]) == 0
+    assert max_rel_error(anndata.read_h5ad(out_path).obs["llh"].to_numpy(), ref_run.uns["llh"]["llh"].to_numpy()) <= TOL
+
+
+def test_causal_count_head_rate_ignores_later_genes(causal_checkpoint):
+    """Gene j's rate depends on the cell up to gene j: truncating the cell after j changes nothing."""
+    ckpt = load_checkpoint(causal_checkpoint, attention="eager")
+    rng = np.random.default_rng(0)
+    ids = rng.choice(np.arange(len(ckpt.vocab.special_tokens), len(ckpt.vocab)), size=20, replace=False)
+    counts = rng.integers(1, 9, size=20).astype(np.float32)
+    aux = np.array([[1]]) if ckpt.aux_vocabs else None
+    with torch.no_grad():
+        whole = ckpt.model(collate([(ids, counts)], ckpt.vocab.pad, 31, aux)).mu[0, :20]
+        head = ckpt.model(collate([(ids[:8], counts[:8])], ckpt.vocab.pad, 31, aux)).mu[0, :8]
+    torch.testing.assert_close(whole[:8], head, rtol=1e-5, atol=1e-6)

@@ -156,3 +156,18 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="--species"):
         synth_atlas(tmp_path, species=len(SPECIES_NAMES) + 1)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_true_marker_programmes_are_written_and_expressed_in_their_types(atlas):
+    """uns["marker_programmes"]: each type's genes, detected far more often in that type's cells."""
+    for adata in atlas["data"].values():
+        programmes = adata.uns["marker_programmes"]
+        assert set(programmes) == set(CELL_TYPES)
+        detected = (adata.X > 0).tocsr()
+        column = {g: i for i, g in enumerate(adata.var["ensembl_id"])}
+        for cell_type, genes in programmes.items():
+            cols = [column[g] for g in genes]
+            assert len(cols) >= 6
+            mine = (adata.obs["cell_type"] == cell_type).to_numpy()
+            inside, outside = (detected[m][:, cols].mean() for m in (mine, ~mine))
+            assert inside > 0.35 and inside > 3 * outside, (cell_type, inside, outside)

@@ -73,7 +73,7 @@ def _use_raw(value: str) -> bool | None:
     return None if v == "auto" else v == "true"
 
 
-INFER_OUTPUTS = ("embeddings", "llh", "predictions")
+INFER_OUTPUTS = ("embeddings", "llh", "gene_llh", "nll", "predictions")
 
 
 def cmd_registry(args) -> int:
@@ -102,11 +102,14 @@ def cmd_infer(args) -> int:
     outputs = {o.strip() for o in args.outputs.split(",") if o.strip()}
     unknown = outputs - set(INFER_OUTPUTS)
     if unknown or not outputs:
-        raise SystemExit(f"tfx infer: unknown --outputs {sorted(unknown)}; choose from {', '.join(INFER_OUTPUTS)}")
+        raise InputError(f"--outputs {args.outputs}: choose from {', '.join(INFER_OUTPUTS)}")
     ckpt = load_checkpoint(args.checkpoint, attention=args.attention)
     if "predictions" in outputs and ckpt.task is None:
         raise InputError(f"{args.checkpoint}: has no task head (task.json); --outputs predictions needs a "
                          "checkpoint exported by a finetune recipe")
+    if {"gene_llh", "nll"} & outputs and not ckpt.model.has_gene_head:
+        raise InputError(f"--outputs gene_llh/nll: checkpoint {args.checkpoint} has no gene-id head "
+                         "(gene_id_loss_weight 0); ask for embeddings and llh only")
     ckpt = preprocess.apply(ckpt, {"clip_counts": args.clip_counts}, "tfx infer", f"checkpoint {args.checkpoint}")
     if args.species_embedding:
         from tfx.checkpoint.surgery import with_species_embeddings
@@ -114,7 +117,8 @@ def cmd_infer(args) -> int:
         ckpt = with_species_embeddings(ckpt, args.species_embedding)
     opts = InferOptions(
         emb_type=args.emb_type, embeddings="embeddings" in outputs, llh="llh" in outputs,
-        predictions="predictions" in outputs, gene_col=args.gene_col or ckpt.data_cfg.gene_col_name,
+        gene_llh="gene_llh" in outputs, nll="nll" in outputs, predictions="predictions" in outputs,
+        gene_col=args.gene_col or ckpt.data_cfg.gene_col_name,
         use_raw=args.use_raw, remove_duplicate_genes=args.remove_duplicate_genes, device=args.device,
         precision=args.precision, token_budget=args.token_budget, max_cells=args.batch_size,
         chunk_size=args.chunk_size, devices=args.devices,
@@ -122,6 +126,64 @@ def cmd_infer(args) -> int:
     summary = infer_file(ckpt, args.data, output, opts)
     rate = summary["cells"] / max(summary["seconds"], 1e-9)
     print(f"wrote {summary['output']}: {summary['cells']} cells in {summary['seconds']:.1f} s ({rate:.0f} cells/s)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from tfx.checkpoint import load_checkpoint
+    from tfx.generate.run import generate_file
+    from tfx.infer.run import resolve_devices
+
+    ckpt = load_checkpoint(args.checkpoint, attention=args.attention)
+    summary = generate_file(ckpt, args.species, args.n_cells, args.output, prompt=args.prompt, assay=args.assay,
+                            order=args.order, temperature=args.temperature, top_k=args.top_k,
+                            max_genes=args.max_genes, seed=args.seed, batch_size=args.batch_size,
+                            device=resolve_devices(args.device)[0])
+    print(f"wrote {summary['output']}: {summary['cells']} cells, {summary['mean_genes']:.1f} genes on average, "
+          f"{summary['ended']} ended by [END]; counts {summary['counts'].split(':')[0]}")
+    return 0
+
+
+def cmd_prompt(args) -> int:
+    from pathlib import Path
+
+    from tfx.checkpoint import load_checkpoint
+    from tfx.generate import prompt as queries
+    from tfx.generate.sample import parse_prompt, species_of
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if not ckpt.model.has_gene_head:
+        from tfx.errors import ConfigError
+
+        raise ConfigError(f"checkpoint {args.checkpoint} has no gene-id head (gene_id_loss_weight 0); it cannot "
+                          "answer prompts")
+    species = species_of(ckpt, args.species)
+    if args.query == "next":
+        table = queries.next_gene(ckpt, species, parse_prompt(ckpt, species, args.prompt), assay=args.assay,
+                                  top_k=args.top_k)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if args.output:
+            table.to_csv(args.output, index=False)
+    elif args.query == "gene-gene":
+        genes = queries.gene_list(ckpt, species, args.genes, "--genes")
+        names = [ckpt.vocab.tokens[g] for g in genes]
+        matrix = queries.gene_gene(ckpt, genes, count=args.count, assay=args.assay)
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        import pandas as pd
+
+        pd.DataFrame(matrix, index=names, columns=names).to_csv(out / "gene_gene.csv", index_label="prompt")
+        queries.heatmap_png(out / "gene_gene.png", matrix, names, names,
+                            "log p(column next | row) - log p(column next | nothing)")
+        print(f"wrote {out / 'gene_gene.csv'} and {out / 'gene_gene.png'} ({len(genes)} genes)")
+    else:
+        candidates = queries.gene_list(ckpt, species, args.candidates, "--candidates")
+        table = queries.run_programmes(ckpt, species, args.data, args.label, candidates, args.output,
+                                       n_markers=args.markers, gene_col=args.gene_col, assay=args.assay,
+                                       order=args.order, cells=args.cells, seed=args.seed)
+        for cell_type, row in table.iterrows():
+            print(f"{cell_type}: {', '.join(row.sort_values(ascending=False).index[:5])}")
+        print(f"wrote {args.output}/programmes.csv, markers.csv, programmes.png")
     return 0
 
 
@@ -316,6 +378,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--species-embedding", "--pretrained-embedding", nargs="+", default=None,
                    help="gene embedding h5 files of out-of-distribution species")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("generate", help="sample cells from a checkpoint (an h5ad of raw counts)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--species", required=True, help="a species of the checkpoint's vocabulary")
+    p.add_argument("--n-cells", type=int, required=True)
+    p.add_argument("--output", required=True, help="output h5ad")
+    p.add_argument("--assay", default=None, help="assay token (default: unknown)")
+    p.add_argument("--prompt", default=None, help="GENE[:COUNT],... that every cell starts with")
+    p.add_argument("--order", default="var", help="var (default): genes in vocabulary (var) order, as cells are "
+                   "read; free: any order the model prefers (kept in obsm['generation_order'])")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--max-genes", type=int, default=None, help="default: seq_len - 1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="cells sampled at once")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--attention", default=None, help="attention backend of the full forward (registry name)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("prompt", help="ask a checkpoint: next gene, gene-gene effects, cell-type programmes")
+    queries = p.add_subparsers(dest="query", required=True)
+    q_next = queries.add_parser("next", help="the next gene's distribution after a prompt (top k, expected counts)")
+    q_next.add_argument("--prompt", default="", help="GENE[:COUNT],... (empty: what a cell starts with)")
+    q_next.add_argument("--top-k", type=int, default=20)
+    q_next.add_argument("--output", default=None, help="also write the table as CSV")
+    q_pair = queries.add_parser("gene-gene", help="log p(g2 next | g1) - log p(g2 next | nothing): CSV and heatmap")
+    q_pair.add_argument("--genes", required=True, help="G1,G2,... or a file with one gene per line")
+    q_pair.add_argument("--count", type=float, default=1.0, help="count of the prompt gene")
+    q_pair.add_argument("--output", required=True, help="directory for gene_gene.csv and gene_gene.png")
+    q_prog = queries.add_parser("programmes", help="rank candidate genes for each cell type's marker prompt")
+    q_prog.add_argument("--data", required=True, help="a labelled h5ad of raw counts")
+    q_prog.add_argument("--label", default="cell_type")
+    q_prog.add_argument("--candidates", required=True, help="G1,G2,... or a file with one gene per line (e.g. TFs)")
+    q_prog.add_argument("--markers", type=int, default=6, help="most expressed markers per type in the prompt")
+    q_prog.add_argument("--cells", type=int, default=64, help="sampled cells per type")
+    q_prog.add_argument("--order", choices=["var", "free"], default="var")
+    q_prog.add_argument("--gene-col", default="ensembl_id")
+    q_prog.add_argument("--seed", type=int, default=0)
+    q_prog.add_argument("--output", required=True, help="directory for programmes.csv, markers.csv, programmes.png")
+    for q in (q_next, q_pair, q_prog):
+        q.add_argument("--checkpoint", required=True)
+        q.add_argument("--species", required=True)
+        q.add_argument("--assay", default=None)
+    p.set_defaults(func=cmd_prompt)
 
     p = sub.add_parser("shard", help="h5ad files of one species -> WebDataset shards for any model")
     p.add_argument("--input", required=True, nargs="+", help="h5ad files (raw counts)")

@@ -1,7 +1,8 @@
 """`tfx synth`: a seeded synthetic multi-species atlas with the shape of real CELLxGENE data.
 
 Each species gets ``<species>.h5ad`` (raw integer counts, obs ``cell_type``/``species``/``assay``,
-Ensembl-like ids in ``var["ensembl_id"]``) and ``<species>_gene.h5`` (the official embedding layout).
+Ensembl-like ids in ``var["ensembl_id"]``, each cell type's true marker programme in
+``uns["marker_programmes"]``) and ``<species>_gene.h5`` (the official embedding layout).
 
 The generative model, in the order it is drawn:
 - Genes: a shared set of one-to-one ortholog groups plus species-specific genes. An ortholog's
@@ -113,16 +114,19 @@ def _shared_biology(rng: np.random.Generator, n_groups: int, dim: int) -> dict:
     lineage_markers = {lin: [next(unused) for _ in range(n_lineage)] for lin in lineages}
     type_markers = [[next(unused) for _ in range(n_type)] for _ in CELL_TYPES]
     is_marker = np.zeros(n_groups, dtype=bool)
+    programmes = []
     for t, lin in enumerate(CELL_TYPES.values()):
         markers = lineage_markers[lin] + type_markers[t]
         type_programs[t, markers] += MARKER_ON
         is_marker[markers] = True
+        programmes.append(markers)
     abundance[is_marker] = rng.uniform(-3.5, -2.5, is_marker.sum())  # off unless a program switches it on
     return {
         "n_groups": n_groups,
         "group_vectors": rng.normal(size=(n_groups, dim)),
         "group_abundance": abundance,
         "type_programs": type_programs,
+        "marker_programmes": programmes,  # per type: ortholog groups its lineage and the type switch on
         "state_programs": np.stack([program(scale, 0, strength=0.5) for _ in range(2)]),  # e.g. cycling, stress
     }
 
@@ -181,4 +185,7 @@ def _species_atlas(rng: np.random.Generator, name: str, k: int, shared: dict, n_
         index=[f"{name}_cell{i:05d}" for i in range(n_cells)],
     )
     X = sp.csr_matrix(counts[:, order].astype(np.float32))  # float32 integers, as CELLxGENE ships them
-    return anndata.AnnData(X=X, obs=obs, var=var), vectors[order].astype(np.float32)
+    # The truth a prompt should recover: each type's marker genes (off in every other lineage or type).
+    gene_id = ids[np.argsort(order)]  # gene g sits at var position argsort(order)[g]
+    uns = {"marker_programmes": {t: gene_id[m] for t, m in zip(CELL_TYPES, shared["marker_programmes"])}}
+    return anndata.AnnData(X=X, obs=obs, var=var, uns=uns), vectors[order].astype(np.float32)

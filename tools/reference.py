@@ -56,6 +56,7 @@ def build_reference_checkpoint(
     aux: bool = True,
     seed: int = 0,
     special_tokens: list[str] | None = None,
+    mu_link_fn: str = "softmax",
 ) -> Path:
     """Write vocabs with the reference's own h5 writer, build its model at random, save it."""
     from transcriptformer.model.model import Transcriptformer
@@ -89,7 +90,7 @@ def build_reference_checkpoint(
                 "log_counts_eps": 1e-06, "num_heads": num_heads, "num_layers": num_layers,
                 "model_dim": model_dim, "embed_dim": embed_dim, "dropout": 0.1, "seq_len": seq_len,
                 "aux_len": 1, "block_len": 128, "activation": "gelu", "fw_bias": False, "softcap": 10,
-                "attn_bias": False, "mu_link_fn": "softmax", "gene_head_hidden_dim": 2 * embed_dim,
+                "attn_bias": False, "mu_link_fn": mu_link_fn, "gene_head_hidden_dim": 2 * embed_dim,
             },
             "loss_config": {"_target_": "transcriptformer.data.dataclasses.LossConfig",
                             "gene_id_loss_weight": 1.0, "softplus_approx": True},
@@ -107,7 +108,7 @@ def build_reference_checkpoint(
     )
     with torch.no_grad():  # default LayerNorms are 1/0: randomise them so parity covers them
         for name, p in model.named_parameters():
-            if "norm" in name or "layers.2" in name:
+            if "norm" in name or "layers.2" in name or name == "mu.gene_embedding.weight":
                 p.add_(0.1 * torch.randn_like(p))
     torch.save(model.state_dict(), out / "model_weights.pt")
     return out

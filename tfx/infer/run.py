@@ -38,6 +38,8 @@ class InferOptions:
     emb_type: str = "cell"
     embeddings: bool = True  # cell embeddings (emb_type cell) or contextual gene embeddings (cge)
     llh: bool = False
+    gene_llh: bool = False  # the reference's per-position gene-id NLL (obsm) and its per-cell mean (obs)
+    nll: bool = False  # each cell's total negative log-probability under the training factorisation
     predictions: bool = False  # the fine-tuned task head's (ckpt.task)
     gene_col: str = "ensembl_id"
     use_raw: bool | None = None
@@ -48,6 +50,11 @@ class InferOptions:
     max_cells: int = 256
     chunk_size: int = 4096
     devices: int = 1  # processes, one per device (GPU); -1: every GPU
+
+    @property
+    def scores(self) -> tuple[str, ...]:
+        """The per-cell obs columns asked for."""
+        return tuple(name for name in ("llh", "gene_llh", "nll") if getattr(self, name))
 
 
 def resolve_devices(name: str, count: int = 1) -> list[torch.device]:
@@ -72,32 +79,39 @@ def _row_results(ckpt: Checkpoint, data: Path, opts: InferOptions, device: torch
         ckpt, data, gene_col=opts.gene_col, use_raw=opts.use_raw, remove_duplicate_genes=opts.remove_duplicate_genes,
         chunk_size=opts.chunk_size, start=start, stop=stop,
     ):
-        res = run_cells(model, cells, aux, ckpt.vocab.pad, emb_type=opts.emb_type, llh=opts.llh,
-                        task=ckpt.task.module if opts.predictions else None, token_budget=opts.token_budget, max_cells=opts.max_cells, device=device,
+        res = run_cells(model, cells, aux, ckpt.vocab.pad, emb_type=opts.emb_type, scores=opts.scores,
+                        task=ckpt.task.module if opts.predictions else None, token_budget=opts.token_budget,
+                        max_cells=opts.max_cells, device=device,
                         precision=opts.precision)
         yield first, res, sum(len(ids) == 0 for ids, _ in cells)
 
 
-def _per_cell(ckpt: Checkpoint, opts: InferOptions):
-    """(Outputs field, asked for, row shape) of the per-cell arrays."""
-    task = ckpt.task.module if opts.predictions else None
-    width = (len(task.classes) if task.categorical else 1,) if task is not None else ()
-    return [("embeddings", opts.embeddings and opts.emb_type == "cell", (ckpt.model_cfg.embed_dim,)),
-            ("llh", opts.llh, ()), ("predictions", task is not None, width)]
+def _per_cell(ckpt: Checkpoint, opts: InferOptions) -> dict[str, tuple[int, ...]]:
+    """{name: row shape} of the per-cell arrays asked for: Outputs fields, and scores by name."""
+    shapes = {name: () for name in opts.scores}
+    if opts.embeddings and opts.emb_type == "cell":
+        shapes["embeddings"] = (ckpt.model_cfg.embed_dim,)
+    if opts.gene_llh:
+        shapes["gene_llh_positions"] = (ckpt.model_cfg.seq_len,)
+    if opts.predictions:
+        task = ckpt.task.module
+        shapes["predictions"] = (len(task.classes) if task.categorical else 1,)
+    return shapes
+
+
+def _array(res: Outputs, name: str) -> np.ndarray:
+    return res.scores[name] if name in res.scores else getattr(res, name)
 
 
 def _worker(rank: int, ckpt: Checkpoint, data: Path, opts: InferOptions, devices: list, ranges: list, parts: Path):
     """One process per device: its rows' results go to part files the parent assembles."""
     start, stop = ranges[rank]
-    arrays = {}  # Outputs field -> its part file, one row per cell
-    for name, wanted, width in _per_cell(ckpt, opts):
-        if wanted:
-            arrays[name] = np.lib.format.open_memmap(parts / f"{rank}.{name}.npy", "w+", np.float32,
-                                                     (stop - start, *width))
+    arrays = {name: np.lib.format.open_memmap(parts / f"{rank}.{name}.npy", "w+", np.float32, (stop - start, *shape))
+              for name, shape in _per_cell(ckpt, opts).items()}
     cge, empty = [], 0
     for first, res, n_empty in _row_results(ckpt, data, opts, devices[rank], start, stop):
         for name, arr in arrays.items():
-            arr[first - start : first - start + res.cells] = getattr(res, name)
+            arr[first - start : first - start + res.cells] = _array(res, name)
         cge += [(first + i, e, g) for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids))]
         empty += n_empty
     for arr in arrays.values():
@@ -128,9 +142,12 @@ def _parallel_results(ckpt: Checkpoint, data: Path, opts: InferOptions, devices:
 def _read_parts(ckpt: Checkpoint, parts: Path, ranges: list, opts: InferOptions):
     for rank, (start, stop) in enumerate(ranges):
         res = Outputs(cells=stop - start)
-        for name, wanted, _ in _per_cell(ckpt, opts):
-            if wanted:
-                setattr(res, name, np.load(parts / f"{rank}.{name}.npy", mmap_mode="r"))
+        for name in _per_cell(ckpt, opts):
+            values = np.load(parts / f"{rank}.{name}.npy", mmap_mode="r")
+            if name in opts.scores:
+                res.scores[name] = values
+            else:
+                setattr(res, name, values)
         if opts.emb_type == "cge" and opts.embeddings:
             cge = np.load(parts / f"{rank}.cge.npz")
             split = np.searchsorted(cge["cells"], np.arange(start + 1, stop))  # cells may have no gene
@@ -153,18 +170,19 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
     _report_overlap(reader, opts.chunk_size)
     reader.close()
 
-    llh = np.full(n_cells, np.nan, dtype=np.float32) if opts.llh else None
-    shapes = {name: (n_cells, *width) for name, wanted, width in _per_cell(ckpt, opts) if wanted}
-    pred = np.full(shapes["predictions"], np.nan, dtype=np.float32) if opts.predictions else None
+    scores = {name: np.full(n_cells, np.nan, dtype=np.float32) for name in opts.scores}
+    shapes = _per_cell(ckpt, opts)
+    pred = np.full((n_cells, *shapes["predictions"]), np.nan, dtype=np.float32) if opts.predictions else None
     cge_emb, cge_cells, cge_genes = [], [], []
     empty = non_finite = 0
     started = time.perf_counter()
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
         write_elem(f, "obsm", {})
-        emb_ds = None
+        emb_ds = gene_llh_ds = None
         if opts.embeddings and opts.emb_type == "cell":  # streamed: memory stays bounded by the chunk size
-            emb_ds = f["obsm"].create_dataset("embeddings", shape=(n_cells, ckpt.model_cfg.embed_dim), dtype="f4")
-            emb_ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+            emb_ds = _obsm_dataset(f, "embeddings", (n_cells, ckpt.model_cfg.embed_dim))
+        if opts.gene_llh:  # the reference's layout: cells x seq_len, 0 past each cell's genes
+            gene_llh_ds = _obsm_dataset(f, "gene_llh", (n_cells, ckpt.model_cfg.seq_len))
         if len(devices) > 1:
             results = _parallel_results(ckpt, data, opts, devices, n_cells, output.parent)
         else:
@@ -182,21 +200,25 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
                     cge_emb.append(e)
                     cge_cells.append(np.full(len(g), start + i, dtype=np.int64))
                     cge_genes.append(g)
-            if llh is not None:
-                llh[start : start + n] = res.llh
+            if gene_llh_ds is not None:
+                for i in range(0, n, opts.chunk_size):
+                    gene_llh_ds[start + i : start + min(n, i + opts.chunk_size)] = \
+                        res.gene_llh_positions[i : i + opts.chunk_size]
+            for name, values in scores.items():
+                values[start : start + n] = res.scores[name]
             if pred is not None:
                 pred[start : start + n] = res.predictions
             bar.update(n)
             bar.set_postfix(cells_per_s=f"{bar.n / (time.perf_counter() - started):.0f}")
         bar.close()
         if empty:
-            log.warning("%s: %d of %d cells have no expressed gene in the vocabulary; kept (their llh is NaN)",
-                        data, empty, n_cells)
+            log.warning("%s: %d of %d cells have no expressed gene in the vocabulary; kept (their llh and "
+                        "gene_llh are NaN)", data, empty, n_cells)
         if non_finite:
             log.warning("%s: %d of %d cells have NaN or infinite outputs; the checkpoint's weights may be broken "
                         "(or a half --precision overflowed: try --precision 32)", output, non_finite, n_cells)
-        if llh is not None:
-            obs["llh"] = llh
+        for name, values in scores.items():
+            obs[name] = values
         uns = _write_predictions(f, obs, ckpt.task, pred) if pred is not None else {}
         if opts.embeddings and opts.emb_type == "cge":
             dim = ckpt.model_cfg.embed_dim
@@ -221,8 +243,7 @@ def _write_predictions(f: h5py.File, obs: pd.DataFrame, task, pred: np.ndarray) 
     classes = np.asarray(task.module.classes, dtype=object)
     obs[f"{label}_pred"] = pd.Categorical(classes[pred.argmax(1)], categories=list(classes))
     obs[f"{label}_prob"] = pred.max(1)
-    f["obsm"].create_dataset(f"{label}_proba", data=pred).attrs.update(
-        {"encoding-type": "array", "encoding-version": "0.2.0"})
+    _obsm_dataset(f, f"{label}_proba", pred.shape)[:] = pred
     return {f"{label}_classes": classes.astype(str)}
 
 
@@ -250,8 +271,15 @@ def _non_finite_cells(res: Outputs, n_empty: int) -> int:
         bad = ~np.isfinite(np.asarray(res.embeddings)).all(axis=1)
     else:
         bad = np.array([not np.isfinite(e).all() for e in res.cge_embeddings], dtype=bool)
-    llh_bad = 0 if res.llh is None else int((~np.isfinite(np.asarray(res.llh))).sum()) - n_empty
+    llh = res.scores.get("llh")
+    llh_bad = 0 if llh is None else int((~np.isfinite(np.asarray(llh))).sum()) - n_empty
     return max(int(bad.sum()), llh_bad)
+
+
+def _obsm_dataset(f: h5py.File, name: str, shape: tuple[int, int]) -> h5py.Dataset:
+    ds = f["obsm"].create_dataset(name, shape=shape, dtype="f4")
+    ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+    return ds
 
 
 def _write_anndata_skeleton(f: h5py.File, obs: pd.DataFrame, uns: dict) -> None:

@@ -146,6 +146,21 @@ def _attend_rows(q: Tensor, k: Tensor, v: Tensor, terms: _ScoreTerms, softcap: f
     return out.masked_fill_(terms.empty[..., start:stop, :], 0.0)
 
 
+def cached_attention(q: Tensor, k: Tensor, v: Tensor, inp: AttentionInputs) -> Tensor:
+    """Incremental decoding: the queries are the last n of the k keys (the earlier ones come from a
+    key/value cache). The training forward's math: causal, count bias on keys strictly before the
+    query, soft-cap, invalid keys masked."""
+    n, total = q.shape[-2], k.shape[-2]
+    query_pos = torch.arange(total - n, total, device=q.device)[:, None]
+    key_pos = torch.arange(total, device=q.device)[None, :]
+    allowed = (key_pos <= query_pos)[None] & inp.key_valid[:, None, :]  # [B, n, total]
+    bias = inp.log_counts[:, None, :] * (key_pos < query_pos)[None]
+    scores = soft_cap((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias[:, None], inp.softcap)
+    empty = ~allowed.any(-1, keepdim=True)  # no key: output 0, as the other backends
+    scores = scores.masked_fill(~(allowed | empty)[:, None], float("-inf"))
+    return (torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v).masked_fill(empty[:, None], 0.0)
+
+
 @ATTENTION.register("eager")
 class EagerAttention:
     """Exact attention math in plain torch; runs on any device. The reference for the others."""

@@ -20,6 +20,9 @@ DEFAULT_CLIP_COUNTS = 30
 # The special-token order of the official releases; the vocabulary starts with these rows.
 SPECIAL_TOKENS = ["unknown", "[PAD]", "[START]", "[END]", "[RD]", "[CELL]", "[MASK]"]
 
+# Count-head links: TranscriptFormer's softmax over the cell, or a causal per-position link.
+MU_LINKS = ("softmax", "exp", "softplus")
+
 # `_target_` values of official configs and what they mean to tfx.
 MODEL_TARGETS = {"transcriptformer.model.model.Transcriptformer": "transcriptformer"}
 SECTION_TARGETS = {
@@ -48,7 +51,7 @@ class ModelConfig:
     block_len: int = 128
     log_counts_eps: float = 1e-6
     gene_head_hidden_dim: int = 2048
-    mu_link_fn: str = "softmax"
+    mu_link_fn: str = "softmax"  # exp / softplus: causal count head (see MU_LINKS)
     # loss_config
     gene_id_loss_weight: float = 1.0
     softplus_approx: bool = True
@@ -70,8 +73,8 @@ class ModelConfig:
             raise ConfigError(f"dropout is {self.dropout}; it must be from 0 up to (not including) 1")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.mu_link_fn != "softmax":
-            raise ConfigError(f"mu_link_fn '{self.mu_link_fn}' is not supported; TranscriptFormer uses 'softmax'")
+        if self.mu_link_fn not in MU_LINKS:
+            raise ConfigError(f"mu_link_fn '{self.mu_link_fn}' is not supported; choose one of {', '.join(MU_LINKS)}")
         if self.activation not in ("gelu", "relu", "silu"):
             raise ConfigError(f"activation '{self.activation}' is not one of gelu, relu, silu")
 

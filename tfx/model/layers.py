@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tfx.model.attention import AttentionInputs
+from tfx.model.attention import AttentionInputs, cached_attention
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -39,6 +39,19 @@ class GeneEmbedding(nn.Module):
         return self.mlp(self.embedding(ids))
 
 
+class KVCache:
+    """One layer's keys and values of the positions read so far, for incremental decoding."""
+
+    def __init__(self):
+        self.keys = self.values = None
+
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.keys is not None:
+            k, v = torch.cat([self.keys, k], dim=-2), torch.cat([self.values, v], dim=-2)
+        self.keys, self.values = k, v
+        return k, v
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, bias: bool, backend):
         super().__init__()
@@ -46,10 +59,13 @@ class SelfAttention(nn.Module):
         self.linears = nn.ModuleList(nn.Linear(dim, dim, bias=bias) for _ in range(4))  # q, k, v, out
         self.backend = backend
 
-    def forward(self, x: Tensor, inp: AttentionInputs) -> Tensor:
+    def forward(self, x: Tensor, inp: AttentionInputs, kv: KVCache | None = None) -> Tensor:
         b, n, d = x.shape
         q, k, v = (lin(x).view(b, n, self.heads, d // self.heads).transpose(1, 2) for lin in self.linears[:3])
-        o = self.backend(q, k, v, inp)
+        if kv is None:
+            o = self.backend(q, k, v, inp)
+        else:
+            o = cached_attention(q, *kv.extend(k, v), inp)
         return self.linears[3](o.transpose(1, 2).reshape(b, n, d))
 
 
@@ -66,9 +82,9 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.activation = ACTIVATIONS[activation]()
 
-    def forward(self, x: Tensor, inp: AttentionInputs) -> Tensor:
+    def forward(self, x: Tensor, inp: AttentionInputs, kv: KVCache | None = None) -> Tensor:
         x = self.norm1(x)
-        x = self.self_attn(x, inp) + x
+        x = self.self_attn(x, inp, kv) + x
         x = self.norm2(x)
         return self.linear2(self.dropout(self.activation(self.linear1(x)))) + x
 
@@ -79,9 +95,12 @@ class Encoder(nn.Module):
         self.encoder_layers = nn.ModuleList(Block(**block) for _ in range(num_layers))
         self.checkpointing = checkpointing
 
-    def forward(self, x: Tensor, inp: AttentionInputs) -> Tensor:
-        for layer in self.encoder_layers:
-            if self.checkpointing and self.training:
+    def forward(self, x: Tensor, inp: AttentionInputs, kv: list[KVCache] | None = None) -> Tensor:
+        """``kv``: one cache per layer; x holds only the positions after the cached ones."""
+        for i, layer in enumerate(self.encoder_layers):
+            if kv is not None:
+                x = layer(x, inp, kv[i])
+            elif self.checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, inp, use_reentrant=False)
             else:
                 x = layer(x, inp)

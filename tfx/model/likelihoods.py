@@ -14,10 +14,16 @@ from tfx.registry import LIKELIHOODS
 
 
 def log_expm1(x: Tensor, softplus_approx: bool) -> Tensor:
-    """log(exp(x) - 1), clamped at 0, as the reference computes the ZTP normaliser."""
+    """The ZTP normaliser log(exp(x) - 1).
+
+    ``softplus_approx`` is TranscriptFormer's: x - softplus(-x) clamped at 0, exact for large x
+    only. Otherwise it is exact, x + log(1 - exp(-x)), so the ZTP sums to 1 and can be sampled
+    and scored exactly. (The reference's non-approximate branch, log1p(expm1(x)), is x itself: a
+    Poisson normaliser; tfx does not copy it.)
+    """
     if softplus_approx:
         return torch.clamp(x - F.softplus(-x), min=0.0)
-    return torch.clamp(torch.where(x <= 5, torch.log1p(torch.expm1(x)), x), min=0.0)
+    return x + torch.log(-torch.expm1(-x))
 
 
 def clip(counts: Tensor, min: float | None, max: float | None) -> Tensor:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from tfx.model.attention import AttentionInputs, soft_cap
 from tfx.model.config import ModelConfig
-from tfx.model.layers import Encoder, GeneEmbedding
+from tfx.model.layers import Encoder, GeneEmbedding, KVCache
 from tfx.registry import ATTENTION, HEADS, LIKELIHOODS
 
 
@@ -57,6 +57,16 @@ class ModelOutput:
 
 
 @dataclass
+class DecodeState:
+    """Incremental decoding: every layer's key/value cache and each cached key's count bias and
+    validity, for the positions a batch of cells has read so far."""
+
+    kv: list[KVCache]
+    log_counts: Tensor  # [B, T]
+    key_valid: Tensor  # [B, T]
+
+
+@dataclass
 class SpecialIds:
     pad: int
     start: int
@@ -88,7 +98,8 @@ class TranscriptFormer(nn.Module):
             activation=cfg.activation, attn_bias=cfg.attn_bias, fw_bias=cfg.fw_bias,
             backend=attention or ATTENTION.build(cfg.attention),
         )
-        self.mu = HEADS.build(cfg.count_head, embed_dim=cfg.embed_dim, vocab_size=vocab_size, dropout=cfg.dropout)
+        self.mu = HEADS.build(cfg.count_head, embed_dim=cfg.embed_dim, vocab_size=vocab_size, dropout=cfg.dropout,
+                              link=cfg.mu_link_fn)
         if cfg.gene_id_loss_weight > 0:
             self.gene_id_head = HEADS.build(
                 cfg.gene_head, embed_dim=cfg.embed_dim, hidden_dim=cfg.gene_head_hidden_dim, vocab_size=vocab_size,
@@ -103,6 +114,15 @@ class TranscriptFormer(nn.Module):
     @property
     def vocab_size(self) -> int:
         return self.gene_embeddings.embedding.num_embeddings
+
+    @property
+    def has_gene_head(self) -> bool:
+        return hasattr(self, "gene_id_head")
+
+    @property
+    def causal_counts(self) -> bool:
+        """Whether gene j's count depends only on the cell up to gene j (a per-position link)."""
+        return self.cfg.mu_link_fn != "softmax"
 
     def set_attention(self, backend) -> None:
         for layer in self.transformer_encoder.encoder_layers:
@@ -130,7 +150,9 @@ class TranscriptFormer(nn.Module):
         out = ModelOutput(hidden=hidden, valid=valid, gene_masked=ids == self.special.pad, cell_ids=batch.cell_ids)
         if heads:
             conditioned = torch.cat([hidden, target_emb], dim=-1)
-            if batch.cell_ids is None:
+            if self.causal_counts:
+                out.mu = self.mu.rate(conditioned, ids)
+            elif batch.cell_ids is None:
                 out.mu = self.mu(conditioned, ids, out.gene_masked) * counts.sum(dim=1, keepdim=True)
             else:
                 out.mu = self._packed_mu(conditioned, batch, out.gene_masked)
@@ -187,6 +209,46 @@ class TranscriptFormer(nn.Module):
         share = _segment_softmax(logit.float(), segment, size, masked)
         return share * _segment_sum(batch.counts.float(), segment, size)
 
+    # -- incremental decoding (generation) ----------------------------------------------------
+
+    def decode_start(self, n_cells: int, aux_ids: Tensor | None = None) -> tuple[Tensor, DecodeState]:
+        """Read the aux tokens and [START]; returns the output that predicts the first gene [B, E]."""
+        start = torch.full((n_cells, 1), self.special.start, dtype=torch.long, device=self.gene_embeddings.embedding.weight.device)
+        x, valid = self.gene_embeddings(start), torch.ones_like(start, dtype=torch.bool)
+        if aux_ids is not None and hasattr(self, "aux_embeddings"):
+            aux_emb, aux_known = self._aux_tokens(aux_ids)
+            x, valid = torch.cat([aux_emb, x], dim=1), torch.cat([aux_known, valid], dim=1)
+        empty = x.new_zeros(n_cells, 0)
+        state = DecodeState([KVCache() for _ in self.transformer_encoder.encoder_layers], empty,
+                            empty.bool())
+        return self._decode(state, x, torch.ones_like(valid, dtype=x.dtype), valid)[:, -1], state
+
+    def decode_genes(self, state: DecodeState, gene_ids: Tensor, counts: Tensor) -> Tensor:
+        """Read genes [B, n] with their (clipped) counts after the cached positions; [PAD] reads
+        nothing (a finished cell). Returns the last output [B, E], which predicts the next gene."""
+        valid = gene_ids != self.special.pad
+        return self._decode(state, self.gene_embeddings(gene_ids), counts, valid)[:, -1]
+
+    def _decode(self, state: DecodeState, x: Tensor, counts: Tensor, valid: Tensor) -> Tensor:
+        state.log_counts = torch.cat([state.log_counts, torch.log1p(counts.float() + self.cfg.log_counts_eps)], dim=1)
+        state.key_valid = torch.cat([state.key_valid, valid], dim=1)
+        inp = AttentionInputs(log_counts=state.log_counts, key_valid=state.key_valid, embed_mode=False,
+                              softcap=self.cfg.softcap)
+        return self.transformer_encoder(x, inp, state.kv)
+
+    def next_gene_logits(self, hidden: Tensor) -> Tensor:
+        """[B, V] soft-capped logits of the next gene, as the loss reads them."""
+        return soft_cap(self.gene_id_head(hidden).float(), self.cfg.softcap)
+
+    def count_rate(self, hidden: Tensor, gene_ids: Tensor) -> Tensor:
+        """[B] mu of each chosen gene's count at the position that chose it. Exact for a causal
+        head; for the softmax head the logit is read as a log-rate (its softmax over the whole
+        cell and the cell's total count are not known until the cell is complete)."""
+        conditioned = torch.cat([hidden, self.gene_embeddings(gene_ids)], dim=-1)
+        if self.causal_counts:
+            return self.mu.rate(conditioned, gene_ids)
+        return self.mu.logits(conditioned, gene_ids).exp()
+
     # -- what the outputs mean ---------------------------------------------------------------
 
     def cell_embeddings(self, out: ModelOutput) -> Tensor:
@@ -207,6 +269,14 @@ class TranscriptFormer(nn.Module):
             counts[:, last] = 1
         return ids, counts
 
+    def end_positions(self, batch: TokenBatch) -> Tensor:
+        """[B, L] the position after each cell's last gene: it predicts [END]. (A cell that fills
+        seq_len has none; its last target becomes [END] instead, see ``targets``.)"""
+        pad = batch.gene_ids == self.special.pad
+        if batch.cell_ids is not None:
+            return pad & (batch.cell_ids >= 0) & (batch.positions >= 0)
+        return pad & (pad.cumsum(dim=1) == 1)
+
     def position_nll(self, out: ModelOutput, batch: TokenBatch) -> Tensor:
         _, counts = self.targets(batch)
         return self.likelihood(out.mu.float(), counts.float(), batch.gene_ids).masked_fill(out.gene_masked, 0.0)
@@ -216,18 +286,46 @@ class TranscriptFormer(nn.Module):
         n = _per_cell((~out.gene_masked).long(), out.cell_ids)
         return _per_cell(self.position_nll(out, batch), out.cell_ids) / n
 
+    def gene_log_probs(self, out: ModelOutput, allowed: Tensor | None = None) -> Tensor:
+        """[B, L, V] log p(next gene) from the soft-capped logits; ``allowed`` [B, L, V] bool
+        renormalises over a subset (a sampler's support)."""
+        logits = soft_cap(out.gene_logits.float(), self.cfg.softcap)
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        return torch.log_softmax(logits, dim=-1)
+
+    def position_gene_nll(self, out: ModelOutput, batch: TokenBatch, end: bool = False,
+                          allowed: Tensor | None = None) -> Tensor:
+        """[B, L] -log p of each position's gene target, 0 where there is none. ``end``: the
+        position after a cell's last gene predicts [END] (the training objective); without it
+        only gene positions count (the reference's ``gene_llh``)."""
+        ids, _ = self.targets(batch)
+        scored = ~out.gene_masked
+        if end:
+            ends = self.end_positions(batch)
+            ids, scored = ids.masked_fill(ends, self.special.end), scored | ends
+        logp = self.gene_log_probs(out, allowed)
+        nll = -logp.gather(-1, ids.masked_fill(~scored, 0).unsqueeze(-1)).squeeze(-1)
+        return nll.masked_fill(~scored, 0.0)
+
+    def sequence_nll(self, out: ModelOutput, batch: TokenBatch, allowed: Tensor | None = None) -> Tensor:
+        """[cells] each cell's total negative log-probability under the training factorisation:
+        every gene choice, [END] included, plus every gene's count. Needs the training forward
+        (``embed=False``); ``allowed`` as in ``gene_log_probs``."""
+        genes = self.position_gene_nll(out, batch, end=True, allowed=allowed)
+        ids, _ = self.targets(batch)
+        counts = self.position_nll(out, batch).masked_fill(ids == self.special.end, 0.0)  # [END] has no count
+        return _per_cell(genes + counts, out.cell_ids)
+
     def losses(self, out: ModelOutput, batch: TokenBatch) -> dict[str, Tensor]:
-        """Training objective: next-gene cross-entropy (soft-capped logits) and count NLL."""
+        """Training objective: next-gene cross-entropy (soft-capped logits), [END] after each
+        cell's last gene included, and count NLL."""
         n = (~out.gene_masked).sum().clamp(min=1)
         losses = {"count": self.position_nll(out, batch).sum() / n}
         total = losses["count"]
         if out.gene_logits is not None:
-            ids, _ = self.targets(batch)
-            logits = soft_cap(out.gene_logits.float(), self.cfg.softcap)
-            ce = nn.functional.cross_entropy(
-                logits.transpose(1, 2), ids.masked_fill(out.gene_masked, -100), reduction="sum"
-            )
-            losses["gene_id"] = ce / n
+            predicted = (~out.gene_masked).sum() + self.end_positions(batch).sum()
+            losses["gene_id"] = self.position_gene_nll(out, batch, end=True).sum() / predicted.clamp(min=1)
             total = total + self.cfg.gene_id_loss_weight * losses["gene_id"]
         losses["loss"] = total
         return losses

@@ -1,0 +1,225 @@
+"""Generation: cached decoding equals the full forward, sampled cells' log-probabilities are exact,
+the written h5ad reads back, and bad input is one line with exit code 2."""
+
+from __future__ import annotations
+
+import anndata
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_cells, tiny_model
+from teacher import build_teacher
+from tfx.checkpoint import load_checkpoint
+from tfx.cli import main
+from tfx.generate.sample import species_of
+from tfx.generate.score import score_cells
+from tfx.tokenize import collate
+
+SPECIES = "synth_alpha"
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A causal-count-head checkpoint whose cells end by [END] well before seq_len."""
+    return build_teacher(tmp_path_factory.mktemp("teacher") / "ckpt", n_genes=40, seq_len=48, end_bias=-1.0)
+
+
+@pytest.mark.parametrize("link", ["softmax", "softplus"])
+def test_cached_decoding_equals_the_training_forward(link):
+    model = tiny_model(mu_link_fn=link).eval()
+    cells = [c for c in random_cells(8, max_len=12, seed=1) if len(c[0]) >= 6]
+    n = min(len(ids) for ids, _ in cells)
+    aux = np.array([[0], [1], [2], [1], [0], [2], [1], [1]])[: len(cells)]  # 0: the unknown assay, masked
+    batch = collate([(ids[:n], c[:n]) for ids, c in cells], 1, 15, aux)
+    with torch.no_grad():
+        full = model(batch)
+        hidden, state = model.decode_start(len(cells), batch.aux_ids)
+        steps = [hidden]
+        for j in range(n - 1):  # one position at a time, then the rest at once
+            steps.append(model.decode_genes(state, batch.gene_ids[:, j : j + 1], batch.counts[:, j : j + 1]))
+        torch.testing.assert_close(torch.stack(steps, 1), full.hidden[:, :n], rtol=1e-5, atol=1e-5)
+        if link != "softmax":
+            rate = model.count_rate(full.hidden[:, 2], batch.gene_ids[:, 2])
+            torch.testing.assert_close(rate, full.mu[:, 2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("order", ["free", "var"])
+def test_sampled_log_prob_is_minus_the_scored_nll(teacher, tmp_path, order):
+    out = tmp_path / "cells.h5ad"
+    assert main(["generate", "--checkpoint", str(teacher), "--species", SPECIES, "--n-cells", "24", "--output",
+                 str(out), "--order", order, "--assay", "10x 3' v3", "--seed", "3"]) == 0
+    cells = anndata.read_h5ad(out)
+    assert cells.obs["ended"].all() and (cells.obs["clipped_counts"] == 0).all()
+    assert cells.obs["n_genes"].min() >= 0 and cells.obs["n_genes"].max() > 3
+    assert list(cells.var["ensembl_id"]) == list(cells.var_names)
+    ckpt = load_checkpoint(teacher)
+    species = species_of(ckpt, SPECIES)
+    X = cells.X.toarray()
+    seqs = []
+    for row, cols in zip(X, cells.obsm["generation_order"]):
+        cols = cols[cols >= 0]
+        assert (row[cols] >= 1).all() and (row > 0).sum() == len(cols)  # every drawn gene, and only those
+        if order == "var":
+            assert (np.diff(cols) > 0).all()  # the shape of real data
+        seqs.append((species.ids[cols], row[cols]))
+    nll = score_cells(ckpt, seqs, assay="10x 3' v3", support=(species, order))
+    np.testing.assert_allclose(nll, -cells.obs["log_prob"].to_numpy(), rtol=0, atol=1e-4)
+    if order == "var":  # stored in var order, a file reads back as it was drawn
+        scored = tmp_path / "scored.h5ad"
+        assert main(["infer", "--checkpoint", str(teacher), "--data", str(out), "--output", str(scored),
+                     "--outputs", "nll", "--device", "cpu"]) == 0
+        unrestricted = anndata.read_h5ad(scored).obs["nll"].to_numpy()
+        np.testing.assert_allclose(unrestricted, score_cells(ckpt, seqs, assay="10x 3' v3"), rtol=1e-5)
+        assert (unrestricted > nll - 1e-4).all()  # renormalising over fewer genes only raises probability
+
+
+def test_top_k_1_draws_the_same_genes_whatever_the_seed(teacher, tmp_path):
+    runs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"s{seed}.h5ad"
+        assert main(["generate", "--checkpoint", str(teacher), "--species", SPECIES, "--n-cells", "6", "--output",
+                     str(out), "--order", "free", "--top-k", "1", "--seed", seed, "--max-genes", "5"]) == 0
+        runs.append(anndata.read_h5ad(out))
+    orders = [r.obsm["generation_order"] for r in runs]
+    assert (orders[0] == orders[0][0]).all() and (orders[0] == orders[1]).all()
+    assert not np.array_equal(runs[0].X.toarray(), runs[1].X.toarray())  # counts still sampled
+
+
+@pytest.mark.parametrize("order", ["free", "var"])
+def test_every_cell_holds_the_prompt(teacher, tmp_path, order):
+    """free: the cell starts with the prompt; var: the prompt genes sit in their var places, genes
+    drawn between them, as a real cell holding them would be read."""
+    ckpt = load_checkpoint(teacher)
+    genes = species_of(ckpt, SPECIES).genes
+    out = tmp_path / "p.h5ad"
+    assert main(["generate", "--checkpoint", str(teacher), "--species", SPECIES, "--n-cells", "16", "--output",
+                 str(out), "--order", order, "--prompt", f"{genes[30]}:4,{genes[12]}", "--max-genes", "20"]) == 0
+    cells = anndata.read_h5ad(out)
+    assert (cells.X.toarray()[:, [30, 12]] == [4, 1]).all()
+    generated = cells.obsm["generation_order"]
+    if order == "free":
+        assert (generated[:, :2] == [30, 12]).all()
+    else:
+        for row in generated:
+            row = row[row >= 0]
+            assert (np.diff(row) > 0).all() and {12, 30} <= set(row) and len(row) <= 20
+        assert (cells.obs["n_genes"] > 2).any()  # genes were drawn around the prompt
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--species", "danio_rerio"], "--species danio_rerio: not in checkpoint"),
+    (["--n-cells", "0"], "--n-cells 0: ask for at least 1 cell"),
+    (["--temperature", "0"], "--temperature 0.0: must be > 0"),
+    (["--prompt", "NOT_A_GENE:3"], "gene NOT_A_GENE is not in species synth_alpha's vocabulary (no species"),
+    (["--assay", "nanopore"], "--assay nanopore: not in the checkpoint's assay vocabulary"),
+])
+def test_bad_generate_input_is_one_line_and_exit_2(teacher, tmp_path, capsys, args, message):
+    base = {"--species": SPECIES, "--n-cells": "2"}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    argv = ["generate", "--checkpoint", str(teacher), "--output", str(tmp_path / "x.h5ad")]
+    for flag, value in base.items():
+        argv += [flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "x.h5ad").exists()
+
+
+def test_a_prompt_gene_of_another_species_is_named(tmp_path, capsys):
+    alpha = build_teacher(tmp_path / "a", species="synth_alpha", n_genes=10)
+    from tfx.checkpoint.surgery import add_species
+    from tfx.checkpoint import save_checkpoint
+
+    beta_file = build_teacher(tmp_path / "b", species="synth_beta", n_genes=10).parent / ".b_vocab" / "synth_beta_gene.h5"
+    both = save_checkpoint(add_species(load_checkpoint(alpha), [beta_file]), tmp_path / "both")
+    beta_gene = species_of(load_checkpoint(both), "synth_beta").genes[0]
+    assert main(["generate", "--checkpoint", str(both), "--species", SPECIES, "--n-cells", "1", "--output",
+                 str(tmp_path / "x.h5ad"), "--prompt", beta_gene]) == 2
+    assert f"gene {beta_gene} is not in species synth_alpha's vocabulary (it is a gene of synth_beta)" in \
+        capsys.readouterr().err
+
+
+def test_a_checkpoint_without_gene_head_cannot_generate(tmp_path, capsys):
+    ckpt = build_teacher(tmp_path / "nohead", n_genes=10, gene_id_loss_weight=0.0)
+    assert main(["generate", "--checkpoint", str(ckpt), "--species", SPECIES, "--n-cells", "1", "--output",
+                 str(tmp_path / "x.h5ad")]) == 2
+    assert "has no gene-id head" in capsys.readouterr().err
+
+
+def test_next_gene_and_gene_gene_are_the_full_forward_distributions(teacher, tmp_path, capsys):
+    from tfx.generate.prompt import gene_gene
+    from tfx.generate.sample import Prompt, parse_prompt
+
+    ckpt = load_checkpoint(teacher)
+    species = species_of(ckpt, SPECIES)
+    g = species.genes
+    out = tmp_path / "next.csv"
+    assert main(["prompt", "next", "--checkpoint", str(teacher), "--species", SPECIES, "--prompt",
+                 f"{g[3]}:5,{g[20]}", "--top-k", "5", "--output", str(out)]) == 0
+    table = __import__("pandas").read_csv(out)
+    prompt = parse_prompt(ckpt, species, f"{g[3]}:5,{g[20]}")
+    batch = collate([(np.array(prompt.ids), np.array(prompt.counts, np.float32))], ckpt.vocab.pad, 48,
+                    np.zeros((1, 1), np.int64))
+    with torch.no_grad():
+        logits = ckpt.model.next_gene_logits(ckpt.model(batch).hidden[0, 2])
+    allowed = species.mask(ckpt.model.vocab_size, "cpu")
+    allowed[prompt.ids] = False
+    allowed[ckpt.vocab.end] = True
+    expected = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1)
+    top = torch.topk(expected, 5)
+    assert list(table["gene"]) == [ckpt.vocab.tokens[i] for i in top.indices]
+    np.testing.assert_allclose(table["probability"], top.values.numpy(), rtol=1e-5)
+    assert ((table["expected_count"] > 1) | (table["gene"] == "[END]")).all()  # a ZTP mean exceeds 1
+
+    pairs = tmp_path / "pairs"
+    assert main(["prompt", "gene-gene", "--checkpoint", str(teacher), "--species", SPECIES, "--genes",
+                 f"{g[1]},{g[9]},{g[30]}", "--output", str(pairs)]) == 0
+    matrix = __import__("pandas").read_csv(pairs / "gene_gene.csv", index_col=0).to_numpy()
+    assert (pairs / "gene_gene.png").read_bytes()[:4] == b"\x89PNG"
+    with torch.no_grad():
+        def logp(ids):
+            b = collate([(np.array(ids, np.int64), np.ones(len(ids), np.float32))], ckpt.vocab.pad, 48, None)
+            b.aux_ids = None
+            return torch.log_softmax(ckpt.model.next_gene_logits(ckpt.model(b).hidden[0, len(ids)]), -1)
+        cols = [ckpt.vocab.index[x] for x in (g[1], g[9], g[30])]
+        expected = np.stack([(logp([c]) - logp([]))[cols].numpy() for c in cols])
+    np.testing.assert_allclose(matrix, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gene_gene(ckpt, cols), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_programme_scores_estimate_how_often_genes_are_drawn(teacher):
+    """The smoothed estimate agrees with counting the genes of many sampled cells."""
+    from tfx.generate.prompt import programme_scores
+    from tfx.generate.sample import Prompt, sample_cells
+
+    ckpt = load_checkpoint(teacher)
+    species = species_of(ckpt, SPECIES)
+    markers, candidates = [int(species.ids[5]), int(species.ids[25])], [int(i) for i in species.ids[:20]]
+    estimate = programme_scores(ckpt, species, markers, candidates, cells=400)
+    many = sample_cells(ckpt, species, 800, prompt=Prompt(markers, [1.0, 1.0]),
+                        generator=torch.Generator().manual_seed(9))
+    frequency = np.array([np.mean([c in set(cell) for cell in many.genes]) for c in candidates])
+    assert estimate[5] == pytest.approx(1.0, abs=0.05) and frequency[5] == 1.0  # a prompt gene is in every cell
+    np.testing.assert_allclose(estimate, frequency, atol=0.06)
+    assert frequency.std() > 0.1  # the genes differ, so agreement means something
+
+
+def test_scores_of_a_checkpoint_without_gene_head_are_refused(tmp_path, capsys):
+    ckpt = build_teacher(tmp_path / "nohead", n_genes=10, gene_id_loss_weight=0.0)
+    from conftest import write_h5ad
+
+    data = write_h5ad(tmp_path / "cells.h5ad", species_of(load_checkpoint(ckpt), SPECIES).genes, np.ones((2, 10)))
+    assert main(["infer", "--checkpoint", str(ckpt), "--data", str(data), "--output", str(tmp_path / "o.h5ad"),
+                 "--outputs", "embeddings,nll"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has no gene-id head" in err
+
+
+def test_an_unknown_count_link_is_refused():
+    from tfx.model import ModelConfig
+    from tfx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mu_link_fn 'sigmoid' is not supported; choose one of softmax, exp, softplus"):
+        ModelConfig(mu_link_fn="sigmoid")

@@ -1,0 +1,169 @@
+"""Prompting a checkpoint: the next gene after a prompt, gene-gene effects, cell-type programmes.
+
+- ``next_gene``: the distribution of the next position over the species' genes not in the prompt
+  (and [END]), with each gene's expected count if it were drawn there.
+- ``gene_gene``: log p(g2 next | prompt g1) - log p(g2 next | empty prompt), the model's own
+  distribution (no renormalisation: the ratio is the same).
+- ``programmes``: each cell type's most expressed markers as a prompt, candidates ranked by their
+  probability of being in the cell (estimated from sampled cells, see ``sample_cells(inclusion=)``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from tfx.atomic import atomic_path
+from tfx.checkpoint import Checkpoint
+from tfx.errors import InputError
+from tfx.generate.sample import Prompt, Species, aux_ids, sample_cells
+
+
+def _prompt_hidden(ckpt: Checkpoint, prompts: list[Prompt], assay: str | None) -> torch.Tensor:
+    """[P, E] the output after reading each prompt (prompts of one length), which predicts the next gene."""
+    model = ckpt.model.eval()
+    hidden, state = model.decode_start(len(prompts), aux_ids(ckpt, assay, len(prompts), "cpu"))
+    if prompts[0].ids:
+        ids = torch.tensor([p.ids for p in prompts])
+        counts = torch.tensor([p.counts for p in prompts], dtype=torch.float32)
+        clip = ckpt.data_cfg.clip_counts
+        hidden = model.decode_genes(state, ids, counts.clamp(max=clip) if clip else counts)
+    return hidden
+
+
+def _ztp_mean(rate: torch.Tensor) -> torch.Tensor:
+    return rate / -torch.expm1(-rate)
+
+
+@torch.no_grad()
+def next_gene(ckpt: Checkpoint, species: Species, prompt: Prompt, *, assay: str | None = None,
+              top_k: int = 20) -> pd.DataFrame:
+    """The top ``top_k`` next genes (and [END] where it ranks): probability, expected count."""
+    model = ckpt.model.eval()
+    hidden = _prompt_hidden(ckpt, [prompt], assay)
+    allowed = species.mask(model.vocab_size, "cpu")
+    allowed[prompt.ids] = False
+    allowed[model.special.end] = True
+    logits = model.next_gene_logits(hidden)[0].masked_fill(~allowed, float("-inf"))
+    prob = torch.softmax(logits, dim=-1)
+    top = torch.topk(prob, min(top_k, int(allowed.sum()))).indices
+    genes = top.masked_fill(top == model.special.end, model.special.pad)  # [END] has no count
+    rate = model.count_rate(hidden.expand(len(top), -1), genes).float() + model.cfg.log_counts_eps
+    tokens = np.array(ckpt.vocab.tokens, dtype=object)
+    return pd.DataFrame({"gene": tokens[top.numpy()], "probability": prob[top].numpy(),
+                         "expected_count": np.where(top.numpy() == model.special.end, np.nan,
+                                                    _ztp_mean(rate).numpy())})
+
+
+@torch.no_grad()
+def gene_gene(ckpt: Checkpoint, genes: list[int], *, count: float = 1.0, assay: str | None = None) -> np.ndarray:
+    """[len(genes), len(genes)] log p(g2 next | g1) - log p(g2 next | nothing), rows g1."""
+    model = ckpt.model.eval()
+    empty = torch.log_softmax(model.next_gene_logits(_prompt_hidden(ckpt, [Prompt()], assay)), dim=-1)[0]
+    prompted = torch.log_softmax(
+        model.next_gene_logits(_prompt_hidden(ckpt, [Prompt([g], [count]) for g in genes], assay)), dim=-1)
+    cols = torch.tensor(genes)
+    return (prompted[:, cols] - empty[cols][None]).numpy()
+
+
+@torch.no_grad()
+def programme_scores(ckpt: Checkpoint, species: Species, markers: list[int], candidates: list[int], *,
+                     counts: list[float] | None = None, assay: str | None = None, order: str = "var",
+                     cells: int = 64, max_genes: int | None = None, seed: int = 0) -> np.ndarray:
+    """[candidates] each candidate's probability of being in a cell that holds ``markers`` (with
+    ``counts``, 1 each by default), estimated from ``cells`` sampled cells."""
+    prompt = Prompt(list(markers), list(counts) if counts is not None else [1.0] * len(markers))
+    sampled = sample_cells(ckpt, species, cells, prompt=prompt, assay=assay,
+                           order=order, max_genes=max_genes, generator=torch.Generator().manual_seed(seed),
+                           inclusion=True)
+    return sampled.inclusion.mean(axis=0)[candidates]
+
+
+def type_markers(adata, label: str, vocab_ids: np.ndarray, n: int) -> dict[str, list[int]]:
+    """Each label's ``n`` most expressed marker genes in the vocabulary: highest mean log1p of
+    normalised counts in the type minus the mean over the other types."""
+    if label not in adata.obs.columns:
+        raise InputError(f"--label {label}: not an obs column of the data ({', '.join(adata.obs.columns)})")
+    X = adata.X.tocsr() if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    logn = sp.diags(1e4 / np.maximum(totals, 1)) @ X
+    logn.data = np.log1p(logn.data)
+    labels = adata.obs[label].astype(str).to_numpy()
+    types = sorted(set(labels))
+    means = np.stack([np.asarray(logn[labels == t].mean(axis=0)).ravel() for t in types])
+    in_vocab = vocab_ids >= 0
+    out = {}
+    for i, t in enumerate(types):
+        others = np.delete(means, i, axis=0).mean(axis=0) if len(types) > 1 else 0
+        lift = np.where(in_vocab, means[i] - others, -np.inf)
+        best = np.argsort(-lift, kind="stable")[:n]
+        out[t] = [int(vocab_ids[j]) for j in best if np.isfinite(lift[j])]
+    return out
+
+
+def heatmap_png(path: str | os.PathLike, matrix: np.ndarray, rows: list[str], cols: list[str], title: str) -> None:
+    from matplotlib.figure import Figure  # no pyplot: no backend, no global state
+
+    fig = Figure(figsize=(max(4, 0.35 * len(cols) + 2), max(3, 0.35 * len(rows) + 1.5)))
+    ax = fig.add_subplot()
+    finite = np.abs(matrix[np.isfinite(matrix)])
+    bound = float(finite.max()) if finite.size else 1.0
+    im = ax.imshow(matrix, cmap="RdBu_r" if (matrix < 0).any() else "viridis",
+                   vmin=-bound if (matrix < 0).any() else None, vmax=bound)
+    ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+def gene_list(ckpt: Checkpoint, species: Species, text: str, option: str) -> list[int]:
+    """Vocabulary ids of 'G1,G2,...' or of a file with one gene per line."""
+    from tfx.generate.sample import parse_prompt
+
+    if os.path.isfile(text):
+        with open(text) as f:
+            text = ",".join(line.split()[0] for line in f if line.strip() and not line.startswith("#"))
+    try:
+        return parse_prompt(ckpt, species, text).ids
+    except InputError as err:
+        raise InputError(str(err).replace("--prompt", option)) from None
+
+
+def run_programmes(ckpt: Checkpoint, species: Species, data: str | os.PathLike, label: str, candidates: list[int],
+                   output: str | os.PathLike, *, n_markers: int = 6, gene_col: str = "ensembl_id",
+                   assay: str | None = None, order: str = "var", cells: int = 64, seed: int = 0) -> pd.DataFrame:
+    """programmes.csv (cell type x candidate: p(candidate in the cell | the type's markers)), the
+    markers used (markers.csv) and a heatmap, under ``output``."""
+    import anndata
+    from pathlib import Path
+
+    adata = anndata.read_h5ad(data)
+    if gene_col != "index" and gene_col not in adata.var.columns:
+        raise InputError(f"{data}: var has no column '{gene_col}'; name the gene id column with --gene-col")
+    names = adata.var_names if gene_col == "index" else adata.var[gene_col].astype(str)
+    in_species = set(species.genes)
+    vocab_ids = np.array([ckpt.vocab.index[g] if g in in_species else -1 for g in names])
+    if not (vocab_ids >= 0).any():
+        raise InputError(f"{data}: no gene of var['{gene_col}'] is in species {species.name}'s vocabulary")
+    markers = type_markers(adata, label, vocab_ids, n_markers)
+    tokens = np.array(ckpt.vocab.tokens, dtype=object)
+    table = pd.DataFrame(
+        {t: programme_scores(ckpt, species, m, candidates, assay=assay, order=order, cells=cells, seed=seed)
+         for t, m in markers.items()}, index=tokens[candidates]).T
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "programmes.csv") as tmp:
+        table.to_csv(tmp, index_label=label)
+    with atomic_path(out / "markers.csv") as tmp:
+        pd.DataFrame({label: list(markers), "markers": [",".join(tokens[m]) for m in markers.values()]}).to_csv(
+            tmp, index=False)
+    heatmap_png(out / "programmes.png", table.to_numpy(), list(table.index), list(table.columns),
+                "p(candidate in the cell | the type's markers)")
+    return table
