@@ -284,3 +284,13 @@ def test_infer_refuses_a_clip_that_is_not_a_positive_number(value, data, base, t
     assert main(["infer", "--checkpoint", str(base), "--data", str(data["human_h5ad"]), "--output", str(out),
                  f"--clip-counts={value}"]) == 2
     assert "clip_counts" in capsys.readouterr().err and not out.exists()
+
+
+def test_finetuning_on_a_label_column_the_shards_lack_is_one_line(data, base, tmp_path):
+    from tfx.errors import InputError
+
+    with pytest.raises(InputError, match=r"\.tar: a cell has no obs 'tissue_type'; re-write the shards with "
+                                         r"tfx shard --obs-keys tissue_type"):
+        build(compose("finetune/tiny", [*SHRINK, f"init={base}", "data=shards", "task.label_key=tissue_type",
+                                        f"data.shards={data['shards']['homo_sapiens', 'train']}",
+                                        f"output_dir={tmp_path}"]))
