@@ -452,3 +452,32 @@ def test_training_output_carries_no_adverts_or_deprecations(run_dir):
     log = (run_dir / "train.log").read_text()
     assert "Tip:" not in log and "deprecated" not in log.lower(), log[-3000:]
     assert "exported" in log
+
+
+def test_exit_codes_agree_across_commands(cli, tmp_path):
+    assert "--outputs: unknown ['umap']" in one_line_error(
+        cli("infer", "--checkpoint", "c", "--data", "d.h5ad", "--output", "o.h5ad", "--outputs", "umap"))
+    assert "tfx synth: error:" in one_line_error(cli("synth", "--output", tmp_path / "s", "--genes", "3"))
+    assert "name a recipe" in one_line_error(cli("train"))
+    assert "argument --species" in one_line_error(cli("synth", "--output", tmp_path / "s", "--species", "9"))
+
+
+def test_ctrl_c_in_infer_is_exit_130_without_a_traceback(run_dir, atlas, tmp_path):
+    import signal
+
+    import anndata
+
+    adata = anndata.read_h5ad(atlas["h5ad"])
+    anndata.concat([adata] * 30, index_unique="-", merge="first").write_h5ad(tmp_path / "many.h5ad")
+    proc = subprocess.Popen([sys.executable, "-m", "tfx.cli", "infer", "--checkpoint", str(run_dir / "export"),
+                             "--data", str(tmp_path / "many.h5ad"), "--output", str(tmp_path / "o.h5ad"),
+                             "--batch-size", "1"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = []
+    while not any("tfx.progress" in x for x in lines) and proc.poll() is None:
+        lines.append(proc.stderr.readline())
+    proc.send_signal(signal.SIGINT)
+    err = "".join(lines) + proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert "tfx infer: interrupted (Ctrl-C)" in err
+    assert not (tmp_path / "o.h5ad").exists() and not list(tmp_path.glob(".o.h5ad.tmp-*"))

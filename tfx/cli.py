@@ -99,7 +99,7 @@ def cmd_infer(args) -> int:
     outputs = {o.strip() for o in args.outputs.split(",") if o.strip()}
     unknown = outputs - {"embeddings", "llh"}
     if unknown:
-        raise SystemExit(f"tfx infer: unknown --outputs {sorted(unknown)}; choose from embeddings, llh")
+        raise InputError(f"--outputs: unknown {sorted(unknown)}; choose from embeddings, llh")
     ckpt = load_checkpoint(args.checkpoint, attention=args.attention)
     ckpt = preprocess.apply(ckpt, {"clip_counts": args.clip_counts}, "tfx infer", f"checkpoint {args.checkpoint}")
     if args.species_embedding:
@@ -204,12 +204,13 @@ def cmd_download_data(args) -> int:
 
 
 def cmd_synth(args) -> int:
+    from tfx.errors import InputError
     from tfx.synth import synth_atlas
 
     try:
         summary = synth_atlas(args.output, species=args.species, cells=args.cells, genes=args.genes, seed=args.seed)
     except ValueError as err:
-        raise SystemExit(f"tfx synth: {err}") from None
+        raise InputError(str(err)) from None
     for s in summary["species"].values():
         g = s["genes_per_cell"]
         print(f"wrote {s['h5ad']} ({s['cells']} cells x {s['genes']} genes; {g['min']} to {g['max']} "
