@@ -127,13 +127,18 @@ def test_recipe_trains_two_steps_from_shards_exports_and_serves(name, data, base
     export = train(compose(name, _recipe_overrides(name, data, base, out)))
     metrics = pd.concat(pd.read_csv(f) for f in (out / "logs").glob("*/metrics.csv"))
     assert metrics["step"].max() >= 1 and np.isfinite(metrics["train/loss"].dropna()).all()
-    assert main(["infer", "--checkpoint", str(export), "--data", str(data["human_h5ad"]),
-                 "--output", str(tmp_path / "emb.h5ad"), "--outputs", "embeddings,llh"]) == 0
+    finetuned = name.startswith("finetune/")
+    assert main(["infer", "--checkpoint", str(export), "--data", str(data["human_h5ad"]), "--output",
+                 str(tmp_path / "emb.h5ad"), "--outputs", "embeddings,llh" + ",predictions" * finetuned]) == 0
     served = anndata.read_h5ad(tmp_path / "emb.h5ad")
     assert np.isfinite(served.obsm["embeddings"]).all() and np.isfinite(served.obs["llh"]).all()
-    if name.startswith("finetune/"):
+    if finetuned:
+        classes = ["b_cell", "neuron", "t_cell"]
         task = json.loads((export / "task.json").read_text())
-        assert task == {"task": "classification", "label_key": "cell_type", "classes": ["b_cell", "neuron", "t_cell"]}
+        assert task == {"task": "classification", "type": "classification", "label_key": "cell_type", "classes": classes}
+        assert list(served.uns["cell_type_classes"]) == classes
+        np.testing.assert_allclose(served.obsm["cell_type_proba"].sum(1), 1, rtol=1e-5)
+        assert set(served.obs["cell_type_pred"]) <= set(classes)
     if name == "continue/add_species":
         assert [f for f, _ in load_checkpoint(export).vocab.files] == ["homo_sapiens_gene.h5", "mus_musculus_gene.h5"]
 

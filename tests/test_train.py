@@ -171,7 +171,7 @@ def test_finetuning_classifies_cell_types(pretrained, atlas, tmp_path):
     out = tmp_path / "ft"
     train(compose("finetune/tiny", [f"init={pretrained / 'export'}", f"data.files=[{cells}]",
                                     f"data.val_files=[{val}]", f"output_dir={out}", "trainer.max_steps=60",
-                                    "trainer.val_check_interval=30", "task.backbone=full", "data.token_budget=2048"]))
+                                    "trainer.val_check_interval=30", "finetune.backbone=full", "data.token_budget=2048"]))
     acc = _metrics(out)["val/accuracy"].dropna().to_numpy()
     assert acc[-1] > 0.9
     assert json.loads((out / "export" / "task.json").read_text())["classes"] == sorted(TYPES)

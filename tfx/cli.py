@@ -73,6 +73,9 @@ def _use_raw(value: str) -> bool | None:
     return None if v == "auto" else v == "true"
 
 
+INFER_OUTPUTS = ("embeddings", "llh", "predictions")
+
+
 def cmd_registry(args) -> int:
     from tfx.components import load_all
     from tfx.registry import describe
@@ -97,17 +100,21 @@ def cmd_infer(args) -> int:
         raise InputError("--output: name the output h5ad (or the reference's --output-path DIR)")
     output = args.output or os.path.join(args.output_path, args.output_filename)
     outputs = {o.strip() for o in args.outputs.split(",") if o.strip()}
-    unknown = outputs - {"embeddings", "llh"}
-    if unknown:
-        raise InputError(f"--outputs: unknown {sorted(unknown)}; choose from embeddings, llh")
+    unknown = outputs - set(INFER_OUTPUTS)
+    if unknown or not outputs:
+        raise InputError(f"--outputs: unknown {sorted(unknown)}; choose from {', '.join(INFER_OUTPUTS)}")
     ckpt = load_checkpoint(args.checkpoint, attention=args.attention)
+    if "predictions" in outputs and ckpt.task is None:
+        raise InputError(f"{args.checkpoint}: has no task head (task.json); --outputs predictions needs a "
+                         "checkpoint exported by a finetune recipe")
     ckpt = preprocess.apply(ckpt, {"clip_counts": args.clip_counts}, "tfx infer", f"checkpoint {args.checkpoint}")
     if args.species_embedding:
         from tfx.checkpoint.surgery import with_species_embeddings
 
         ckpt = with_species_embeddings(ckpt, args.species_embedding)
     opts = InferOptions(
-        emb_type=args.emb_type, llh="llh" in outputs, gene_col=args.gene_col or ckpt.data_cfg.gene_col_name,
+        emb_type=args.emb_type, embeddings="embeddings" in outputs, llh="llh" in outputs,
+        predictions="predictions" in outputs, gene_col=args.gene_col or ckpt.data_cfg.gene_col_name,
         use_raw=args.use_raw, remove_duplicate_genes=args.remove_duplicate_genes, device=args.device,
         precision=args.precision, token_budget=args.token_budget, max_cells=args.batch_size,
         chunk_size=args.chunk_size, devices=args.devices,
@@ -264,7 +271,7 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from tfx.train.export import export_run
 
-    print(f"exported {export_run(args.run_dir, args.output, overwrite=args.overwrite)}")
+    print(f"exported {export_run(args.run_dir, args.output, overwrite=args.overwrite, lora_form=args.lora_form)}")
     return 0
 
 
@@ -289,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-filename", default="embeddings.h5ad", help=argparse.SUPPRESS)
     p.add_argument("--emb-type", choices=["cell", "cge"], default="cell",
                    help="cell embeddings, or contextual gene embeddings (cge)")
-    p.add_argument("--outputs", default="embeddings", help="comma list of: embeddings, llh")
+    p.add_argument("--outputs", default="embeddings",
+                   help=f"comma list of: {', '.join(INFER_OUTPUTS)} (predictions: a fine-tuned checkpoint's task head)")
     p.add_argument("--batch-size", type=POSITIVE, default=256,
                    help="most cells per batch, %(type)s (the reference's default is 8)")
     p.add_argument("--token-budget", type=POSITIVE, default=16384, help="most cells x padded length per batch, %(type)s")
@@ -405,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a tfx train output_dir")
     p.add_argument("--output", required=True, help="checkpoint directory to write (absent or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already at --output")
+    p.add_argument("--lora-form", choices=["merged", "adapter"], default=None,
+                   help="a LoRA run: adapters merged into the weights (the reference loads it) or kept as a "
+                        "small file beside the base checkpoint; default: the recipe's finetune.export")
     p.set_defaults(func=cmd_export)
     for p in sub.choices.values():
         p.formatter_class = _Help

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tfx.checkpoint.finetuned import (ADAPTER_JSON, ADAPTER_WEIGHTS, TASK_JSON, TASK_WEIGHTS, Task, adapter_base,
+                                      read_task, write_task)
+from tfx.checkpoint.weights import load_weights
 from tfx.errors import CheckpointError, InputError
 from tfx.atomic import atomic_path
 from tfx.model.config import ConfigError, DataConfig, ModelConfig, config_dict, parse_config
+from tfx.model.lora import merge_adapters
 from tfx.model.transcriptformer import SpecialIds, TranscriptFormer
 from tfx.vocab import GeneVocab, read_aux_vocab, write_aux_vocab, write_gene_embeddings
 
@@ -28,9 +31,10 @@ class Checkpoint:
     model_cfg: ModelConfig
     data_cfg: DataConfig
     path: Path | None = None
+    task: Task | None = None  # a fine-tuned checkpoint's task head
 
 
-LAYOUT = {"config.json", "model_weights.pt", "vocabs", "task_head.pt", "task.json"}  # what tfx writes
+LAYOUT = {"config.json", "model_weights.pt", "vocabs", TASK_JSON, TASK_WEIGHTS, ADAPTER_JSON, ADAPTER_WEIGHTS}  # what tfx writes
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
@@ -54,26 +58,6 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, option: str = "--
                          f"or choose another {option}")
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing; a checkpoint directory holds config.json, model_weights.pt, vocabs/")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: holds pickled objects, not a plain state_dict; tfx never unpickles code "
-            "(export it with `tfx export` or save model.state_dict())"
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable torch weights file (truncated, damaged or not written by "
-                              f"torch.save: {type(err).__name__}); download or export it again") from None
-    if isinstance(state, dict) and "state_dict" in state and not torch.is_tensor(state["state_dict"]):
-        raise CheckpointError(f"{path}: a training checkpoint, not inference weights; run `tfx export RUN_DIR`")
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f"{path}: not a state_dict of tensors")
-    return state
-
-
 def load_checkpoint(path: str | os.PathLike, attention: str | None = None) -> Checkpoint:
     """Load an official release or a tfx export; ``attention`` overrides the backend by name."""
     path = Path(path)
@@ -95,7 +79,8 @@ def load_checkpoint(path: str | os.PathLike, attention: str | None = None) -> Ch
         raise CheckpointError(msg if msg.startswith(str(config_path)) else f"{config_path}: {msg}") from None
     if attention:
         model_cfg.attention = attention
-    weights = load_weights(path / "model_weights.pt")
+    adapter = adapter_base(path) if not (path / "model_weights.pt").exists() else None
+    weights = adapter[0] if adapter else load_weights(path / "model_weights.pt")
 
     vocab_files = [path / "vocabs" / name for name in data_cfg.esm2_mappings]
     for f in vocab_files:
@@ -122,8 +107,10 @@ def load_checkpoint(path: str | os.PathLike, attention: str | None = None) -> Ch
             f"(missing {result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]}); "
             "the checkpoint is from another model"
         )
+    if adapter:
+        model = merge_adapters(model, adapter[2], adapter[1])
     model.eval()
-    return Checkpoint(model, vocab, aux_vocabs, model_cfg, data_cfg, path)
+    return Checkpoint(model, vocab, aux_vocabs, model_cfg, data_cfg, path, read_task(path, model_cfg.embed_dim))
 
 
 def build_model(model_cfg, data_cfg, vocab: GeneVocab, table: torch.Tensor, aux_vocabs, attention=None):
@@ -151,4 +138,6 @@ def save_checkpoint(ckpt: Checkpoint, out_dir: str | os.PathLike) -> Path:
             write_gene_embeddings(tmp / "vocabs" / file_name, genes, table[rows])
         for col, vocab in ckpt.aux_vocabs.items():
             write_aux_vocab(tmp / "vocabs", col, vocab)
+        if ckpt.task is not None:
+            write_task(ckpt.task, tmp)
     return out_dir

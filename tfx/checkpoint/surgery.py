@@ -116,3 +116,23 @@ def add_species(ckpt: Checkpoint, files: list[str | os.PathLike]) -> Checkpoint:
         )
     vocab = GeneVocab(tokens, ckpt.vocab.special_tokens, added_files)
     return remap_vocabulary(ckpt, vocab, np.concatenate([old_table, *rows]))
+
+
+def add_aux_values(ckpt: Checkpoint, column: str, values: list[str]) -> Checkpoint:
+    """Aux values (e.g. assays) the checkpoint's ``column`` vocabulary lacks get new ids; their
+    embedding rows start from the 'unknown' row. Values it already has are left as they are."""
+    if column not in ckpt.aux_vocabs:
+        raise CheckpointError(f"{ckpt.path or 'the checkpoint'}: has no '{column}' vocabulary (aux columns: "
+                              f"{', '.join(ckpt.aux_vocabs) or 'none'}); drop vocab.add_assays")
+    vocab = dict(ckpt.aux_vocabs[column])
+    new = [str(v) for v in dict.fromkeys(values) if str(v) not in vocab]
+    if not new:
+        return ckpt
+    old = ckpt.model.aux_embeddings[column]
+    grown = nn.Embedding(old.num_embeddings + len(new), old.embedding_dim)
+    with torch.no_grad():
+        grown.weight[: old.num_embeddings] = old.weight
+        grown.weight[old.num_embeddings :] = old.weight[vocab["unknown"]]
+    vocab.update({v: old.num_embeddings + i for i, v in enumerate(new)})
+    ckpt.model.aux_embeddings[column] = grown  # in place: the model is the one being trained
+    return dataclasses.replace(ckpt, aux_vocabs={**ckpt.aux_vocabs, column: vocab})

@@ -22,6 +22,7 @@ class Outputs:
     llh: np.ndarray | None = None  # [N] the reference's per-cell mean count NLL
     cge_embeddings: list[np.ndarray] = field(default_factory=list)  # per cell: [n_genes, E]
     cge_gene_ids: list[np.ndarray] = field(default_factory=list)  # per cell: vocab ids
+    predictions: np.ndarray | None = None  # [N, classes] probabilities, or [N, 1] regression values
 
 
 def autocast(device: torch.device, precision: str):
@@ -40,6 +41,7 @@ def run_cells(
     *,
     emb_type: str = "cell",
     llh: bool = False,
+    task: torch.nn.Module | None = None,
     token_budget: int = 16384,
     max_cells: int = 256,
     device: torch.device | str = "cpu",
@@ -56,13 +58,20 @@ def run_cells(
         out.cge_embeddings, out.cge_gene_ids = [None] * n, [None] * n
     if llh:
         out.llh = np.zeros(n, dtype=np.float32)
+    if task is not None:
+        task = task.to(device).eval()
+        out.predictions = np.zeros((n, len(task.classes) if task.categorical else 1), dtype=np.float32)
     for plan in planner.plan([min(len(ids), seq_len) for ids, _ in cells]):
         batch, idx = planner.emit(plan, cells.__getitem__, aux_ids, pad_id)
         batch = batch.to(device)
         with autocast(device, precision):
             res = model(batch, embed=True, heads=llh)
+            cell_emb = model.cell_embeddings(res) if emb_type == "cell" or task is not None else None
+            if task is not None:  # as the fine-tuning module predicts: the head on the cell embedding
+                pred = task.head(cell_emb)
+                out.predictions[idx] = (pred.softmax(-1) if task.categorical else pred).float().cpu().numpy()
         if emb_type == "cell":
-            out.embeddings[idx] = model.cell_embeddings(res).float().cpu().numpy()
+            out.embeddings[idx] = cell_emb.float().cpu().numpy()
         else:
             hidden = res.hidden.float().cpu().numpy()
             for row, i in enumerate(idx):

@@ -1,8 +1,10 @@
-"""`tfx infer`: an h5ad in, an h5ad of embeddings (and log-likelihoods) out, streamed in chunks.
+"""`tfx infer`: an h5ad in, an h5ad of embeddings, log-likelihoods and a fine-tuned head's
+predictions out, streamed in chunks.
 
 The output is written under a temporary name and renamed when complete. Cell embeddings go to
 ``obsm["embeddings"]`` chunk by chunk, so memory stays bounded by the chunk size; contextual gene
-embeddings use the reference's ``uns`` keys.
+embeddings use the reference's ``uns`` keys; predictions go to ``obs["<label>_pred"]`` (and
+``obs["<label>_prob"]``, ``obsm["<label>_proba"]`` with ``uns["<label>_classes"]`` for classes).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class InferOptions:
     emb_type: str = "cell"
+    embeddings: bool = True  # cell embeddings (emb_type cell) or contextual gene embeddings (cge)
     llh: bool = False
+    predictions: bool = False  # the fine-tuned task head's (ckpt.task)
     gene_col: str = "ensembl_id"
     use_raw: bool | None = None
     remove_duplicate_genes: bool = False
@@ -69,33 +73,36 @@ def _row_results(ckpt: Checkpoint, data: Path, opts: InferOptions, device: torch
         chunk_size=opts.chunk_size, start=start, stop=stop,
     ):
         res = run_cells(model, cells, aux, ckpt.vocab.pad, emb_type=opts.emb_type, llh=opts.llh,
-                        token_budget=opts.token_budget, max_cells=opts.max_cells, device=device,
+                        task=ckpt.task.module if opts.predictions else None, token_budget=opts.token_budget, max_cells=opts.max_cells, device=device,
                         precision=opts.precision)
         yield first, res, sum(len(ids) == 0 for ids, _ in cells)
+
+
+def _per_cell(ckpt: Checkpoint, opts: InferOptions):
+    """(Outputs field, asked for, row shape) of the per-cell arrays."""
+    task = ckpt.task.module if opts.predictions else None
+    width = (len(task.classes) if task.categorical else 1,) if task is not None else ()
+    return [("embeddings", opts.embeddings and opts.emb_type == "cell", (ckpt.model_cfg.embed_dim,)),
+            ("llh", opts.llh, ()), ("predictions", task is not None, width)]
 
 
 def _worker(rank: int, ckpt: Checkpoint, data: Path, opts: InferOptions, devices: list, ranges: list, parts: Path):
     """One process per device: its rows' results go to part files the parent assembles."""
     start, stop = ranges[rank]
-    embeddings = llh = None
-    if opts.emb_type == "cell":
-        embeddings = np.lib.format.open_memmap(parts / f"{rank}.emb.npy", "w+", np.float32,
-                                               (stop - start, ckpt.model_cfg.embed_dim))
-    if opts.llh:
-        llh = np.lib.format.open_memmap(parts / f"{rank}.llh.npy", "w+", np.float32, (stop - start,))
+    arrays = {}  # Outputs field -> its part file, one row per cell
+    for name, wanted, width in _per_cell(ckpt, opts):
+        if wanted:
+            arrays[name] = np.lib.format.open_memmap(parts / f"{rank}.{name}.npy", "w+", np.float32,
+                                                     (stop - start, *width))
     cge, empty = [], 0
     for first, res, n_empty in _row_results(ckpt, data, opts, devices[rank], start, stop):
-        rows = slice(first - start, first - start + res.cells)
-        if embeddings is not None:
-            embeddings[rows] = res.embeddings
-        if llh is not None:
-            llh[rows] = res.llh
+        for name, arr in arrays.items():
+            arr[first - start : first - start + res.cells] = getattr(res, name)
         cge += [(first + i, e, g) for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids))]
         empty += n_empty
-    for arr in (embeddings, llh):
-        if arr is not None:
-            arr.flush()
-    if opts.emb_type == "cge":
+    for arr in arrays.values():
+        arr.flush()
+    if opts.emb_type == "cge" and opts.embeddings:
         dim = ckpt.model_cfg.embed_dim
         np.savez(parts / f"{rank}.cge.npz",
                  cells=np.concatenate([np.full(len(g), c) for c, _, g in cge] or [np.zeros(0, np.int64)]),
@@ -115,17 +122,16 @@ def _parallel_results(ckpt: Checkpoint, data: Path, opts: InferOptions, devices:
     with tempfile.TemporaryDirectory(dir=scratch) as parts:
         parts = Path(parts)
         mp.spawn(_worker, args=(ckpt, data, opts, devices, ranges, parts), nprocs=len(devices), join=True)
-        yield from _read_parts(parts, ranges, opts)
+        yield from _read_parts(ckpt, parts, ranges, opts)
 
 
-def _read_parts(parts: Path, ranges: list, opts: InferOptions):
+def _read_parts(ckpt: Checkpoint, parts: Path, ranges: list, opts: InferOptions):
     for rank, (start, stop) in enumerate(ranges):
         res = Outputs(cells=stop - start)
-        if opts.emb_type == "cell":
-            res.embeddings = np.load(parts / f"{rank}.emb.npy", mmap_mode="r")
-        if opts.llh:
-            res.llh = np.load(parts / f"{rank}.llh.npy", mmap_mode="r")
-        if opts.emb_type == "cge":
+        for name, wanted, _ in _per_cell(ckpt, opts):
+            if wanted:
+                setattr(res, name, np.load(parts / f"{rank}.{name}.npy", mmap_mode="r"))
+        if opts.emb_type == "cge" and opts.embeddings:
             cge = np.load(parts / f"{rank}.cge.npz")
             split = np.searchsorted(cge["cells"], np.arange(start + 1, stop))  # cells may have no gene
             res.cge_embeddings = np.split(cge["emb"], split)
@@ -148,13 +154,15 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
     reader.close()
 
     llh = np.full(n_cells, np.nan, dtype=np.float32) if opts.llh else None
+    shapes = {name: (n_cells, *width) for name, wanted, width in _per_cell(ckpt, opts) if wanted}
+    pred = np.full(shapes["predictions"], np.nan, dtype=np.float32) if opts.predictions else None
     cge_emb, cge_cells, cge_genes = [], [], []
     empty = non_finite = 0
     started = time.perf_counter()
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
         write_elem(f, "obsm", {})
         emb_ds = None
-        if opts.emb_type == "cell":  # streamed: memory stays bounded by the chunk size
+        if opts.embeddings and opts.emb_type == "cell":  # streamed: memory stays bounded by the chunk size
             emb_ds = f["obsm"].create_dataset("embeddings", shape=(n_cells, ckpt.model_cfg.embed_dim), dtype="f4")
             emb_ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
         if len(devices) > 1:
@@ -169,13 +177,15 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
             if emb_ds is not None:
                 for i in range(0, n, opts.chunk_size):  # part files are read back chunk by chunk
                     emb_ds[start + i : start + min(n, i + opts.chunk_size)] = res.embeddings[i : i + opts.chunk_size]
-            else:
+            elif opts.embeddings and opts.emb_type == "cge":
                 for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids)):
                     cge_emb.append(e)
                     cge_cells.append(np.full(len(g), start + i, dtype=np.int64))
                     cge_genes.append(g)
             if llh is not None:
                 llh[start : start + n] = res.llh
+            if pred is not None:
+                pred[start : start + n] = res.predictions
             bar.update(n)
             bar.set_postfix(cells_per_s=f"{bar.n / (time.perf_counter() - started):.0f}")
         bar.close()
@@ -187,11 +197,11 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
                         "(or a half --precision overflowed: try --precision 32)", output, non_finite, n_cells)
         if llh is not None:
             obs["llh"] = llh
-        uns = {}
-        if opts.emb_type == "cge":
+        uns = _write_predictions(f, obs, ckpt.task, pred) if pred is not None else {}
+        if opts.embeddings and opts.emb_type == "cge":
             dim = ckpt.model_cfg.embed_dim
             genes = np.concatenate(cge_genes) if cge_genes else np.zeros(0, np.int64)
-            uns = {
+            uns |= {
                 "cge_embeddings": np.concatenate(cge_emb) if cge_emb else np.zeros((0, dim), np.float32),
                 "cge_cell_indices": np.concatenate(cge_cells) if cge_cells else np.zeros(0, np.int64),
                 "cge_gene_names": np.array(ckpt.vocab.tokens, dtype=object)[genes].astype(str),
@@ -199,6 +209,21 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         _write_anndata_skeleton(f, obs, uns)
     seconds = time.perf_counter() - started
     return {"cells": n_cells, "empty_cells": empty, "seconds": seconds, "output": str(output)}
+
+
+def _write_predictions(f: h5py.File, obs: pd.DataFrame, task, pred: np.ndarray) -> dict:
+    """obs["<label>_pred"] (and, for classes, obs["<label>_prob"], obsm["<label>_proba"]); returns
+    the uns entry naming the columns of the probabilities."""
+    label = task.label_key
+    if not task.module.categorical:
+        obs[f"{label}_pred"] = pred[:, 0]
+        return {}
+    classes = np.asarray(task.module.classes, dtype=object)
+    obs[f"{label}_pred"] = pd.Categorical(classes[pred.argmax(1)], categories=list(classes))
+    obs[f"{label}_prob"] = pred.max(1)
+    f["obsm"].create_dataset(f"{label}_proba", data=pred).attrs.update(
+        {"encoding-type": "array", "encoding-version": "0.2.0"})
+    return {f"{label}_classes": classes.astype(str)}
 
 
 OVERLAP_WARN = 0.5  # below this share of genes or counts in the vocabulary, infer warns

@@ -6,6 +6,7 @@ the built-in ones), so this layer imports neither Lightning nor DeepSpeed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -16,9 +17,10 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tfx.checkpoint import Checkpoint, load_checkpoint
+from tfx.checkpoint import Checkpoint, Task, load_checkpoint
+from tfx.checkpoint.finetuned import file_sha256
 from tfx.checkpoint.io import build_model
-from tfx.checkpoint.surgery import add_species
+from tfx.checkpoint.surgery import add_aux_values, add_species
 from tfx.data import preprocess
 from tfx.data.anndata import CellReader
 from tfx.data.loader import ShardLoader, resolve_urls
@@ -26,7 +28,7 @@ from tfx.data.memory import CellBatches, read_cells
 from tfx.data.shards import label_values
 from tfx.errors import ConfigError, InputError, RecipeError
 from tfx.model.config import DataConfig
-from tfx.recipe.schema import Recipe, TaskSchema
+from tfx.recipe.schema import FinetuneSchema, Recipe, TaskSchema
 from tfx.registry import LOGGERS, OBJECTIVES, STRATEGIES, TASKS
 from tfx.vocab import GeneVocab, species_for_file
 from tfx.vocab.aux import official_assay_vocab
@@ -40,8 +42,7 @@ class Build:
 
     output_dir: Path
     seed: int
-    checkpoint: Checkpoint
-    task: Any  # the fine-tuning task head (a TASKS entry), or None
+    checkpoint: Checkpoint  # .task: the fine-tuning task head, or None
     objective: Any  # an OBJECTIVES entry, given its typed settings
     sources: Callable[[int, int], tuple[Any, dict[str, Any]]]  # (rank, world) -> (train, {name: held-out})
     has_validation: bool
@@ -50,6 +51,7 @@ class Build:
     peak_tflops: float | None = None
     resume: str | None = None
     config_yaml: str = ""  # the composed recipe, as the run directory records it
+    adapter: dict | None = None  # LoRA fine-tuning: settings, export form and base checkpoint, for export
 
 
 def build(cfg: DictConfig, src: str = "recipe") -> Build:
@@ -69,8 +71,9 @@ def build(cfg: DictConfig, src: str = "recipe") -> Build:
     _seed(r.seed)  # a new model's random weights
     ckpt = _checkpoint(r, src)
     ckpt.model.transformer_encoder.checkpointing = r.trainer.activation_checkpointing
-    task = _task(r.task, r, ckpt, src) if objective_cls.needs_task else None
-    objective = objective_cls(optim=r.optim, freeze=list(r.freeze), task=task, task_cfg=r.task,
+    ckpt.task = Task(r.task.name, r.task.label_key, _task(r.task, r, ckpt, src)) if objective_cls.needs_task else None
+    finetune = _finetune(r, src) if objective_cls.needs_task else None
+    objective = objective_cls(optim=r.optim, freeze=list(r.freeze), task=ckpt.task, finetune=finetune,
                               max_steps=r.trainer.max_steps)
     out = Path(r.output_dir)
     strategy = _registered(STRATEGIES, r.strategy.name, "strategy", src)(accelerator=r.trainer.accelerator)
@@ -91,10 +94,10 @@ def build(cfg: DictConfig, src: str = "recipe") -> Build:
         enable_model_summary=False,
     )
     return Build(
-        output_dir=out, seed=r.seed, checkpoint=ckpt, task=task, objective=objective,
-        sources=_sources(r, ckpt, task, src), has_validation=has_val, trainer=trainer,
+        output_dir=out, seed=r.seed, checkpoint=ckpt, objective=objective, sources=_sources(r, ckpt, src), has_validation=has_val, trainer=trainer,
         checkpoint_every_n_steps=t.checkpoint_every_n_steps, peak_tflops=t.peak_tflops,
         resume=_resume(r.resume, out, src), config_yaml=OmegaConf.to_yaml(cfg),
+        adapter=_adapter_record(finetune, r.init, src) if finetune else None,
     )
 
 
@@ -139,7 +142,37 @@ def _checkpoint(r: Recipe, src: str) -> Checkpoint:
         ckpt = Checkpoint(model, vocab, aux, r.model, data_cfg)
     if r.vocab.add:
         ckpt = add_species(ckpt, list(r.vocab.add))
+    if r.vocab.add_assays:
+        ckpt = add_aux_values(ckpt, "assay", list(r.vocab.add_assays))
     return ckpt
+
+
+def _finetune(r: Recipe, src: str) -> FinetuneSchema:
+    """The fine-tuning settings, checked; ``backbone`` null resolved."""
+    f = r.finetune
+    for key, value, allowed in (("backbone", f.backbone, (None, "frozen", "partial", "full")),
+                                ("adapter", f.adapter, ("none", "lora")), ("export", f.export, ("merged", "adapter"))):
+        if value not in allowed:
+            raise RecipeError(f"{src}: finetune.{key}={value} is not one of {', '.join(a for a in allowed if a)}")
+    if f.export == "adapter" and f.adapter != "lora":
+        raise RecipeError(f"{src}: finetune.export=adapter keeps LoRA adapters; set finetune.adapter=lora")
+    if f.trainable_layers < 1:
+        raise RecipeError(f"{src}: finetune.trainable_layers={f.trainable_layers} must be at least 1 (the last layers "
+                          "that train under backbone=partial)")
+    backbone = f.backbone or ("frozen" if f.adapter == "lora" else "partial")
+    return dataclasses.replace(f, backbone=backbone)
+
+
+def _adapter_record(f: FinetuneSchema, init: str, src: str) -> dict | None:
+    """What export needs to merge the adapters, or to keep them beside the verified base checkpoint."""
+    if f.adapter != "lora":
+        return None
+    weights = Path(init).resolve() / "model_weights.pt"
+    if f.export == "adapter" and not weights.exists():
+        raise RecipeError(f"{src}: finetune.export=adapter needs a base checkpoint with model_weights.pt and "
+                          f"{init} has none (itself an adapter export?); use finetune.export=merged")
+    base = {"path": str(weights.parent), "sha256": file_sha256(weights)} if weights.exists() else None
+    return {"lora": dataclasses.asdict(f.lora), "export": f.export, "base": base}
 
 
 def _vocab_files(r: Recipe, src: str) -> list[str]:
@@ -209,12 +242,12 @@ def _encode(labels, classes, where: str):
     return np.array([index[c] for c in labels.astype(str)], dtype=np.int64)
 
 
-def _sources(r: Recipe, ckpt: Checkpoint, task, src: str):
+def _sources(r: Recipe, ckpt: Checkpoint, src: str):
     d = r.data
     seq_len, n_aux = ckpt.model_cfg.seq_len, len(ckpt.aux_vocabs)
     pack_row_len = (d.pack_row_len or seq_len + n_aux) if d.pack else None
-    label_key = r.task.label_key if task is not None else None
-    classes = getattr(task, "classes", None)
+    label_key = ckpt.task.label_key if ckpt.task else None
+    classes = ckpt.task.module.classes if ckpt.task else None
     tokenizer = preprocess.tokenizer(ckpt.data_cfg, seq_len)
     if d.source == "shards":
         train_specs = _shard_specs(d.shards, "data.shards", src)

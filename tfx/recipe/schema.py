@@ -14,6 +14,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from tfx.model.config import SPECIAL_TOKENS, ModelConfig
+from tfx.model.lora import LORA_TARGETS
 
 
 @dataclass
@@ -24,6 +25,7 @@ class VocabSchema:
     species: Optional[list[str]] = None  # the species vocab.embeddings must cover, in vocabulary order
     special_tokens: list[str] = field(default_factory=lambda: list(SPECIAL_TOKENS))
     aux_cols: list[str] = field(default_factory=lambda: ["assay"])
+    add_assays: list[str] = field(default_factory=list)  # assay values the checkpoint's assay vocabulary gains
 
 
 @dataclass
@@ -92,8 +94,26 @@ class OptimSchema:
 class TaskSchema:
     name: str = "classification"  # a task registry key: classification | regression
     label_key: str = MISSING  # the obs column to predict (h5ad obs, or shard metadata)
-    backbone: str = "partial"  # frozen | partial | full
-    trainable_layers: int = 2
+
+
+@dataclass
+class LoraSchema:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # module-name suffixes: each block's attention q, k, v, out projections and feed-forward layers
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+
+@dataclass
+class FinetuneSchema:
+    """How the backbone trains under a task head; the protein embedding table never does."""
+
+    backbone: Optional[str] = None  # frozen | partial | full; null: frozen with an adapter, else partial
+    trainable_layers: int = 2  # partial: the last layers that train
+    adapter: str = "none"  # none | lora
+    lora: LoraSchema = field(default_factory=LoraSchema)
+    export: str = "merged"  # lora: merged (a plain checkpoint) | adapter (adapter weights beside the init checkpoint)
 
 
 @dataclass
@@ -113,6 +133,7 @@ class Recipe:
     logger: LoggerSchema = field(default_factory=LoggerSchema)
     optim: OptimSchema = field(default_factory=OptimSchema)
     task: Optional[TaskSchema] = None
+    finetune: FinetuneSchema = field(default_factory=FinetuneSchema)
 
 
 def register() -> None:

@@ -2,13 +2,15 @@
 
 `checkpoint_template/` (written when a run starts) holds config.json and vocabs/ of the model;
 export adds the trained weights as model_weights.pt, checks that the result loads, and renames
-it into place. A fine-tuning run also exports its task head (task_head.pt, task.json), which the
-reference ignores.
+it into place. A fine-tuning run also exports its task head (task.json, task_head.pt), which the
+reference ignores; LoRA adapters are merged into model_weights.pt, or kept as adapter weights beside
+the base checkpoint (``finetune.export=adapter``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import tempfile
@@ -18,19 +20,20 @@ import torch
 
 from tfx.atomic import atomic_path
 from tfx.checkpoint import Checkpoint, CheckpointError, check_output_dir, load_checkpoint, save_checkpoint
+from tfx.checkpoint.finetuned import ADAPTER_JSON, TASK_WEIGHTS, write_adapter
 from tfx.checkpoint.zero import consolidate_zero
+from tfx.model.lora import merge_adapters, split_adapters
 
 
-def write_template(ckpt: Checkpoint, path: Path, task=None, task_cfg=None) -> None:
-    """The checkpoint without weights; a fine-tuning run adds task.json: the task's registry name,
-    its label column and its classes in the order of the head's outputs."""
+def write_template(ckpt: Checkpoint, path: Path, adapter: dict | None = None) -> None:
+    """The checkpoint without weights (a fine-tuning run's task.json included) and, for a LoRA run,
+    ``adapter.json``: what export needs to merge the adapters or keep them beside their base."""
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         save_checkpoint(ckpt, Path(tmp) / "ckpt")
         with atomic_path(path) as out:
-            shutil.copytree(Path(tmp) / "ckpt", out, ignore=shutil.ignore_patterns("model_weights.pt"))
-            if task is not None:
-                record = {"task": task_cfg.name, "label_key": task_cfg.label_key, "classes": task.classes}
-                (out / "task.json").write_text(json.dumps(record, indent=2))
+            shutil.copytree(Path(tmp) / "ckpt", out, ignore=shutil.ignore_patterns("model_weights.pt", TASK_WEIGHTS))
+            if adapter is not None:
+                (out / ADAPTER_JSON).write_text(json.dumps(adapter, indent=2))
 
 
 def _training_state(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -53,8 +56,9 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path | None = None,
-               overwrite: bool = False) -> Path:
-    """``overwrite``: an existing checkpoint at ``out_dir`` may be replaced (nothing else ever is)."""
+               overwrite: bool = False, lora_form: str | None = None) -> Path:
+    """``overwrite``: an existing checkpoint at ``out_dir`` may be replaced (nothing else ever is);
+    ``lora_form``: merged | adapter, for a LoRA run (default: what its recipe chose)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_output_dir(out_dir, overwrite)
     template = run_dir / "checkpoint_template"
@@ -63,10 +67,26 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
     state = _training_state(Path(checkpoint) if checkpoint else latest_checkpoint(run_dir))
     model_state = {k.removeprefix("model."): v.float() for k, v in state.items() if k.startswith("model.")}
     head_state = {k.removeprefix("task."): v.float() for k, v in state.items() if k.startswith("task.")}
+    adapter = json.loads((template / ADAPTER_JSON).read_text()) if (template / ADAPTER_JSON).exists() else None
+    form = (lora_form or adapter["export"]) if adapter else None
+    if lora_form and not adapter:
+        raise CheckpointError(f"{run_dir}: not a LoRA fine-tuning run; drop --lora-form")
+    if form == "adapter" and not adapter["base"]:
+        raise CheckpointError(f"{run_dir}: its init checkpoint has no model_weights.pt to keep adapters beside; "
+                              "export with --lora-form merged")
     with atomic_path(out_dir) as tmp:
-        shutil.copytree(template, tmp)
-        torch.save(model_state, tmp / "model_weights.pt")
+        shutil.copytree(template, tmp, ignore=shutil.ignore_patterns(ADAPTER_JSON))
         if head_state:
-            torch.save(head_state, tmp / "task_head.pt")
+            torch.save(head_state, tmp / TASK_WEIGHTS)
+        if adapter is None:
+            torch.save(model_state, tmp / "model_weights.pt")
+        elif form == "merged":
+            plain, adapters = split_adapters(model_state)
+            torch.save(plain, tmp / "model_weights.pt")
+            merged = merge_adapters(load_checkpoint(tmp).model, adapter["lora"], adapters)
+            torch.save(merged.state_dict(), tmp / "merged.pt")  # the loaded model still maps the plain file
+            os.replace(tmp / "merged.pt", tmp / "model_weights.pt")
+        else:
+            write_adapter(tmp, adapter["base"], adapter["lora"], model_state)
         load_checkpoint(tmp)  # what is exported must load
     return out_dir

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from tfx.model.lora import is_adapter
 from tfx.model.transcriptformer import TokenBatch, TranscriptFormer
 from tfx.recipe.schema import OptimSchema
 
@@ -89,16 +90,16 @@ class PretrainModule(_Module):
 
 
 def freeze_backbone(model: TranscriptFormer, policy: str, trainable_layers: int = 2) -> None:
-    """``frozen``: only the task head trains; ``partial``: also the last layers; ``full``: all."""
+    """``frozen``: only the task head (and LoRA adapters) train; ``partial``: also the last layers;
+    ``full``: all. The protein table never trains."""
     if policy not in ("frozen", "partial", "full"):
         raise KeyError(f"unknown backbone policy '{policy}' (frozen, partial, full)")
+    layers = model.transformer_encoder.encoder_layers
+    trained = {id(p) for layer in layers[len(layers) - trainable_layers:] for p in layer.parameters()}
+    table = model.gene_embeddings.embedding.weight
     for name, p in model.named_parameters():
-        if name == "gene_embeddings.embedding.weight":
-            continue  # the protein table is always frozen
-        p.requires_grad = policy == "full"
-    if policy == "partial":
-        for layer in model.transformer_encoder.encoder_layers[-trainable_layers:]:
-            layer.requires_grad_(True)
+        if not is_adapter(name):
+            p.requires_grad = p is not table and (policy == "full" or (policy == "partial" and id(p) in trained))
 
 
 class TaskModule(_Module):

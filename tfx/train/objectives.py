@@ -5,13 +5,14 @@
   species; held-out likelihood per validation set before and after goes to
   ``continuation_report.json``.
 - ``finetune``: a task head on the cell embedding (labels from an obs column), the backbone
-  frozen, partly or fully trained.
+  frozen, partly or fully trained, optionally with LoRA adapters.
 
 Lightning is imported only when a module is built, so listing them (``tfx registry``) stays light.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -26,8 +27,8 @@ class Pretrain:
     starts_from_checkpoint = False
     needs_task = False
 
-    def __init__(self, *, optim, max_steps: int, freeze=(), task=None, task_cfg=None):
-        self.optim, self.freeze, self.task, self.task_cfg = optim, list(freeze), task, task_cfg
+    def __init__(self, *, optim, max_steps: int, freeze=(), task=None, finetune=None):
+        self.optim, self.freeze, self.task, self.finetune = optim, list(freeze), task, finetune
         self.total_steps = optim.total_steps or max_steps
 
     def module(self, model):
@@ -76,10 +77,19 @@ class Finetune(Pretrain):
     needs_task = True
 
     def module(self, model):
+        from tfx.model.lora import add_lora
         from tfx.train.module import TaskModule, freeze_backbone
 
-        freeze_backbone(model, self.task_cfg.backbone, self.task_cfg.trainable_layers)
-        return TaskModule(model, self.task, self.optim, self.total_steps)
+        f = self.finetune
+        backbone_size = sum(p.numel() for p in model.parameters())
+        if f.adapter == "lora":
+            add_lora(model, dataclasses.asdict(f.lora))
+        freeze_backbone(model, f.backbone, f.trainable_layers)
+        module = TaskModule(model, self.task.module, self.optim, self.total_steps)
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        log.info("fine-tuning %d parameters (%.3f%% of the backbone's %d): backbone %s, adapter %s", trainable,
+                 100 * trainable / backbone_size, backbone_size, f.backbone, f.adapter)
+        return module
 
 
 def held_out(model, val_sets: dict, max_batches: int = 8) -> dict[str, dict[str, float]]:

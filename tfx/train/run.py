@@ -1,7 +1,7 @@
 """`tfx train RECIPE [overrides]`: compose -> build -> fit -> export.
 
 A run directory holds ``config.yaml`` (the composed recipe), ``checkpoint_template/`` (config.json,
-vocabs/ and, for fine-tuning, task.json of the model being trained), ``checkpoints/`` (Lightning /
+vocabs/ and, for fine-tuning, task.json and adapter.json of the model being trained), ``checkpoints/`` (Lightning /
 DeepSpeed checkpoints), ``logs/<n>/metrics.csv`` (one per start or resume, and wandb's offline run
 when enabled) and, when the run ends, ``export/``: the inference checkpoint in the official layout.
 """
@@ -95,7 +95,7 @@ def fit(run: Build) -> Path:
     out = run.output_dir
     out.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and _rank() == 0:
-        write_template(run.checkpoint, out / "checkpoint_template", run.task, run.objective.task_cfg)
+        write_template(run.checkpoint, out / "checkpoint_template", run.adapter)
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(run.config_yaml)
     checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=run.checkpoint_every_n_steps,
