@@ -232,6 +232,8 @@ def test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(atl
     stopped = int(line.split("stopped at step ")[1].split()[0])
     assert 3 <= stopped < 24 and not (split / "export").exists(), line
     assert "run the same command again to resume" in line
+    saved = torch.load(split / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == stopped  # saved at the signal (periodic checkpoints come every 3 steps)
 
     assert tfx(*train_args(atlas, split, *common)).returncode == 0  # resume=auto
     assert tfx(*train_args(atlas, tmp_path / "full", *common)).returncode == 0
