@@ -247,6 +247,17 @@ def test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(atl
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+def test_a_source_of_corrupt_shards_ends_the_run_with_one_line(atlas, tmp_path):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(3):
+        (junk / f"shard-{i:06d}.tar").write_bytes(os.urandom(4000))
+    # every shard corrupt: the run stops with the source's name (it looped forever, 18,000 warnings a second)
+    line = one_line_error(tfx(*train_args(atlas, tmp_path / "a", "trainer.max_steps=2", shards=junk), timeout=120))
+    assert "source junk: none of its 3 shards" in line, line
+    assert not (tmp_path / "a" / "checkpoints" / "last.ckpt").exists()
+
+
 def test_a_truncated_checkpoint_is_one_line(atlas, run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
