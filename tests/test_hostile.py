@@ -40,10 +40,7 @@ def cli(capsys):
 
     def run(*args):
         capsys.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exit:  # argparse's usage errors
-            code = exit.code
+        code = main([str(a) for a in args])
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out, err)
 

@@ -437,7 +437,10 @@ def _quiet_third_parties() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # a usage error (2, printed by argparse) or --help (0)
+        return done.code
     if args.command == "infer":
         _note_reference_flags(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
