@@ -139,12 +139,11 @@ def cmd_shard(args) -> int:
 
 
 def cmd_embed_proteins(args) -> int:
-    from tqdm import tqdm
-
     from tfx.esm import embed_proteins
+    from tfx.progress import progress
 
     try:
-        with tqdm(unit="seq", desc="embed-proteins", disable=None) as bar:
+        with progress(unit="seq", desc="embed-proteins") as bar:
             def show(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)

@@ -26,9 +26,9 @@ import zlib
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
 
 from tfx.atomic import atomic_path
+from tfx.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +189,7 @@ def _total_from_content_range(value: str | None) -> int | None:
 
 
 def _copy(response, out, total: int | None, have: int, label: str) -> None:
-    with tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-              disable=None) as bar:
+    with progress(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label) as bar:
         try:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
@@ -253,8 +252,8 @@ def _unpack(path: Path, archive: str, checkpoint_dir: Path, url: str) -> None:
             # one streaming pass; GzipFile (not tarfile's own stream) checks the CRC at the end
             with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz, \
                     tarfile.open(fileobj=gz, mode="r|") as tar, \
-                    tqdm(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
-                         desc=f"unpack {archive}", disable=None) as bar:
+                    progress(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc=f"unpack {archive}") as bar:
                 for member in tar:
                     check_member(member, archive)
                     # the data filter also catches escapes through links made by earlier members
