@@ -493,3 +493,13 @@ def test_ctrl_c_in_infer_is_exit_130_without_a_traceback(run_dir, atlas, tmp_pat
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert "tfx infer: interrupted (Ctrl-C)" in err
     assert not (tmp_path / "o.h5ad").exists() and not list(tmp_path.glob(".o.h5ad.tmp-*"))
+
+
+def test_download_never_replaces_a_directory_it_did_not_write(tmp_path, cli):
+    mine = tmp_path / "checkpoints" / "tf_sapiens"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my notes")
+    line = one_line_error(cli("download", "tf-sapiens", "--checkpoint-dir", tmp_path / "checkpoints",
+                              "--base-url", "http://127.0.0.1:9"))  # refused before any connection
+    assert "tf_sapiens: exists and is not a complete tf_sapiens release" in line, line
+    assert (mine / "notes.txt").read_text() == "my notes"

@@ -89,8 +89,12 @@ def fetch_archive(archive: str, checkpoint_dir: Path, base_url: str, retries: in
     target = checkpoint_dir / archive
     url = f"{base_url.rstrip('/')}/{archive}.tar.gz"
     record = {"name": archive, "path": str(target), "url": url, "bytes": 0, "sha256": None}
-    if layout_problem(archive, target) is None:
+    problem = layout_problem(archive, target)
+    if problem is None:
         return {**record, "status": "present"}
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):  # tfx's unpacking is all or nothing
+        raise DownloadError(f"{target}: exists and is not a complete {archive} release ({problem}); tfx does not "
+                            "replace what it did not write: move it away, then run the same command again")
 
     work = checkpoint_dir / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
@@ -272,7 +276,7 @@ def _unpack(path: Path, archive: str, checkpoint_dir: Path, url: str) -> None:
         if problem:
             raise DownloadError(f"{url}: the archive's {archive}/ {problem}; "
                                 "it is not the official release layout (check --base-url)")
-        with atomic_path(checkpoint_dir / archive) as tmp:  # also replaces an incomplete leftover
+        with atomic_path(checkpoint_dir / archive) as tmp:
             os.replace(staging / archive, tmp)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
