@@ -5,12 +5,14 @@ See docs/security.md for the promises these tests hold tfx to."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401  (imported here, its log handler writes to the session's stderr, not one test's)
 import pytest
 import torch
 
@@ -40,7 +42,9 @@ def cli(capsys):
 
     def run(*args):
         capsys.readouterr()
+        handlers = logging.root.handlers[:]
         code = main([str(a) for a in args])
+        logging.root.handlers[:] = handlers  # main's handler writes to this test's captured stderr
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out, err)
 
@@ -97,7 +101,7 @@ def test_a_crafted_zero_checkpoint_runs_no_code(tmp_path):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
-def test_a_manifest_cannot_name_a_command_or_a_path_outside(atlas, tmp_path):
+def test_a_manifest_cannot_name_a_command_or_a_path_outside(atlas, tmp_path, cli, monkeypatch):
     marker = tmp_path / "pwned"
     received = tmp_path / "received"
     shutil.copytree(atlas["shards"], received)
@@ -109,8 +113,8 @@ def test_a_manifest_cannot_name_a_command_or_a_path_outside(atlas, tmp_path):
 
     with_entry(f"pipe:touch {marker}")
     # named from its own directory, the manifest's entries are not prefixed: 'pipe:' would reach webdataset
-    line = one_line_error(tfx(*train_args(atlas, tmp_path / "run", "trainer.max_steps=1", shards="manifest.json"),
-                              cwd=received))
+    monkeypatch.chdir(received)
+    line = one_line_error(cli(*train_args(atlas, tmp_path / "run", "trainer.max_steps=1", shards="manifest.json")))
     assert "manifest.json: shard entry 'pipe:touch" in line and "refused" in line, line
     assert not marker.exists() and not (tmp_path / "run" / "checkpoints").exists()
     for entry in ["../shards/shard-000000.tar", "/etc/passwd", "http://example.org/a.tar", "sub/x.tar", 7]:
@@ -192,7 +196,7 @@ def test_a_swap_killed_between_its_renames_keeps_the_old_directory(tmp_path):
 
 def test_a_run_of_another_model_is_refused_before_anything_changes(atlas, run_dir, cli):
     before = _tree(run_dir)
-    line = one_line_error(tfx(*train_args(atlas, run_dir, "trainer.max_steps=4", "model.embed_dim=32")))
+    line = one_line_error(cli(*train_args(atlas, run_dir, "trainer.max_steps=4", "model.embed_dim=32")))
     assert "holds a run of another model" in line and "embed_dim 16 -> 32" in line, line
     assert _tree(run_dir) == before
     assert cli("export", run_dir, "--output", run_dir.parent / "still_exports").returncode == 0
@@ -255,17 +259,17 @@ def test_a_source_of_corrupt_shards_ends_the_run_with_one_line(atlas, tmp_path):
     assert not (tmp_path / "a" / "checkpoints" / "last.ckpt").exists()
 
 
-def test_a_truncated_checkpoint_is_one_line(atlas, run_dir, tmp_path):
+def test_a_truncated_checkpoint_is_one_line(atlas, run_dir, tmp_path, cli):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     last = run / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    line = one_line_error(tfx(*train_args(atlas, run, "trainer.max_steps=4")))
+    line = one_line_error(cli(*train_args(atlas, run, "trainer.max_steps=4")))
     assert "last.ckpt: unreadable" in line and "resume=" in line, line
     final = run / "checkpoints" / "final.ckpt"
     final.write_bytes(final.read_bytes()[:5000])
     assert "final.ckpt: not a readable training checkpoint" in one_line_error(
-        tfx("export", run, "--output", tmp_path / "out"))
+        cli("export", run, "--output", tmp_path / "out"))
 
 
 def _big_h5ad(path: Path, cells: int = 3000) -> Path:
