@@ -5,12 +5,14 @@ See docs/security.md for the promises these tests hold tfx to."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401  (imported here, its log handler writes to the session's stderr, not one test's)
 import pytest
 import torch
 
@@ -40,10 +42,9 @@ def cli(capsys):
 
     def run(*args):
         capsys.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exit:  # argparse's usage errors
-            code = exit.code
+        handlers = logging.root.handlers[:]
+        code = main([str(a) for a in args])
+        logging.root.handlers[:] = handlers  # main's handler writes to this test's captured stderr
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out, err)
 
@@ -100,7 +101,7 @@ def test_a_crafted_zero_checkpoint_runs_no_code(tmp_path):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
-def test_a_manifest_cannot_name_a_command_or_a_path_outside(atlas, tmp_path):
+def test_a_manifest_cannot_name_a_command_or_a_path_outside(atlas, tmp_path, cli, monkeypatch):
     marker = tmp_path / "pwned"
     received = tmp_path / "received"
     shutil.copytree(atlas["shards"], received)
@@ -111,7 +112,9 @@ def test_a_manifest_cannot_name_a_command_or_a_path_outside(atlas, tmp_path):
         (received / "manifest.json").write_text(json.dumps(manifest))
 
     with_entry(f"pipe:touch {marker}")
-    line = one_line_error(tfx(*train_args(atlas, tmp_path / "run", "trainer.max_steps=1", shards=received)))
+    # named from its own directory, the manifest's entries are not prefixed: 'pipe:' would reach webdataset
+    monkeypatch.chdir(received)
+    line = one_line_error(cli(*train_args(atlas, tmp_path / "run", "trainer.max_steps=1", shards="manifest.json")))
     assert "manifest.json: shard entry 'pipe:touch" in line and "refused" in line, line
     assert not marker.exists() and not (tmp_path / "run" / "checkpoints").exists()
     for entry in ["../shards/shard-000000.tar", "/etc/passwd", "http://example.org/a.tar", "sub/x.tar", 7]:
@@ -193,7 +196,7 @@ def test_a_swap_killed_between_its_renames_keeps_the_old_directory(tmp_path):
 
 def test_a_run_of_another_model_is_refused_before_anything_changes(atlas, run_dir, cli):
     before = _tree(run_dir)
-    line = one_line_error(tfx(*train_args(atlas, run_dir, "trainer.max_steps=4", "model.embed_dim=32")))
+    line = one_line_error(cli(*train_args(atlas, run_dir, "trainer.max_steps=4", "model.embed_dim=32")))
     assert "holds a run of another model" in line and "embed_dim 16 -> 32" in line, line
     assert _tree(run_dir) == before
     assert cli("export", run_dir, "--output", run_dir.parent / "still_exports").returncode == 0
@@ -230,6 +233,8 @@ def test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(atl
     stopped = int(line.split("stopped at step ")[1].split()[0])
     assert 3 <= stopped < 24 and not (split / "export").exists(), line
     assert "run the same command again to resume" in line
+    saved = torch.load(split / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == stopped  # saved at the signal (periodic checkpoints come every 3 steps)
 
     assert tfx(*train_args(atlas, split, *common)).returncode == 0  # resume=auto
     assert tfx(*train_args(atlas, tmp_path / "full", *common)).returncode == 0
@@ -243,17 +248,28 @@ def test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(atl
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
-def test_a_truncated_checkpoint_is_one_line(atlas, run_dir, tmp_path):
+def test_a_source_of_corrupt_shards_ends_the_run_with_one_line(atlas, tmp_path):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(3):
+        (junk / f"shard-{i:06d}.tar").write_bytes(os.urandom(4000))
+    # every shard corrupt: the run stops with the source's name (it looped forever, 18,000 warnings a second)
+    line = one_line_error(tfx(*train_args(atlas, tmp_path / "a", "trainer.max_steps=2", shards=junk), timeout=120))
+    assert "source junk: none of its 3 shards" in line, line
+    assert not (tmp_path / "a" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_truncated_checkpoint_is_one_line(atlas, run_dir, tmp_path, cli):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     last = run / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    line = one_line_error(tfx(*train_args(atlas, run, "trainer.max_steps=4")))
+    line = one_line_error(cli(*train_args(atlas, run, "trainer.max_steps=4")))
     assert "last.ckpt: unreadable" in line and "resume=" in line, line
     final = run / "checkpoints" / "final.ckpt"
     final.write_bytes(final.read_bytes()[:5000])
     assert "final.ckpt: not a readable training checkpoint" in one_line_error(
-        tfx("export", run, "--output", tmp_path / "out"))
+        cli("export", run, "--output", tmp_path / "out"))
 
 
 def _big_h5ad(path: Path, cells: int = 3000) -> Path:
@@ -452,3 +468,42 @@ def test_training_output_carries_no_adverts_or_deprecations(run_dir):
     log = (run_dir / "train.log").read_text()
     assert "Tip:" not in log and "deprecated" not in log.lower(), log[-3000:]
     assert "exported" in log
+
+
+def test_exit_codes_agree_across_commands(cli, tmp_path):
+    assert "--outputs: unknown ['umap']" in one_line_error(
+        cli("infer", "--checkpoint", "c", "--data", "d.h5ad", "--output", "o.h5ad", "--outputs", "umap"))
+    assert "tfx synth: error:" in one_line_error(cli("synth", "--output", tmp_path / "s", "--genes", "3"))
+    assert "name a recipe" in one_line_error(cli("train"))
+    assert "argument --species" in one_line_error(cli("synth", "--output", tmp_path / "s", "--species", "9"))
+
+
+def test_ctrl_c_in_infer_is_exit_130_without_a_traceback(run_dir, atlas, tmp_path):
+    import signal
+
+    import anndata
+
+    adata = anndata.read_h5ad(atlas["h5ad"])
+    anndata.concat([adata] * 30, index_unique="-", merge="first").write_h5ad(tmp_path / "many.h5ad")
+    proc = subprocess.Popen([sys.executable, "-m", "tfx.cli", "infer", "--checkpoint", str(run_dir / "export"),
+                             "--data", str(tmp_path / "many.h5ad"), "--output", str(tmp_path / "o.h5ad"),
+                             "--batch-size", "1"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = []
+    while not any("tfx.progress" in x for x in lines) and proc.poll() is None:
+        lines.append(proc.stderr.readline())
+    proc.send_signal(signal.SIGINT)
+    err = "".join(lines) + proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert "tfx infer: interrupted (Ctrl-C)" in err
+    assert not (tmp_path / "o.h5ad").exists() and not list(tmp_path.glob(".o.h5ad.tmp-*"))
+
+
+def test_download_never_replaces_a_directory_it_did_not_write(tmp_path, cli):
+    mine = tmp_path / "checkpoints" / "tf_sapiens"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my notes")
+    line = one_line_error(cli("download", "tf-sapiens", "--checkpoint-dir", tmp_path / "checkpoints",
+                              "--base-url", "http://127.0.0.1:9"))  # refused before any connection
+    assert "tf_sapiens: exists and is not a complete tf_sapiens release" in line, line
+    assert (mine / "notes.txt").read_text() == "my notes"

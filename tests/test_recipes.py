@@ -283,7 +283,7 @@ def test_infer_refuses_a_clip_that_is_not_a_positive_number(value, data, base, t
     out = tmp_path / "emb.h5ad"
     assert main(["infer", "--checkpoint", str(base), "--data", str(data["human_h5ad"]), "--output", str(out),
                  f"--clip-counts={value}"]) == 2
-    assert "clip_counts" in capsys.readouterr().err and not out.exists()
+    assert "argument --clip-counts" in capsys.readouterr().err and not out.exists()  # refused when parsed
 
 
 def test_finetuning_on_a_label_column_the_shards_lack_is_one_line(data, base, tmp_path):

@@ -102,7 +102,7 @@ def cmd_infer(args) -> int:
     outputs = {o.strip() for o in args.outputs.split(",") if o.strip()}
     unknown = outputs - set(INFER_OUTPUTS)
     if unknown or not outputs:
-        raise InputError(f"--outputs {args.outputs}: choose from {', '.join(INFER_OUTPUTS)}")
+        raise InputError(f"--outputs: unknown {sorted(unknown)}; choose from {', '.join(INFER_OUTPUTS)}")
     ckpt = load_checkpoint(args.checkpoint, attention=args.attention)
     if "predictions" in outputs and ckpt.task is None:
         raise InputError(f"{args.checkpoint}: has no task head (task.json); --outputs predictions needs a "
@@ -201,12 +201,11 @@ def cmd_shard(args) -> int:
 
 
 def cmd_embed_proteins(args) -> int:
-    from tqdm import tqdm
-
     from tfx.esm import embed_proteins
+    from tfx.progress import progress
 
     try:
-        with tqdm(unit="seq", desc="embed-proteins", disable=None) as bar:
+        with progress(unit="seq", desc="embed-proteins") as bar:
             def show(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
@@ -273,12 +272,13 @@ def cmd_download_data(args) -> int:
 
 
 def cmd_synth(args) -> int:
+    from tfx.errors import InputError
     from tfx.synth import synth_atlas
 
     try:
         summary = synth_atlas(args.output, species=args.species, cells=args.cells, genes=args.genes, seed=args.seed)
     except ValueError as err:
-        raise SystemExit(f"tfx synth: {err}") from None
+        raise InputError(str(err)) from None
     for s in summary["species"].values():
         g = s["genes_per_cell"]
         print(f"wrote {s['h5ad']} ({s['cells']} cells x {s['genes']} genes; {g['min']} to {g['max']} "
@@ -542,7 +542,10 @@ def _quiet_third_parties() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # a usage error (2, printed by argparse) or --help (0)
+        return done.code
     if args.command == "infer":
         _note_reference_flags(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -26,9 +26,9 @@ import zlib
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
 
 from tfx.atomic import atomic_path
+from tfx.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,12 @@ def fetch_archive(archive: str, checkpoint_dir: Path, base_url: str, retries: in
     target = checkpoint_dir / archive
     url = f"{base_url.rstrip('/')}/{archive}.tar.gz"
     record = {"name": archive, "path": str(target), "url": url, "bytes": 0, "sha256": None}
-    if layout_problem(archive, target) is None:
+    problem = layout_problem(archive, target)
+    if problem is None:
         return {**record, "status": "present"}
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):  # tfx's unpacking is all or nothing
+        raise DownloadError(f"{target}: exists and is not a complete {archive} release ({problem}); tfx does not "
+                            "replace what it did not write: move it away, then run the same command again")
 
     work = checkpoint_dir / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
@@ -189,8 +193,7 @@ def _total_from_content_range(value: str | None) -> int | None:
 
 
 def _copy(response, out, total: int | None, have: int, label: str) -> None:
-    with tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-              disable=None) as bar:
+    with progress(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label) as bar:
         try:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
@@ -253,8 +256,8 @@ def _unpack(path: Path, archive: str, checkpoint_dir: Path, url: str) -> None:
             # one streaming pass; GzipFile (not tarfile's own stream) checks the CRC at the end
             with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz, \
                     tarfile.open(fileobj=gz, mode="r|") as tar, \
-                    tqdm(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
-                         desc=f"unpack {archive}", disable=None) as bar:
+                    progress(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc=f"unpack {archive}") as bar:
                 for member in tar:
                     check_member(member, archive)
                     # the data filter also catches escapes through links made by earlier members
@@ -273,7 +276,7 @@ def _unpack(path: Path, archive: str, checkpoint_dir: Path, url: str) -> None:
         if problem:
             raise DownloadError(f"{url}: the archive's {archive}/ {problem}; "
                                 "it is not the official release layout (check --base-url)")
-        with atomic_path(checkpoint_dir / archive) as tmp:  # also replaces an incomplete leftover
+        with atomic_path(checkpoint_dir / archive) as tmp:
             os.replace(staging / archive, tmp)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
