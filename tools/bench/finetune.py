@@ -27,8 +27,6 @@ import anndata
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[2]
-MOUSE = ROOT.parent / "shared" / "data" / "mouse_val.h5ad"
 
 
 def tfx_process(args: list[str], log: Path) -> tuple[float, float, str]:
@@ -71,30 +69,21 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=300)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
-    if not MOUSE.exists():
-        sys.exit(f"{MOUSE} is absent: this benchmark needs the real data beside the project")
 
     from sklearn.decomposition import PCA
     from sklearn.model_selection import train_test_split
 
-    from tfx.eval.probes import large_classes
-    from tfx.vocab import write_gene_embeddings
+    from mouse import mouse_cells
 
     work = Path(args.workdir or tempfile.mkdtemp())
     work.mkdir(parents=True, exist_ok=True)
-    cells = anndata.read_h5ad(MOUSE)
-    keep, _ = large_classes(cells.obs["cell_type"].astype(str).to_numpy())  # classes under 10 cells dropped
-    cells = cells[keep].copy()
-    cells.obs["cell_type"] = cells.obs["cell_type"].astype(str)
+    cells, gene_file = mouse_cells(work)
     train_idx, test_idx = train_test_split(np.arange(cells.n_obs), test_size=0.2, random_state=0,
                                            stratify=cells.obs["cell_type"])
     train_file, test_file = work / "train.h5ad", work / "test.h5ad"
     cells[train_idx].copy().write_h5ad(train_file)
     cells[test_idx].copy().write_h5ad(test_file)
     y_train, y_test = cells.obs["cell_type"].to_numpy()[train_idx], cells.obs["cell_type"].to_numpy()[test_idx]
-    gene_file = work / "mus_musculus_gene.h5"
-    rng = np.random.default_rng(0)
-    write_gene_embeddings(gene_file, list(cells.var["ensembl_id"]), rng.normal(size=(cells.n_vars, 32)).astype(np.float32))
     print(f"{cells.n_obs} cells of {len(set(y_train))} types: {len(train_idx)} train, {len(test_idx)} held out",
           flush=True)
 

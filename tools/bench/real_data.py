@@ -11,16 +11,12 @@ regression) of both, beside the PCA-of-log-normalised-counts baseline on the sam
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import anndata
-import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-MOUSE = ROOT.parent / "shared" / "data" / "mouse_val.h5ad"
 
 
 def main() -> None:
@@ -31,27 +27,20 @@ def main() -> None:
     ap.add_argument("--token-budget", type=int, default=4096)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
-    if not MOUSE.exists():
-        sys.exit(f"{MOUSE} is absent: this benchmark needs the real data beside the project")
 
+    from mouse import mouse_cells
     from tfx.cli import main as tfx
     from tfx.eval.inputs import pca_of_log_counts
-    from tfx.eval.probes import label_prediction, large_classes
+    from tfx.eval.probes import label_prediction
     from tfx.recipe import compose
     from tfx.train.run import train
-    from tfx.vocab import write_gene_embeddings
 
     work = Path(args.workdir or tempfile.mkdtemp())
     work.mkdir(parents=True, exist_ok=True)
-    cells = anndata.read_h5ad(MOUSE)
-    keep, _ = large_classes(cells.obs["cell_type"].astype(str).to_numpy())  # classes under 10 cells dropped
-    cells = cells[keep].copy()
+    cells, gene_file = mouse_cells(work)
     data = work / "cells.h5ad"  # the cells scored: pretraining, embedding and the baseline all use them
     cells.write_h5ad(data)
-    labels = cells.obs["cell_type"].astype(str).to_numpy()
-    gene_file = work / "mus_musculus_gene.h5"
-    rng = np.random.default_rng(0)
-    write_gene_embeddings(gene_file, list(cells.var["ensembl_id"]), rng.normal(size=(cells.n_vars, 32)).astype(np.float32))
+    labels = cells.obs["cell_type"].to_numpy()
 
     rows = {"PCA of log-normalised counts": label_prediction(pca_of_log_counts(cells.X), labels)}
     for name, steps in [(f"tfx tiny, {args.steps} steps", args.steps), ("tfx tiny, 1 step", 1)]:
