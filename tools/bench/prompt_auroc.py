@@ -1,6 +1,6 @@
 """Do prompts recover the synthetic atlas's true marker programmes? AUROC on a quickstart model.
 
-    python tools/bench/prompt_auroc.py QUICKSTART_DIR [--species synth_alpha] [--cells 64] [--seed 0]
+    python tools/bench/prompt_auroc.py QUICKSTART_DIR [--checkpoint DIR] [--species synth_alpha] [--cells 64] [--seed 0]
 
 For each cell type of ``QUICKSTART_DIR/atlas/<species>.h5ad``, its true marker programme
 (``uns["marker_programmes"]``, written by `tfx synth`) is split in two at random. The model is
@@ -27,8 +27,9 @@ from tfx.generate.prompt import programme_scores  # noqa: E402
 from tfx.generate.sample import species_of  # noqa: E402
 
 
-def prompt_aurocs(quickstart: Path, species: str, cells: int, seed: int) -> dict[str, tuple[float, float]]:
-    ckpt = load_checkpoint(quickstart / "run" / "export")
+def prompt_aurocs(quickstart: Path, checkpoint: Path, species: str, cells: int, seed: int
+                  ) -> dict[str, tuple[float, float]]:
+    ckpt = load_checkpoint(checkpoint)
     sp = species_of(ckpt, species)
     adata = anndata.read_h5ad(quickstart / "atlas" / f"{species}.h5ad")
     column = {g: i for i, g in enumerate(adata.var["ensembl_id"])}
@@ -54,11 +55,13 @@ def prompt_aurocs(quickstart: Path, species: str, cells: int, seed: int) -> dict
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("quickstart", type=Path)
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: QUICKSTART_DIR/run/export")
     p.add_argument("--species", default="synth_alpha")
     p.add_argument("--cells", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    result = prompt_aurocs(args.quickstart, args.species, args.cells, args.seed)
+    result = prompt_aurocs(args.quickstart, args.checkpoint or args.quickstart / "run" / "export", args.species,
+                           args.cells, args.seed)
     for cell_type, (auroc, base) in result.items():
         print(f"  {cell_type:<22} AUROC {auroc:.3f}   (gene frequency alone {base:.3f})")
     mean, base = np.mean([a for a, _ in result.values()]), np.mean([b for _, b in result.values()])
