@@ -223,3 +223,12 @@ def test_an_unknown_count_link_is_refused():
 
     with pytest.raises(ConfigError, match="mu_link_fn 'sigmoid' is not supported; choose one of softmax, exp, softplus"):
         ModelConfig(mu_link_fn="sigmoid")
+
+
+def test_decoding_scores_equal_the_full_forward_scores(teacher):
+    from tfx.generate.score import decode_nll
+
+    ckpt = load_checkpoint(teacher)
+    cells = [(ids + 7, c) for ids, c in random_cells(10, vocab_size=40, max_len=20, seed=4)]  # ids 14..46: genes
+    np.testing.assert_allclose(decode_nll(ckpt, cells, assay="MERFISH"), score_cells(ckpt, cells, assay="MERFISH"),
+                               rtol=1e-5)

@@ -7,6 +7,10 @@ and `tfx train pretrain/tiny`. On the held-out cells, the student's mean `nll` (
 --outputs nll`) should approach the sampled distribution's entropy estimate, mean(-log_prob):
 no model can do better in expectation, and the student after 1 step is far from it.
 
+The held-out cells are also scored by the sampler's incremental decoder (`decode_nll`), where no
+position can see a later one: it must agree with `tfx infer`'s full forward. A model that saw
+its targets in training (a broken causal mask, targets shifted by one) disagrees there.
+
 Every stage runs through the `tfx` command's own code (`tfx.cli.main`). Used by
 tools/bench/known_answer.py (the learning curve) and tests/test_known_answer.py (a short run).
 """
@@ -22,7 +26,10 @@ import anndata
 import numpy as np
 
 from teacher import build_teacher
+from tfx.checkpoint import load_checkpoint
 from tfx.cli import main
+from tfx.generate.sample import species_of
+from tfx.generate.score import decode_nll
 
 SPECIES = "synth_alpha"
 ASSAY = "10x 3' v3"
@@ -34,11 +41,13 @@ class KnownAnswer:
     entropy: float  # mean(-log_prob) of the held-out cells under the teacher's sampled distribution
     entropy_se: float  # its standard error
     nll: dict[int, float] = field(default_factory=dict)  # training steps -> the student's mean held-out nll
+    decoded: dict[int, float] = field(default_factory=dict)  # the same, scored by incremental decoding
     genes_per_cell: float = 0.0
 
-    def closure(self, steps: int, first: int = 1) -> float:
+    def closure(self, steps: int, first: int = 1, decoded: bool = False) -> float:
         """Share of the gap between the student after ``first`` steps and the entropy that ``steps`` closed."""
-        return (self.nll[first] - self.nll[steps]) / (self.nll[first] - self.entropy)
+        nll = self.decoded if decoded else self.nll
+        return (nll[first] - nll[steps]) / (nll[first] - self.entropy)
 
 
 def _run(argv: list[str]) -> None:
@@ -72,10 +81,15 @@ def train_student(work: Path, shards: Path, gene_file: Path, steps: int, schedul
     return out / "export"
 
 
-def heldout_nll(export: Path, heldout: Path, work: Path, name: str) -> float:
+def heldout_nll(export: Path, heldout: Path, work: Path, name: str) -> tuple[float, float]:
+    """Mean held-out nll from `tfx infer --outputs nll`, and from the incremental decoder."""
     out = work / f"nll_{name}.h5ad"
     _run(["infer", "--checkpoint", export, "--data", heldout, "--output", out, "--outputs", "nll", "--device", "cpu"])
-    return float(anndata.read_h5ad(out).obs["nll"].mean())
+    ckpt = load_checkpoint(export)
+    ids = species_of(ckpt, SPECIES).ids
+    X = anndata.read_h5ad(heldout).X.tocsr()
+    cells = [(ids[X[i].indices], X[i].data) for i in range(X.shape[0])]  # var order: as drawn
+    return float(anndata.read_h5ad(out).obs["nll"].mean()), float(decode_nll(ckpt, cells, assay=ASSAY).mean())
 
 
 def known_answer(work: Path, *, train_cells: int, heldout_cells: int, steps: list[int], seed: int = 0,
@@ -87,7 +101,8 @@ def known_answer(work: Path, *, train_cells: int, heldout_cells: int, steps: lis
     result = KnownAnswer(float(minus.mean()), float(minus.std(ddof=1) / np.sqrt(len(minus))),
                          genes_per_cell=float(cells.obs["n_genes"].mean()))
     for n in sorted({1, *steps}):
-        result.nll[n] = heldout_nll(train_student(work, shards, gene_file, n, max(steps), seed), heldout, work, str(n))
+        result.nll[n], result.decoded[n] = heldout_nll(train_student(work, shards, gene_file, n, max(steps), seed),
+                                                       heldout, work, str(n))
         if progress:
             progress(n, result)
     return result

@@ -41,3 +41,35 @@ def score_cells(ckpt: Checkpoint, cells: list[tuple[np.ndarray, np.ndarray]], *,
             drawn[read, ids[read, t]] = True
             last = torch.where(read, ids[:, t], last)
     return model.sequence_nll(out, batch, allowed).double().cpu().numpy()
+
+
+@torch.no_grad()
+def decode_nll(ckpt: Checkpoint, cells: list[tuple[np.ndarray, np.ndarray]], *, assay: str | None = None
+               ) -> np.ndarray:
+    """[cells] the same total as ``score_cells`` without ``support``, computed by the sampler's
+    incremental decoder: teacher-forced one position at a time through the key/value cache, so no
+    position can see a later one, whatever the full forward's mask does. Cells shorter than seq_len."""
+    model, clip = ckpt.model.eval(), ckpt.data_cfg.clip_counts
+    device = next(model.parameters()).device
+    n, pad, end = len(cells), model.special.pad, model.special.end
+    lengths = torch.tensor([len(ids) for ids, _ in cells], device=device)
+    longest = int(lengths.max()) if n else 0
+    ids = torch.full((n, longest), pad, dtype=torch.long, device=device)
+    counts = torch.zeros(n, longest, device=device)
+    for i, (g, c) in enumerate(cells):
+        ids[i, : len(g)] = torch.as_tensor(g, device=device)
+        counts[i, : len(c)] = torch.as_tensor(c, dtype=torch.float32, device=device)
+    read = counts.clamp(max=clip) if clip else counts
+    hidden, state = model.decode_start(n, aux_ids(ckpt, assay, n, device))
+    total = torch.zeros(n, dtype=torch.float64, device=device)
+    for j in range(longest + 1):
+        target = torch.where(j < lengths, ids[:, j] if j < longest else pad, torch.where(j == lengths, end, pad))
+        logp = torch.log_softmax(model.next_gene_logits(hidden), dim=-1).gather(1, target[:, None]).squeeze(1)
+        total -= torch.where(j <= lengths, logp, 0.0).double()
+        if j == longest:
+            break
+        gene = ids[:, j]
+        count_nll = model.likelihood(model.count_rate(hidden, gene).float(), read[:, j], gene)
+        total += torch.where(j < lengths, count_nll, 0.0).double()
+        hidden = model.decode_genes(state, gene[:, None], read[:, j : j + 1])
+    return total.cpu().numpy()
