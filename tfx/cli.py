@@ -61,7 +61,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default where it has one."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, []):
+        if action.default in (None, False, [], ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -380,47 +380,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("generate", help="sample cells from a checkpoint (an h5ad of raw counts)")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (official release or tfx export)")
     p.add_argument("--species", required=True, help="a species of the checkpoint's vocabulary")
-    p.add_argument("--n-cells", type=int, required=True)
+    p.add_argument("--n-cells", type=int, required=True, help="cells to sample, at least 1")
     p.add_argument("--output", required=True, help="output h5ad")
     p.add_argument("--assay", default=None, help="assay token (default: unknown)")
     p.add_argument("--prompt", default=None, help="GENE[:COUNT],... that every cell starts with")
-    p.add_argument("--order", default="var", help="var (default): genes in vocabulary (var) order, as cells are "
+    p.add_argument("--order", choices=["var", "free"], default="var", help="var: genes in vocabulary (var) order, as cells are "
                    "read; free: any order the model prefers (kept in obsm['generation_order'])")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--max-genes", type=int, default=None, help="default: seq_len - 1")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64, help="cells sampled at once")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of each gene draw, > 0")
+    p.add_argument("--top-k", type=POSITIVE, default=None, help="draw among the k likeliest genes only, %(type)s")
+    p.add_argument("--max-genes", type=POSITIVE, default=None, help="most genes per cell, %(type)s (default: seq_len - 1)")
+    p.add_argument("--seed", type=COUNT, default=0, help="random seed, %(type)s")
+    p.add_argument("--batch-size", type=POSITIVE, default=64, help="cells sampled at once, %(type)s")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="auto: CUDA when present")
     p.add_argument("--attention", default=None, help="attention backend of the full forward (registry name)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("prompt", help="ask a checkpoint: next gene, gene-gene effects, cell-type programmes")
-    queries = p.add_subparsers(dest="query", required=True)
+    queries = p.add_subparsers(dest="query", required=True, help="the question asked")
     q_next = queries.add_parser("next", help="the next gene's distribution after a prompt (top k, expected counts)")
     q_next.add_argument("--prompt", default="", help="GENE[:COUNT],... (empty: what a cell starts with)")
-    q_next.add_argument("--top-k", type=int, default=20)
+    q_next.add_argument("--top-k", type=POSITIVE, default=20, help="genes listed, %(type)s")
     q_next.add_argument("--output", default=None, help="also write the table as CSV")
     q_pair = queries.add_parser("gene-gene", help="log p(g2 next | g1) - log p(g2 next | nothing): CSV and heatmap")
     q_pair.add_argument("--genes", required=True, help="G1,G2,... or a file with one gene per line")
-    q_pair.add_argument("--count", type=float, default=1.0, help="count of the prompt gene")
+    q_pair.add_argument("--count", type=Range(float, above=0), default=1.0, help="count of the prompt gene, %(type)s")
     q_pair.add_argument("--output", required=True, help="directory for gene_gene.csv and gene_gene.png")
     q_prog = queries.add_parser("programmes", help="rank candidate genes for each cell type's marker prompt")
     q_prog.add_argument("--data", required=True, help="a labelled h5ad of raw counts")
-    q_prog.add_argument("--label", default="cell_type")
+    q_prog.add_argument("--label", default="cell_type", help="obs column of cell types")
     q_prog.add_argument("--candidates", required=True, help="G1,G2,... or a file with one gene per line (e.g. TFs)")
-    q_prog.add_argument("--markers", type=int, default=6, help="most expressed markers per type in the prompt")
-    q_prog.add_argument("--cells", type=int, default=64, help="sampled cells per type")
-    q_prog.add_argument("--order", choices=["var", "free"], default="var")
-    q_prog.add_argument("--gene-col", default="ensembl_id")
-    q_prog.add_argument("--seed", type=int, default=0)
+    q_prog.add_argument("--markers", type=POSITIVE, default=6, help="most expressed markers per type in the prompt, %(type)s")
+    q_prog.add_argument("--cells", type=POSITIVE, default=64, help="sampled cells per type, %(type)s")
+    q_prog.add_argument("--order", choices=["var", "free"], default="var", help="generation order (see tfx generate)")
+    q_prog.add_argument("--gene-col", default="ensembl_id", help="var column of gene ids ('index' for the var index)")
+    q_prog.add_argument("--seed", type=COUNT, default=0, help="random seed, %(type)s")
     q_prog.add_argument("--output", required=True, help="directory for programmes.csv, markers.csv, programmes.png")
     for q in (q_next, q_pair, q_prog):
-        q.add_argument("--checkpoint", required=True)
-        q.add_argument("--species", required=True)
-        q.add_argument("--assay", default=None)
+        q.add_argument("--checkpoint", required=True, help="checkpoint directory (official release or tfx export)")
+        q.add_argument("--species", required=True, help="a species of the checkpoint's vocabulary")
+        q.add_argument("--assay", default=None, help="assay token (default: unknown)")
+        q.formatter_class = _Help
     p.set_defaults(func=cmd_prompt)
 
     p = sub.add_parser("shard", help="h5ad files of one species -> WebDataset shards for any model")
