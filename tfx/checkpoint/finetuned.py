@@ -21,6 +21,7 @@ from torch import nn
 
 from tfx.checkpoint.weights import load_weights
 from tfx.errors import CheckpointError
+import tfx.model.tasks  # noqa: F401  (registers the built-in heads)
 from tfx.model.lora import split_adapters
 from tfx.registry import TASKS
 
@@ -64,8 +65,6 @@ def read_task(ckpt_dir: Path, embed_dim: int) -> Task | None:
         name, label_key, classes = record["task"], str(record["label_key"]), record["classes"]
     except KeyError as err:
         raise CheckpointError(f"{path}: no '{err.args[0]}' entry; export the fine-tuning run again") from None
-    import tfx.model.tasks  # noqa: F401  (registers the built-in heads)
-
     if name not in TASKS:
         raise CheckpointError(f"{path}: task head '{name}' is not registered ({', '.join(TASKS.names())}); "
                               "install the plugin that provides it")
