@@ -121,7 +121,7 @@ def cmd_infer(args) -> int:
         gene_col=args.gene_col or ckpt.data_cfg.gene_col_name,
         use_raw=args.use_raw, remove_duplicate_genes=args.remove_duplicate_genes, device=args.device,
         precision=args.precision, token_budget=args.token_budget, max_cells=args.batch_size,
-        chunk_size=args.chunk_size, devices=args.devices,
+        chunk_size=args.chunk_size, devices=args.devices, model_type=args.model_type, layer=args.embedding_layer_index,
     )
     summary = infer_file(ckpt, args.data, output, opts)
     rate = summary["cells"] / max(summary["seconds"], 1e-9)
@@ -377,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=POSITIVE, default=4096, help="cells read from the file at a time, %(type)s")
     p.add_argument("--species-embedding", "--pretrained-embedding", nargs="+", default=None,
                    help="gene embedding h5 files of out-of-distribution species")
+    p.add_argument("--model-type", choices=["transcriptformer", "esm2ce"], default="transcriptformer",
+                   help="esm2ce: the ESM2-CE baseline, each cell the pooled frozen protein embeddings of its genes "
+                        "(no transformer; embeddings only)")
+    p.add_argument("--embedding-layer-index", type=int, default=-1,
+                   help="transformer layer the embeddings come from (-1: the last; embeddings only otherwise)")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("generate", help="sample cells from a checkpoint (an h5ad of raw counts)")

@@ -50,11 +50,34 @@ class InferOptions:
     max_cells: int = 256
     chunk_size: int = 4096
     devices: int = 1  # processes, one per device (GPU); -1: every GPU
+    model_type: str = "transcriptformer"  # or "esm2ce": the frozen protein embeddings, no transformer
+    layer: int = -1  # the transformer layer embeddings come from (-1: the last)
 
     @property
     def scores(self) -> tuple[str, ...]:
         """The per-cell obs columns asked for."""
         return tuple(name for name in ("llh", "gene_llh", "nll") if getattr(self, name))
+
+    def check(self, ckpt: Checkpoint) -> None:
+        """Refuse options this checkpoint cannot serve together (one line naming the option)."""
+        heads = [name for name in (*self.scores, "predictions") if getattr(self, name)]
+        if self.model_type not in ("transcriptformer", "esm2ce"):
+            raise InputError(f"--model-type {self.model_type}: choose transcriptformer or esm2ce")
+        if self.model_type == "esm2ce" and heads:
+            raise InputError(f"--model-type esm2ce has no transformer and no heads, so no {', '.join(heads)}; "
+                             "ask --outputs embeddings")
+        n = ckpt.model_cfg.num_layers
+        if not -n <= self.layer < n:
+            raise InputError(f"--embedding-layer-index {self.layer}: the checkpoint has {n} layers; "
+                             f"use {-n} to {n - 1} (-1: the last)")
+        if self.layer % n != n - 1 and (heads or self.model_type == "esm2ce"):
+            raise InputError(f"--embedding-layer-index {self.layer}: applies to the transformer's embeddings only "
+                             f"(the heads read the last layer); drop it or ask --outputs embeddings")
+
+    def embed_dim(self, ckpt: Checkpoint) -> int:
+        """Width of the embeddings: the protein embeddings' for esm2ce, the model's otherwise."""
+        return ckpt.model.gene_embeddings.embedding.embedding_dim if self.model_type == "esm2ce" \
+            else ckpt.model_cfg.embed_dim
 
 
 def resolve_devices(name: str, count: int = 1) -> list[torch.device]:
@@ -81,8 +104,8 @@ def _row_results(ckpt: Checkpoint, data: Path, opts: InferOptions, device: torch
     ):
         res = run_cells(model, cells, aux, ckpt.vocab.pad, emb_type=opts.emb_type, scores=opts.scores,
                         task=ckpt.task.module if opts.predictions else None, token_budget=opts.token_budget,
-                        max_cells=opts.max_cells, device=device,
-                        precision=opts.precision)
+                        max_cells=opts.max_cells, device=device, precision=opts.precision,
+                        model_type=opts.model_type, layer=opts.layer)
         yield first, res, sum(len(ids) == 0 for ids, _ in cells)
 
 
@@ -90,7 +113,7 @@ def _per_cell(ckpt: Checkpoint, opts: InferOptions) -> dict[str, tuple[int, ...]
     """{name: row shape} of the per-cell arrays asked for: Outputs fields, and scores by name."""
     shapes = {name: () for name in opts.scores}
     if opts.embeddings and opts.emb_type == "cell":
-        shapes["embeddings"] = (ckpt.model_cfg.embed_dim,)
+        shapes["embeddings"] = (opts.embed_dim(ckpt),)
     if opts.gene_llh:
         shapes["gene_llh_positions"] = (ckpt.model_cfg.seq_len,)
     if opts.predictions:
@@ -117,7 +140,7 @@ def _worker(rank: int, ckpt: Checkpoint, data: Path, opts: InferOptions, devices
     for arr in arrays.values():
         arr.flush()
     if opts.emb_type == "cge" and opts.embeddings:
-        dim = ckpt.model_cfg.embed_dim
+        dim = opts.embed_dim(ckpt)
         np.savez(parts / f"{rank}.cge.npz",
                  cells=np.concatenate([np.full(len(g), c) for c, _, g in cge] or [np.zeros(0, np.int64)]),
                  emb=np.concatenate([e for _, e, _ in cge] or [np.zeros((0, dim), np.float32)]),
@@ -163,6 +186,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         raise InputError(f"{output}: the output would overwrite the input; choose another --output")
     if output.is_dir():
         raise InputError(f"--output {output}: is a directory; name the .h5ad file to write")
+    opts.check(ckpt)
     devices = resolve_devices(opts.device, opts.devices)
     reader = CellReader(data, ckpt.vocab.lookup, gene_col=opts.gene_col, use_raw=opts.use_raw,
                         remove_duplicate_genes=opts.remove_duplicate_genes)
@@ -180,7 +204,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         write_elem(f, "obsm", {})
         emb_ds = gene_llh_ds = None
         if opts.embeddings and opts.emb_type == "cell":  # streamed: memory stays bounded by the chunk size
-            emb_ds = _obsm_dataset(f, "embeddings", (n_cells, ckpt.model_cfg.embed_dim))
+            emb_ds = _obsm_dataset(f, "embeddings", (n_cells, opts.embed_dim(ckpt)))
         if opts.gene_llh:  # the reference's layout: cells x seq_len, 0 past each cell's genes
             gene_llh_ds = _obsm_dataset(f, "gene_llh", (n_cells, ckpt.model_cfg.seq_len))
         if len(devices) > 1:
@@ -221,7 +245,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
             obs[name] = values
         uns = _write_predictions(f, obs, ckpt.task, pred) if pred is not None else {}
         if opts.embeddings and opts.emb_type == "cge":
-            dim = ckpt.model_cfg.embed_dim
+            dim = opts.embed_dim(ckpt)
             genes = np.concatenate(cge_genes) if cge_genes else np.zeros(0, np.int64)
             uns |= {
                 "cge_embeddings": np.concatenate(cge_emb) if cge_emb else np.zeros((0, dim), np.float32),
