@@ -91,10 +91,8 @@ def cmd_registry(args) -> int:
 
 
 def cmd_infer(args) -> int:
-    from tfx.checkpoint import load_checkpoint
-    from tfx.data import preprocess
     from tfx.errors import InputError
-    from tfx.infer.run import InferOptions, infer_file
+    from tfx.infer.run import InferOptions, infer_file, load_for_inference
 
     if args.output is None and args.output_path is None:
         raise InputError("--output: name the output h5ad (or the reference's --output-path DIR)")
@@ -103,18 +101,14 @@ def cmd_infer(args) -> int:
     unknown = outputs - set(INFER_OUTPUTS)
     if unknown or not outputs:
         raise InputError(f"--outputs: unknown {sorted(unknown)}; choose from {', '.join(INFER_OUTPUTS)}")
-    ckpt = load_checkpoint(args.checkpoint, attention=args.attention)
+    ckpt = load_for_inference(args.checkpoint, attention=args.attention, clip_counts=args.clip_counts,
+                              species_embeddings=args.species_embedding)
     if "predictions" in outputs and ckpt.task is None:
         raise InputError(f"{args.checkpoint}: has no task head (task.json); --outputs predictions needs a "
                          "checkpoint exported by a finetune recipe")
     if {"gene_llh", "nll"} & outputs and not ckpt.model.has_gene_head:
         raise InputError(f"--outputs gene_llh/nll: checkpoint {args.checkpoint} has no gene-id head "
                          "(gene_id_loss_weight 0); ask for embeddings and llh only")
-    ckpt = preprocess.apply(ckpt, {"clip_counts": args.clip_counts}, "tfx infer", f"checkpoint {args.checkpoint}")
-    if args.species_embedding:
-        from tfx.checkpoint.surgery import with_species_embeddings
-
-        ckpt = with_species_embeddings(ckpt, args.species_embedding)
     opts = InferOptions(
         emb_type=args.emb_type, embeddings="embeddings" in outputs, llh="llh" in outputs,
         gene_llh="gene_llh" in outputs, nll="nll" in outputs, predictions="predictions" in outputs,

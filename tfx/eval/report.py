@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 
 from tfx.atomic import atomic_path
 from tfx.data.anndata import InputError
@@ -25,37 +27,48 @@ def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.P
     emb_paths = _as_list(embeddings_path)
     counts_paths = _as_list(counts_path) if counts_path is not None else None
     cells = load_cells(emb_paths, [label] + ([batch] if batch else []), counts_paths)
+    inputs = {"embeddings": [str(p) for p in emb_paths], "counts": [str(p) for p in counts_paths or []],
+              "label": label, "batch": batch, "seed": seed}
+    return evaluate_cells(cells.embeddings, cells.obs, label, inputs, batch=batch, counts=cells.counts, seed=seed,
+                          output_dir=output_dir, source=str(emb_paths[0]))
 
-    labelled = cells.obs[label].notna().to_numpy()
-    labels = cells.obs[label].astype(str).to_numpy()
+
+def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs: dict, *, batch: str | None = None,
+                   counts: sp.csr_matrix | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None,
+                   source: str = "") -> dict:
+    """The report on ``embeddings`` (cells x dim) for ``obs[label]``, beside the PCA of ``counts``
+    (cells x genes, raw) when given; with ``output_dir``, also report.json, summary.md and UMAPs there.
+    ``inputs`` is recorded as it is; ``source`` names the cells in errors."""
+    labelled = obs[label].notna().to_numpy()
+    labels = obs[label].astype(str).to_numpy()
     keep, dropped = probes.large_classes(labels[labelled])
     keep = np.flatnonzero(labelled)[keep]
     labels = labels[keep]
     if len(np.unique(labels)) < 2:
-        sizes = cells.obs[label].value_counts().head(5).to_dict()
+        sizes = obs[label].value_counts().head(5).to_dict()
         raise InputError(
-            f"{emb_paths[0]}: fewer than 2 classes of '{label}' have at least {probes.MIN_CLASS_CELLS} cells "
-            f"(largest: {sizes}); evaluate more cells or pass another --label"
+            f"{source}: fewer than 2 classes of '{label}' have at least {probes.MIN_CLASS_CELLS} cells "
+            f"(largest: {sizes}); evaluate more cells or pass another --label (label= in tfx.evaluate)"
         )
-    batches = cells.obs[batch].astype(str).to_numpy()[keep] if batch else None
+    batches = obs[batch].astype(str).to_numpy()[keep] if batch else None
 
-    representations = {"embeddings": cells.embeddings[keep]}
-    if cells.counts is not None:
-        representations["pca_log_counts"] = pca_of_log_counts(cells.counts[keep], seed=seed)
+    representations = {"embeddings": np.asarray(embeddings)[keep]}
+    if counts is not None:
+        representations["pca_log_counts"] = pca_of_log_counts(counts[keep], seed=seed)
     scores = {name: _score(features, labels, batches, seed) for name, features in representations.items()}
 
-    output_dir = Path(output_dir)
-    layouts = {name: plots.layout_2d(features, seed) for name, features in representations.items()}
     plot_files = []
-    for column, colours in [(label, labels)] + ([(batch, batches)] if batch else []):
-        path = output_dir / f"umap_{re.sub(r'[^A-Za-z0-9_.-]+', '_', column)}.png"
-        plots.scatter_png(path, layouts, colours, f"coloured by {column}")
-        plot_files.append(path.name)
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        layouts = {name: plots.layout_2d(features, seed) for name, features in representations.items()}
+        for column, colours in [(label, labels)] + ([(batch, batches)] if batch else []):
+            path = output_dir / f"umap_{re.sub(r'[^A-Za-z0-9_.-]+', '_', column)}.png"
+            plots.scatter_png(path, layouts, colours, f"coloured by {column}")
+            plot_files.append(path.name)
 
     report = {
-        "inputs": {"embeddings": [str(p) for p in emb_paths], "counts": [str(p) for p in counts_paths or []],
-                   "label": label, "batch": batch, "seed": seed},
-        "cells": {"total": len(cells.obs), "scored": len(keep), "classes": sorted(np.unique(labels).tolist()),
+        "inputs": inputs,
+        "cells": {"total": len(obs), "scored": len(keep), "classes": sorted(np.unique(labels).tolist()),
                   "dropped_classes": dropped, "unlabelled": int((~labelled).sum()),
                   "batches": sorted(np.unique(batches).tolist()) if batch else None},
         "method": {"folds": probes.N_FOLDS, "min_class_cells": probes.MIN_CLASS_CELLS,
@@ -65,10 +78,11 @@ def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.P
         "headline": _headline(scores),
         "plots": plot_files,
     }
-    with atomic_path(output_dir / "summary.md") as tmp:
-        tmp.write_text(_markdown(report))
-    with atomic_path(output_dir / "report.json") as tmp:  # last: its presence means the report is complete
-        tmp.write_text(json.dumps(report, indent=2))
+    if output_dir is not None:
+        with atomic_path(output_dir / "summary.md") as tmp:
+            tmp.write_text(_markdown(report))
+        with atomic_path(output_dir / "report.json") as tmp:  # last: its presence means the report is complete
+            tmp.write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -25,7 +25,9 @@ from anndata.io import write_elem
 
 from tfx.atomic import atomic_path
 from tfx.progress import progress
-from tfx.checkpoint import Checkpoint
+from tfx.checkpoint import Checkpoint, load_checkpoint
+from tfx.checkpoint.surgery import with_species_embeddings
+from tfx.data import preprocess
 from tfx.data.anndata import CellReader, InputError
 from tfx.infer import tokenize_file
 from tfx.infer.engine import Outputs, run_cells
@@ -78,6 +80,15 @@ class InferOptions:
         """Width of the embeddings: the protein embeddings' for esm2ce, the model's otherwise."""
         return ckpt.model.gene_embeddings.embedding.embedding_dim if self.model_type == "esm2ce" \
             else ckpt.model_cfg.embed_dim
+
+
+def load_for_inference(path: str | os.PathLike, *, attention: str | None = None, clip_counts: float | None = None,
+                       species_embeddings: list | None = None) -> Checkpoint:
+    """A checkpoint as ``tfx infer`` serves it: the recorded count preprocessing (``clip_counts``
+    overrides it, with a warning) and, when given, out-of-distribution species' gene embeddings."""
+    ckpt = load_checkpoint(path, attention=attention)
+    ckpt = preprocess.apply(ckpt, {"clip_counts": clip_counts}, "tfx infer", f"checkpoint {path}")
+    return with_species_embeddings(ckpt, species_embeddings) if species_embeddings else ckpt
 
 
 def resolve_devices(name: str, count: int = 1) -> list[torch.device]:
@@ -245,16 +256,39 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
             obs[name] = values
         uns = _write_predictions(f, obs, ckpt.task, pred) if pred is not None else {}
         if opts.embeddings and opts.emb_type == "cge":
-            dim = opts.embed_dim(ckpt)
-            genes = np.concatenate(cge_genes) if cge_genes else np.zeros(0, np.int64)
-            uns |= {
-                "cge_embeddings": np.concatenate(cge_emb) if cge_emb else np.zeros((0, dim), np.float32),
-                "cge_cell_indices": np.concatenate(cge_cells) if cge_cells else np.zeros(0, np.int64),
-                "cge_gene_names": np.array(ckpt.vocab.tokens, dtype=object)[genes].astype(str),
-            }
+            uns |= _cge_uns(ckpt, opts, cge_emb, cge_cells, cge_genes)
         _write_anndata_skeleton(f, obs, uns)
     seconds = time.perf_counter() - started
     return {"cells": n_cells, "empty_cells": empty, "seconds": seconds, "output": str(output)}
+
+
+def infer_memory(ckpt: Checkpoint, adata, opts: InferOptions) -> tuple[dict[str, np.ndarray], dict]:
+    """``infer_file``'s engine over an in-memory AnnData, on one device: ({name: per-cell array} of
+    ``_per_cell``'s names, the reference's cge ``uns`` entries when asked)."""
+    opts.check(ckpt)
+    device = resolve_devices(opts.device)[0]
+    reader = CellReader(adata, ckpt.vocab.lookup, gene_col=opts.gene_col, use_raw=opts.use_raw,
+                        remove_duplicate_genes=opts.remove_duplicate_genes)
+    _report_overlap(reader, opts.chunk_size)
+    arrays = {name: np.full((adata.n_obs, *shape), np.nan, np.float32) for name, shape in _per_cell(ckpt, opts).items()}
+    cge_emb, cge_cells, cge_genes = [], [], []
+    for first, res, _ in _row_results(ckpt, adata, opts, device):
+        for name, arr in arrays.items():
+            arr[first : first + res.cells] = _array(res, name)
+        for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids)):
+            cge_emb.append(e)
+            cge_cells.append(np.full(len(g), first + i, dtype=np.int64))
+            cge_genes.append(g)
+    uns = _cge_uns(ckpt, opts, cge_emb, cge_cells, cge_genes) if opts.embeddings and opts.emb_type == "cge" else {}
+    return arrays, uns
+
+
+def _cge_uns(ckpt: Checkpoint, opts: InferOptions, emb: list, cells: list, genes: list) -> dict:
+    """The reference's uns entries of contextual gene embeddings, from per-cell pieces."""
+    genes = np.concatenate(genes) if genes else np.zeros(0, np.int64)
+    return {"cge_embeddings": np.concatenate(emb) if emb else np.zeros((0, opts.embed_dim(ckpt)), np.float32),
+            "cge_cell_indices": np.concatenate(cells) if cells else np.zeros(0, np.int64),
+            "cge_gene_names": np.array(ckpt.vocab.tokens, dtype=object)[genes].astype(str)}
 
 
 def _write_predictions(f: h5py.File, obs: pd.DataFrame, task, pred: np.ndarray) -> dict:
