@@ -284,12 +284,16 @@ def cmd_eval(args) -> int:
     from tfx.eval import evaluate
 
     report = evaluate(args.embeddings, args.label, batch=args.batch, counts_path=args.counts,
-                      output_dir=args.output, seed=args.seed)
+                      output_dir=args.output, seed=args.seed, compare_paths=args.compare)
     h = report["headline"]
     print(f"embeddings: kNN macro-F1 {h['knn_macro_f1']:.3f}, logistic macro-F1 {h['logistic_macro_f1']:.3f}")
     if h["pca_knn_macro_f1"] is not None:
         print(f"PCA of log counts: kNN macro-F1 {h['pca_knn_macro_f1']:.3f}, "
               f"logistic macro-F1 {h['pca_logistic_macro_f1']:.3f}")
+    for name, by_clf in report.get("compare", {}).get("differences", {}).items():
+        for clf, d in by_clf.items():
+            print(f"{name} minus {report['compare']['baseline']}: {clf} macro-F1 {d['mean']:+.3f} "
+                  f"(95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})")
     print(f"wrote {args.output}/report.json, summary.md, {', '.join(report['plots'])}")
     return 0
 
@@ -493,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default=None, help="obs column for mixing metrics, e.g. species")
     p.add_argument("--counts", nargs="+", default=None,
                    help="the h5ad files given to tfx infer, in the same order: adds the PCA-of-log-counts baseline")
+    p.add_argument("--compare", nargs="+", default=None,
+                   help="h5ad files with other embeddings of the same cells (e.g. a model trained without a species, "
+                        "or --model-type esm2ce): paired per-fold differences with a bootstrap CI")
     p.add_argument("--output", required=True, help="report directory")
     p.add_argument("--seed", type=COUNT, default=0, help="%(type)s")
     p.set_defaults(func=cmd_eval)

@@ -15,30 +15,40 @@ import scipy.sparse as sp
 from tfx.atomic import atomic_path
 from tfx.data.anndata import InputError
 from tfx.eval import mixing, plots, probes
-from tfx.eval.inputs import load_cells, pca_of_log_counts
+from tfx.eval.compare import compare
+from tfx.eval.inputs import load_cells, pca_of_log_counts, read_aligned
 
 PathOrPaths = str | os.PathLike | list[str | os.PathLike]
 
 
 def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.PathLike,
-             batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 0) -> dict:
+             batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 0,
+             compare_paths: list[str | os.PathLike] | None = None) -> dict:
     """Score obsm["embeddings"] of one or more `tfx infer` outputs (stacked in order; counts files,
-    if given, pair with them one to one) and write the report under ``output_dir``."""
+    if given, pair with them one to one) and write the report under ``output_dir``. Each of
+    ``compare_paths`` holds other embeddings of the same cells, compared on identical folds."""
     emb_paths = _as_list(embeddings_path)
     counts_paths = _as_list(counts_path) if counts_path is not None else None
     cells = load_cells(emb_paths, [label] + ([batch] if batch else []), counts_paths)
     inputs = {"embeddings": [str(p) for p in emb_paths], "counts": [str(p) for p in counts_paths or []],
-              "label": label, "batch": batch, "seed": seed}
+              "compare": [str(p) for p in compare_paths or []], "label": label, "batch": batch, "seed": seed}
+    compared = None
+    if compare_paths:
+        compared = {" + ".join(inputs["embeddings"]): cells.embeddings}
+        compared |= {str(p): read_aligned(p, cells.obs.index) for p in compare_paths}
+        if len(compared) != len(compare_paths) + 1:
+            raise InputError("--compare: each file may be given once, and not the --embeddings file itself")
     return evaluate_cells(cells.embeddings, cells.obs, label, inputs, batch=batch, counts=cells.counts, seed=seed,
-                          output_dir=output_dir, source=str(emb_paths[0]))
+                          output_dir=output_dir, source=str(emb_paths[0]), compared=compared)
 
 
 def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs: dict, *, batch: str | None = None,
                    counts: sp.csr_matrix | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None,
-                   source: str = "") -> dict:
+                   source: str = "", compared: dict[str, np.ndarray] | None = None) -> dict:
     """The report on ``embeddings`` (cells x dim) for ``obs[label]``, beside the PCA of ``counts``
     (cells x genes, raw) when given; with ``output_dir``, also report.json, summary.md and UMAPs there.
-    ``inputs`` is recorded as it is; ``source`` names the cells in errors."""
+    ``inputs`` is recorded as it is; ``source`` names the cells in errors. ``compared``: named
+    representations of the same cells (the first the baseline), compared on identical folds."""
     labelled = obs[label].notna().to_numpy()
     labels = obs[label].astype(str).to_numpy()
     keep, dropped = probes.large_classes(labels[labelled])
@@ -78,6 +88,8 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
         "headline": _headline(scores),
         "plots": plot_files,
     }
+    if compared:
+        report["compare"] = compare({name: np.asarray(f)[keep] for name, f in compared.items()}, labels, seed)
     if output_dir is not None:
         with atomic_path(output_dir / "summary.md") as tmp:
             tmp.write_text(_markdown(report))
@@ -149,8 +161,24 @@ def _markdown(report: dict) -> str:
         lines.append(f"Mixing: a good cross-{batch} embedding has a high {label} silhouette, a {batch} silhouette "
                      f"near 0 or below, a {batch} entropy near its mixed value, and a high transfer F1 "
                      f"(train on one {batch}, predict another).")
+    if "compare" in report:
+        lines += _compare_markdown(report["compare"])
     lines += ["", "Plots: " + ", ".join(report["plots"]), ""]
     return "\n".join(lines)
+
+
+def _compare_markdown(c: dict) -> list[str]:
+    lines = ["", f"## Compared with `{c['baseline']}` on identical folds", "",
+             "| representation | classifier | macro-F1 difference per fold | mean | 95% bootstrap CI |", "|---|---|---|---|---|"]
+    for name, by_clf in c["differences"].items():
+        for clf, d in by_clf.items():
+            folds = ", ".join(f"{x:+.3f}" for x in d["per_fold"])
+            lines.append(f"| `{name}` | {clf} | {folds} | {d['mean']:+.3f} | {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f} |")
+    lines += ["", f"Difference = representation minus baseline, on the same {c['folds']} stratified folds; the "
+              f"interval resamples cells ({c['bootstrap']} times) of the out-of-fold predictions, both "
+              "representations on the same resample. An interval that excludes 0 is a difference these cells "
+              "support; one that spans 0 is not."]
+    return lines
 
 
 def _fmt(value: float | None) -> str:
