@@ -103,3 +103,25 @@ def test_import_tfx_stays_light():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "HEAVY []" in done.stdout
+
+
+def test_eval_with_the_checkpoint_scores_esm2ce_as_tfx_infer_computes_it(ckpt, data, tmp_path):
+    """tfx eval --checkpoint puts the ESM2-CE baseline beside the embeddings: the figures of
+    `tfx infer --model-type esm2ce`'s output scored alone, on the same cells."""
+    _infer(ckpt, data, tmp_path / "emb.h5ad")
+    _infer(ckpt, data, tmp_path / "esm.h5ad", "--model-type", "esm2ce")
+    assert main(["eval", "--embeddings", str(tmp_path / "emb.h5ad"), "--counts", str(data), "--checkpoint", str(ckpt),
+                 "--label", "cell_type", "--output", str(tmp_path / "with")]) == 0
+    adata = anndata.read_h5ad(tmp_path / "esm.h5ad")
+    alone = tfx.evaluate(adata, rep="embeddings", label="cell_type")
+    report = json.loads((tmp_path / "with" / "report.json").read_text())
+    assert report["representations"]["esm2ce"] == alone["representations"]["embeddings"]
+    assert report["headline"]["esm2ce_knn_macro_f1"] == alone["headline"]["knn_macro_f1"]
+    assert "ESM2-CE" in (tmp_path / "with" / "summary.md").read_text()
+
+
+def test_eval_checkpoint_without_counts_is_one_line(ckpt, tmp_path, capsys):
+    assert main(["eval", "--embeddings", str(tmp_path / "emb.h5ad"), "--checkpoint", str(ckpt), "--label", "cell_type",
+                 "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--checkpoint: the ESM2-CE baseline is computed from the cells' counts; pass --counts" in err[0]

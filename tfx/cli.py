@@ -281,12 +281,22 @@ def cmd_synth(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from tfx.errors import InputError
     from tfx.eval import evaluate
 
+    esm2ce = None
+    if args.checkpoint:
+        if not args.counts:
+            raise InputError("--checkpoint: the ESM2-CE baseline is computed from the cells' counts; "
+                             "pass --counts with the h5ad files given to tfx infer")
+        esm2ce = _esm2ce_frames(args.checkpoint, args.counts)
     report = evaluate(args.embeddings, args.label, batch=args.batch, counts_path=args.counts,
-                      output_dir=args.output, seed=args.seed, compare_paths=args.compare)
+                      output_dir=args.output, seed=args.seed, compare_paths=args.compare, esm2ce=esm2ce)
     h = report["headline"]
     print(f"embeddings: kNN macro-F1 {h['knn_macro_f1']:.3f}, logistic macro-F1 {h['logistic_macro_f1']:.3f}")
+    if "esm2ce_knn_macro_f1" in h:
+        print(f"ESM2-CE (pooled protein embeddings): kNN macro-F1 {h['esm2ce_knn_macro_f1']:.3f}, "
+              f"logistic macro-F1 {h['esm2ce_logistic_macro_f1']:.3f}")
     if h["pca_knn_macro_f1"] is not None:
         print(f"PCA of log counts: kNN macro-F1 {h['pca_knn_macro_f1']:.3f}, "
               f"logistic macro-F1 {h['pca_logistic_macro_f1']:.3f}")
@@ -296,6 +306,24 @@ def cmd_eval(args) -> int:
                   f"(95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})")
     print(f"wrote {args.output}/report.json, summary.md, {', '.join(report['plots'])}")
     return 0
+
+
+def _esm2ce_frames(checkpoint: str, counts: list[str]) -> list:
+    """`tfx infer --model-type esm2ce` of each counts file, in memory: cells x protein width, indexed by cell name."""
+    import anndata
+    import pandas as pd
+
+    from tfx.infer.run import InferOptions, infer_memory, load_for_inference
+
+    ckpt = load_for_inference(checkpoint)
+    frames = []
+    for path in counts:
+        adata = anndata.read_h5ad(path, backed="r")
+        opts = InferOptions(model_type="esm2ce", gene_col=ckpt.data_cfg.gene_col_name)
+        arrays, _ = infer_memory(ckpt, adata, opts)
+        frames.append(pd.DataFrame(arrays["embeddings"], index=adata.obs_names))
+        adata.file.close()
+    return frames
 
 
 def cmd_quickstart(args) -> int:
@@ -497,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default=None, help="obs column for mixing metrics, e.g. species")
     p.add_argument("--counts", nargs="+", default=None,
                    help="the h5ad files given to tfx infer, in the same order: adds the PCA-of-log-counts baseline")
+    p.add_argument("--checkpoint", default=None,
+                   help="the checkpoint the embeddings came from: adds its ESM2-CE baseline (pooled protein "
+                        "embeddings, no transformer) beside them; needs --counts")
     p.add_argument("--compare", nargs="+", default=None,
                    help="h5ad files with other embeddings of the same cells (e.g. a model trained without a species, "
                         "or --model-type esm2ce): paired per-fold differences with a bootstrap CI")

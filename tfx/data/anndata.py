@@ -37,7 +37,8 @@ class CellReader:
 
     def __init__(self, path: str | os.PathLike | anndata.AnnData, gene_index=None, gene_col: str = "ensembl_id",
                  use_raw: bool | None = None, remove_duplicate_genes: bool = False):
-        if isinstance(path, anndata.AnnData):  # in memory (tfx.embed): read as it is, errors name "AnnData"
+        self.opened = not isinstance(path, anndata.AnnData)  # close only what this reader opened
+        if not self.opened:  # in memory (tfx.embed): read as it is, errors name "AnnData"
             self.path, self.adata = "AnnData", path
         else:
             self.path = Path(path)
@@ -136,7 +137,7 @@ class CellReader:
             yield row, cells
 
     def close(self) -> None:
-        if self.adata.isbacked:
+        if self.opened and self.adata.isbacked:
             self.adata.file.close()
 
 

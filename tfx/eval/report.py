@@ -23,10 +23,11 @@ PathOrPaths = str | os.PathLike | list[str | os.PathLike]
 
 def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.PathLike,
              batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 0,
-             compare_paths: list[str | os.PathLike] | None = None) -> dict:
+             compare_paths: list[str | os.PathLike] | None = None, esm2ce: list[pd.DataFrame] | None = None) -> dict:
     """Score obsm["embeddings"] of one or more `tfx infer` outputs (stacked in order; counts files,
     if given, pair with them one to one) and write the report under ``output_dir``. Each of
-    ``compare_paths`` holds other embeddings of the same cells, compared on identical folds."""
+    ``compare_paths`` holds other embeddings of the same cells, compared on identical folds.
+    ``esm2ce``: the ESM2-CE baseline of the cells (per file, indexed by cell name), scored beside."""
     emb_paths = _as_list(embeddings_path)
     counts_paths = _as_list(counts_path) if counts_path is not None else None
     cells = load_cells(emb_paths, [label] + ([batch] if batch else []), counts_paths)
@@ -38,17 +39,22 @@ def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.P
         compared |= {str(p): read_aligned(p, cells.obs.index) for p in compare_paths}
         if len(compared) != len(compare_paths) + 1:
             raise InputError("--compare: each file may be given once, and not the --embeddings file itself")
+    baselines = {}
+    if esm2ce is not None:
+        baselines["esm2ce"] = pd.concat(esm2ce).reindex(cells.obs.index).to_numpy(np.float32)
     return evaluate_cells(cells.embeddings, cells.obs, label, inputs, batch=batch, counts=cells.counts, seed=seed,
-                          output_dir=output_dir, source=str(emb_paths[0]), compared=compared)
+                          output_dir=output_dir, source=str(emb_paths[0]), compared=compared, baselines=baselines)
 
 
 def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs: dict, *, batch: str | None = None,
                    counts: sp.csr_matrix | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None,
-                   source: str = "", compared: dict[str, np.ndarray] | None = None) -> dict:
+                   source: str = "", compared: dict[str, np.ndarray] | None = None,
+                   baselines: dict[str, np.ndarray] | None = None) -> dict:
     """The report on ``embeddings`` (cells x dim) for ``obs[label]``, beside the PCA of ``counts``
     (cells x genes, raw) when given; with ``output_dir``, also report.json, summary.md and UMAPs there.
     ``inputs`` is recorded as it is; ``source`` names the cells in errors. ``compared``: named
-    representations of the same cells (the first the baseline), compared on identical folds."""
+    representations of the same cells (the first the baseline), compared on identical folds.
+    ``baselines``: more representations of the same cells scored beside (``esm2ce``)."""
     labelled = obs[label].notna().to_numpy()
     labels = obs[label].astype(str).to_numpy()
     keep, dropped = probes.large_classes(labels[labelled])
@@ -65,6 +71,7 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
     representations = {"embeddings": np.asarray(embeddings)[keep]}
     if counts is not None:
         representations["pca_log_counts"] = pca_of_log_counts(counts[keep], seed=seed)
+    representations |= {name: np.asarray(f)[keep] for name, f in (baselines or {}).items()}
     scores = {name: _score(features, labels, batches, seed) for name, features in representations.items()}
 
     plot_files = []
@@ -114,7 +121,7 @@ def _score(features: np.ndarray, labels: np.ndarray, batches: np.ndarray | None,
 
 def _headline(scores: dict) -> dict:
     headline = {}
-    for name, prefix in [("embeddings", ""), ("pca_log_counts", "pca_")]:
+    for name, prefix in [("embeddings", ""), ("pca_log_counts", "pca_")] + [("esm2ce", "esm2ce_")] * ("esm2ce" in scores):
         s = scores.get(name)
         headline[f"{prefix}knn_macro_f1"] = s["probes"]["knn"]["macro_f1"] if s else None
         headline[f"{prefix}logistic_macro_f1"] = s["probes"]["logistic"]["macro_f1"] if s else None
@@ -142,7 +149,8 @@ def _markdown(report: dict) -> str:
     if multi:
         header += [f"silhouette ({batch})", f"{batch} entropy", "transfer kNN macro-F1", "transfer logistic macro-F1"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    names = {"embeddings": "embeddings", "pca_log_counts": "PCA of log counts (baseline)"}
+    names = {"embeddings": "embeddings", "pca_log_counts": "PCA of log counts (baseline)",
+             "esm2ce": "ESM2-CE: pooled protein embeddings (baseline)"}
     for name, s in report["representations"].items():
         knn, logistic = s["probes"]["knn"], s["probes"]["logistic"]
         row = [f"{names[name]}, dim {s['dim']}", _fmt(knn["macro_f1"]), _fmt(knn["accuracy"]),
