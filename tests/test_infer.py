@@ -112,6 +112,44 @@ def test_missing_gene_column_names_the_fix(ckpt, tmp_path, capsys):
     assert "no gene column 'gene_ids'" in line and "--gene-col" in line
 
 
+@pytest.mark.parametrize("extra, message", [
+    (("--model-type", "esm2ce", "--outputs", "embeddings,llh"), "--model-type esm2ce has no transformer and no heads, so no llh"),
+    (("--embedding-layer-index", "2"), "--embedding-layer-index 2: the checkpoint has 2 layers; use -2 to 1"),
+    (("--embedding-layer-index", "-3"), "--embedding-layer-index -3: the checkpoint has 2 layers"),
+    (("--embedding-layer-index", "0", "--outputs", "embeddings,llh"), "applies to the transformer's embeddings only"),
+])
+def test_model_type_and_layer_refusals_are_one_line(ckpt, tmp_path, capsys, extra, message):
+    data = write_h5ad(tmp_path / "in.h5ad", GENES, _counts(8))
+    assert _run(ckpt, data, tmp_path / "o.h5ad", *extra) == 2
+    assert message in _error(capsys)
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_last_layer_index_is_the_default_and_esm2ce_cge_is_each_genes_protein_embedding(ckpt, tmp_path):
+    data = write_h5ad(tmp_path / "in.h5ad", GENES, _counts(12))
+    assert _run(ckpt, data, tmp_path / "a.h5ad") == 0
+    assert _run(ckpt, data, tmp_path / "b.h5ad", "--embedding-layer-index", "-1") == 0
+    np.testing.assert_array_equal(anndata.read_h5ad(tmp_path / "a.h5ad").obsm["embeddings"],
+                                  anndata.read_h5ad(tmp_path / "b.h5ad").obsm["embeddings"])
+    assert _run(ckpt, data, tmp_path / "cge.h5ad", "--model-type", "esm2ce", "--emb-type", "cge") == 0
+    assert _run(ckpt, data, tmp_path / "cell.h5ad", "--model-type", "esm2ce") == 0
+    cge, cell = anndata.read_h5ad(tmp_path / "cge.h5ad"), anndata.read_h5ad(tmp_path / "cell.h5ad")
+    table = dict(zip(*_gene_table(ckpt / "vocabs" / "synthetic_gene.h5")))
+    np.testing.assert_allclose(cge.uns["cge_embeddings"], [table[g] for g in cge.uns["cge_gene_names"]], rtol=1e-6)
+    # a cell's esm2ce embedding is its genes' sum over seq_len (63): the reference's pooling
+    cells = cge.uns["cge_cell_indices"]
+    sums = np.stack([cge.uns["cge_embeddings"][cells == i].sum(0) for i in range(12)]) / 63
+    np.testing.assert_allclose(cell.obsm["embeddings"], sums, rtol=1e-5, atol=1e-7)
+
+
+def _gene_table(path):
+    import h5py
+
+    with h5py.File(path) as f:
+        keys = [k.decode() if isinstance(k, bytes) else k for k in f["keys"][:]]
+        return keys, [f["arrays"][k][:] for k in keys]
+
+
 def test_duplicates_can_be_dropped(ckpt, tmp_path):
     data = write_h5ad(tmp_path / "in.h5ad", GENES[:299] + [GENES[0] + ".2"], _counts())
     assert _run(ckpt, data, tmp_path / "o.h5ad", "--remove-duplicate-genes") == 0

@@ -7,6 +7,9 @@ seq_len; without it and seq_len 127) and cells of 0 to 400 expressed genes. Max 
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import anndata
 import numpy as np
 import pytest
@@ -121,3 +124,34 @@ def test_causal_count_head_rate_ignores_later_genes(causal_checkpoint):
         whole = ckpt.model(collate([(ids, counts)], ckpt.vocab.pad, 31, aux)).mu[0, :20]
         head = ckpt.model(collate([(ids[:8], counts[:8])], ckpt.vocab.pad, 31, aux)).mu[0, :8]
     torch.testing.assert_close(whole[:8], head, rtol=1e-5, atol=1e-6)
+
+
+def test_esm2ce_matches_reference(ref_checkpoint, parity_data, tmp_path):
+    """--model-type esm2ce: the reference's ESM2CE (its --model-type esm2ce) on the same checkpoint and cells."""
+    ref = reference.run_reference(ref_checkpoint, parity_data["path"], output_keys=["embeddings"],
+                                  model_type="esm2ce", workdir=tmp_path / "ref")
+    out = tmp_path / "esm2ce.h5ad"
+    assert main(["infer", "--checkpoint", str(ref_checkpoint), "--data", str(parity_data["path"]),
+                 "--output", str(out), "--model-type", "esm2ce", "--device", "cpu"]) == 0
+    ours = anndata.read_h5ad(out).obsm["embeddings"]
+    assert ours.shape == ref.obsm["embeddings"].shape == (58, 24)  # 48 + 10 crafted cells, the protein width
+    assert max_rel_error(ours, ref.obsm["embeddings"]) <= TOL
+
+
+def test_embedding_layer_index_matches_reference_truncated(ref_checkpoint, parity_data, tmp_path):
+    """--embedding-layer-index 0 of a 2-layer checkpoint equals the reference's own inference on the
+    same checkpoint cut to its first layer (config num_layers 1, the later layers' weights dropped)."""
+    cut = tmp_path / "cut"
+    shutil.copytree(ref_checkpoint, cut)
+    config = json.loads((cut / "config.json").read_text())
+    assert config["model"]["model_config"]["num_layers"] == 2
+    config["model"]["model_config"]["num_layers"] = 1
+    (cut / "config.json").write_text(json.dumps(config))
+    weights = torch.load(cut / "model_weights.pt", weights_only=True)
+    torch.save({k: v for k, v in weights.items() if ".encoder_layers.1." not in k}, cut / "model_weights.pt")
+    ref = reference.run_reference(cut, parity_data["path"], output_keys=["embeddings"], workdir=tmp_path / "ref")
+    for index in ("0", "-2"):
+        out = tmp_path / f"layer{index}.h5ad"
+        assert main(["infer", "--checkpoint", str(ref_checkpoint), "--data", str(parity_data["path"]),
+                     "--output", str(out), "--embedding-layer-index", index, "--device", "cpu"]) == 0
+        assert max_rel_error(anndata.read_h5ad(out).obsm["embeddings"], ref.obsm["embeddings"]) <= TOL

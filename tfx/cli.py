@@ -91,10 +91,8 @@ def cmd_registry(args) -> int:
 
 
 def cmd_infer(args) -> int:
-    from tfx.checkpoint import load_checkpoint
-    from tfx.data import preprocess
     from tfx.errors import InputError
-    from tfx.infer.run import InferOptions, infer_file
+    from tfx.infer.run import InferOptions, infer_file, load_for_inference
 
     if args.output is None and args.output_path is None:
         raise InputError("--output: name the output h5ad (or the reference's --output-path DIR)")
@@ -103,25 +101,21 @@ def cmd_infer(args) -> int:
     unknown = outputs - set(INFER_OUTPUTS)
     if unknown or not outputs:
         raise InputError(f"--outputs: unknown {sorted(unknown)}; choose from {', '.join(INFER_OUTPUTS)}")
-    ckpt = load_checkpoint(args.checkpoint, attention=args.attention)
+    ckpt = load_for_inference(args.checkpoint, attention=args.attention, clip_counts=args.clip_counts,
+                              species_embeddings=args.species_embedding)
     if "predictions" in outputs and ckpt.task is None:
         raise InputError(f"{args.checkpoint}: has no task head (task.json); --outputs predictions needs a "
                          "checkpoint exported by a finetune recipe")
     if {"gene_llh", "nll"} & outputs and not ckpt.model.has_gene_head:
         raise InputError(f"--outputs gene_llh/nll: checkpoint {args.checkpoint} has no gene-id head "
                          "(gene_id_loss_weight 0); ask for embeddings and llh only")
-    ckpt = preprocess.apply(ckpt, {"clip_counts": args.clip_counts}, "tfx infer", f"checkpoint {args.checkpoint}")
-    if args.species_embedding:
-        from tfx.checkpoint.surgery import with_species_embeddings
-
-        ckpt = with_species_embeddings(ckpt, args.species_embedding)
     opts = InferOptions(
         emb_type=args.emb_type, embeddings="embeddings" in outputs, llh="llh" in outputs,
         gene_llh="gene_llh" in outputs, nll="nll" in outputs, predictions="predictions" in outputs,
         gene_col=args.gene_col or ckpt.data_cfg.gene_col_name,
         use_raw=args.use_raw, remove_duplicate_genes=args.remove_duplicate_genes, device=args.device,
         precision=args.precision, token_budget=args.token_budget, max_cells=args.batch_size,
-        chunk_size=args.chunk_size, devices=args.devices,
+        chunk_size=args.chunk_size, devices=args.devices, model_type=args.model_type, layer=args.embedding_layer_index,
     )
     summary = infer_file(ckpt, args.data, output, opts)
     rate = summary["cells"] / max(summary["seconds"], 1e-9)
@@ -287,17 +281,49 @@ def cmd_synth(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from tfx.errors import InputError
     from tfx.eval import evaluate
 
+    esm2ce = None
+    if args.checkpoint:
+        if not args.counts:
+            raise InputError("--checkpoint: the ESM2-CE baseline is computed from the cells' counts; "
+                             "pass --counts with the h5ad files given to tfx infer")
+        esm2ce = _esm2ce_frames(args.checkpoint, args.counts)
     report = evaluate(args.embeddings, args.label, batch=args.batch, counts_path=args.counts,
-                      output_dir=args.output, seed=args.seed)
+                      output_dir=args.output, seed=args.seed, compare_paths=args.compare, esm2ce=esm2ce)
     h = report["headline"]
     print(f"embeddings: kNN macro-F1 {h['knn_macro_f1']:.3f}, logistic macro-F1 {h['logistic_macro_f1']:.3f}")
+    if "esm2ce_knn_macro_f1" in h:
+        print(f"ESM2-CE (pooled protein embeddings): kNN macro-F1 {h['esm2ce_knn_macro_f1']:.3f}, "
+              f"logistic macro-F1 {h['esm2ce_logistic_macro_f1']:.3f}")
     if h["pca_knn_macro_f1"] is not None:
         print(f"PCA of log counts: kNN macro-F1 {h['pca_knn_macro_f1']:.3f}, "
               f"logistic macro-F1 {h['pca_logistic_macro_f1']:.3f}")
+    for name, by_clf in report.get("compare", {}).get("differences", {}).items():
+        for clf, d in by_clf.items():
+            print(f"{name} minus {report['compare']['baseline']}: {clf} macro-F1 {d['mean']:+.3f} "
+                  f"(95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})")
     print(f"wrote {args.output}/report.json, summary.md, {', '.join(report['plots'])}")
     return 0
+
+
+def _esm2ce_frames(checkpoint: str, counts: list[str]) -> list:
+    """`tfx infer --model-type esm2ce` of each counts file, in memory: cells x protein width, indexed by cell name."""
+    import anndata
+    import pandas as pd
+
+    from tfx.infer.run import InferOptions, infer_memory, load_for_inference
+
+    ckpt = load_for_inference(checkpoint)
+    frames = []
+    for path in counts:
+        adata = anndata.read_h5ad(path, backed="r")
+        opts = InferOptions(model_type="esm2ce", gene_col=ckpt.data_cfg.gene_col_name)
+        arrays, _ = infer_memory(ckpt, adata, opts)
+        frames.append(pd.DataFrame(arrays["embeddings"], index=adata.obs_names))
+        adata.file.close()
+    return frames
 
 
 def cmd_quickstart(args) -> int:
@@ -377,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=POSITIVE, default=4096, help="cells read from the file at a time, %(type)s")
     p.add_argument("--species-embedding", "--pretrained-embedding", nargs="+", default=None,
                    help="gene embedding h5 files of out-of-distribution species")
+    p.add_argument("--model-type", choices=["transcriptformer", "esm2ce"], default="transcriptformer",
+                   help="esm2ce: the ESM2-CE baseline, each cell the pooled frozen protein embeddings of its genes "
+                        "(no transformer; embeddings only)")
+    p.add_argument("--embedding-layer-index", type=int, default=-1,
+                   help="transformer layer the embeddings come from (-1: the last; embeddings only otherwise)")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("generate", help="sample cells from a checkpoint (an h5ad of raw counts)")
@@ -495,6 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default=None, help="obs column for mixing metrics, e.g. species")
     p.add_argument("--counts", nargs="+", default=None,
                    help="the h5ad files given to tfx infer, in the same order: adds the PCA-of-log-counts baseline")
+    p.add_argument("--checkpoint", default=None,
+                   help="the checkpoint the embeddings came from: adds its ESM2-CE baseline (pooled protein "
+                        "embeddings, no transformer) beside them; needs --counts")
+    p.add_argument("--compare", nargs="+", default=None,
+                   help="h5ad files with other embeddings of the same cells (e.g. a model trained without a species, "
+                        "or --model-type esm2ce): paired per-fold differences with a bootstrap CI")
     p.add_argument("--output", required=True, help="report directory")
     p.add_argument("--seed", type=COUNT, default=0, help="%(type)s")
     p.set_defaults(func=cmd_eval)

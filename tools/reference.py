@@ -126,12 +126,14 @@ def _in_dir(path: Path):
 
 
 def run_reference(ckpt_dir, h5ad, *, emb_type="cell", output_keys=("embeddings", "llh"), batch_size=8,
-                  pretrained_embedding=None, workdir=None):
-    """The reference's own `run_inference` (its CLI's path); returns its output AnnData."""
+                  pretrained_embedding=None, workdir=None, model_type="transcriptformer"):
+    """The reference's own `run_inference` (its CLI's path); returns its output AnnData.
+    ``model_type``: as its CLI's --model-type (``esm2ce``: its ESM2-CE baseline)."""
     from transcriptformer.model.inference import run_inference
 
     ckpt_dir = Path(ckpt_dir)
     cfg = _reference_cfg(ckpt_dir, emb_type=emb_type, output_keys=list(output_keys), batch_size=batch_size)
+    cfg.model.model_type = model_type
     if pretrained_embedding:
         # as its CLI does: one path as a string (a config list is not taken as a list there)
         paths = [str(p) for p in pretrained_embedding]

@@ -35,17 +35,14 @@ class CellReader:
     for model-independent shards); duplicate genes still follow ``remove_duplicate_genes``.
     """
 
-    def __init__(self, path: str | os.PathLike, gene_index=None, gene_col: str = "ensembl_id",
+    def __init__(self, path: str | os.PathLike | anndata.AnnData, gene_index=None, gene_col: str = "ensembl_id",
                  use_raw: bool | None = None, remove_duplicate_genes: bool = False):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise InputError(f"{self.path}: no such file")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.adata = anndata.read_h5ad(self.path, backed="r")
-        except Exception as err:  # h5py/anndata raise many types for a bad file
-            raise InputError(f"{self.path}: not a readable h5ad file ({type(err).__name__}: {err})") from err
+        self.opened = not isinstance(path, anndata.AnnData)  # close only what this reader opened
+        if not self.opened:  # in memory (tfx.embed): read as it is, errors name "AnnData"
+            self.path, self.adata = "AnnData", path
+        else:
+            self.path = Path(path)
+            self.adata = _open_backed(self.path)
         self.obs = self.adata.obs
         has_raw = self.adata.raw is not None
         if use_raw and not has_raw:
@@ -140,5 +137,16 @@ class CellReader:
             yield row, cells
 
     def close(self) -> None:
-        if self.adata.isbacked:
+        if self.opened and self.adata.isbacked:
             self.adata.file.close()
+
+
+def _open_backed(path: Path) -> anndata.AnnData:
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return anndata.read_h5ad(path, backed="r")
+    except Exception as err:  # h5py/anndata raise many types for a bad file
+        raise InputError(f"{path}: not a readable h5ad file ({type(err).__name__}: {err})") from err

@@ -50,6 +50,17 @@ def load_cells(embeddings_paths: list[str | os.PathLike], columns: list[str],
     return EvalCells(np.concatenate(embeddings), pd.concat(obs), counts, sources)
 
 
+def read_aligned(path: str | os.PathLike, cells: pd.Index) -> np.ndarray:
+    """obsm["embeddings"] of another `tfx infer` output of the same cells, in ``cells``' order."""
+    emb, obs = _read_embeddings(Path(path), [])
+    if not cells.is_unique or not obs.index.is_unique or set(cells) != set(obs.index):
+        missing = next((c for c in cells if c not in obs.index), None)
+        raise InputError(f"{path}: its {len(obs)} cells are not the {len(cells)} cells of --embeddings"
+                         + (f" (e.g. '{missing}' is missing)" if missing is not None else "")
+                         + "; --compare needs embeddings of the same cells, with unique cell names")
+    return emb[obs.index.get_indexer(cells)]
+
+
 def _read_embeddings(path: Path, columns: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
     """obsm["embeddings"] and obs only: the file may also hold a large X that eval does not need."""
     if not path.exists():

@@ -9,53 +9,83 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 
 from tfx.atomic import atomic_path
 from tfx.data.anndata import InputError
 from tfx.eval import mixing, plots, probes
-from tfx.eval.inputs import load_cells, pca_of_log_counts
+from tfx.eval.compare import compare
+from tfx.eval.inputs import load_cells, pca_of_log_counts, read_aligned
 
 PathOrPaths = str | os.PathLike | list[str | os.PathLike]
 
 
 def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.PathLike,
-             batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 0) -> dict:
+             batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 0,
+             compare_paths: list[str | os.PathLike] | None = None, esm2ce: list[pd.DataFrame] | None = None) -> dict:
     """Score obsm["embeddings"] of one or more `tfx infer` outputs (stacked in order; counts files,
-    if given, pair with them one to one) and write the report under ``output_dir``."""
+    if given, pair with them one to one) and write the report under ``output_dir``. Each of
+    ``compare_paths`` holds other embeddings of the same cells, compared on identical folds.
+    ``esm2ce``: the ESM2-CE baseline of the cells (per file, indexed by cell name), scored beside."""
     emb_paths = _as_list(embeddings_path)
     counts_paths = _as_list(counts_path) if counts_path is not None else None
     cells = load_cells(emb_paths, [label] + ([batch] if batch else []), counts_paths)
+    inputs = {"embeddings": [str(p) for p in emb_paths], "counts": [str(p) for p in counts_paths or []],
+              "compare": [str(p) for p in compare_paths or []], "label": label, "batch": batch, "seed": seed}
+    compared = None
+    if compare_paths:
+        compared = {" + ".join(inputs["embeddings"]): cells.embeddings}
+        compared |= {str(p): read_aligned(p, cells.obs.index) for p in compare_paths}
+        if len(compared) != len(compare_paths) + 1:
+            raise InputError("--compare: each file may be given once, and not the --embeddings file itself")
+    baselines = {}
+    if esm2ce is not None:
+        baselines["esm2ce"] = pd.concat(esm2ce).reindex(cells.obs.index).to_numpy(np.float32)
+    return evaluate_cells(cells.embeddings, cells.obs, label, inputs, batch=batch, counts=cells.counts, seed=seed,
+                          output_dir=output_dir, source=str(emb_paths[0]), compared=compared, baselines=baselines)
 
-    labelled = cells.obs[label].notna().to_numpy()
-    labels = cells.obs[label].astype(str).to_numpy()
+
+def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs: dict, *, batch: str | None = None,
+                   counts: sp.csr_matrix | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None,
+                   source: str = "", compared: dict[str, np.ndarray] | None = None,
+                   baselines: dict[str, np.ndarray] | None = None) -> dict:
+    """The report on ``embeddings`` (cells x dim) for ``obs[label]``, beside the PCA of ``counts``
+    (cells x genes, raw) when given; with ``output_dir``, also report.json, summary.md and UMAPs there.
+    ``inputs`` is recorded as it is; ``source`` names the cells in errors. ``compared``: named
+    representations of the same cells (the first the baseline), compared on identical folds.
+    ``baselines``: more representations of the same cells scored beside (``esm2ce``)."""
+    labelled = obs[label].notna().to_numpy()
+    labels = obs[label].astype(str).to_numpy()
     keep, dropped = probes.large_classes(labels[labelled])
     keep = np.flatnonzero(labelled)[keep]
     labels = labels[keep]
     if len(np.unique(labels)) < 2:
-        sizes = cells.obs[label].value_counts().head(5).to_dict()
+        sizes = obs[label].value_counts().head(5).to_dict()
         raise InputError(
-            f"{emb_paths[0]}: fewer than 2 classes of '{label}' have at least {probes.MIN_CLASS_CELLS} cells "
-            f"(largest: {sizes}); evaluate more cells or pass another --label"
+            f"{source}: fewer than 2 classes of '{label}' have at least {probes.MIN_CLASS_CELLS} cells "
+            f"(largest: {sizes}); evaluate more cells or pass another --label (label= in tfx.evaluate)"
         )
-    batches = cells.obs[batch].astype(str).to_numpy()[keep] if batch else None
+    batches = obs[batch].astype(str).to_numpy()[keep] if batch else None
 
-    representations = {"embeddings": cells.embeddings[keep]}
-    if cells.counts is not None:
-        representations["pca_log_counts"] = pca_of_log_counts(cells.counts[keep], seed=seed)
+    representations = {"embeddings": np.asarray(embeddings)[keep]}
+    if counts is not None:
+        representations["pca_log_counts"] = pca_of_log_counts(counts[keep], seed=seed)
+    representations |= {name: np.asarray(f)[keep] for name, f in (baselines or {}).items()}
     scores = {name: _score(features, labels, batches, seed) for name, features in representations.items()}
 
-    output_dir = Path(output_dir)
-    layouts = {name: plots.layout_2d(features, seed) for name, features in representations.items()}
     plot_files = []
-    for column, colours in [(label, labels)] + ([(batch, batches)] if batch else []):
-        path = output_dir / f"umap_{re.sub(r'[^A-Za-z0-9_.-]+', '_', column)}.png"
-        plots.scatter_png(path, layouts, colours, f"coloured by {column}")
-        plot_files.append(path.name)
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        layouts = {name: plots.layout_2d(features, seed) for name, features in representations.items()}
+        for column, colours in [(label, labels)] + ([(batch, batches)] if batch else []):
+            path = output_dir / f"umap_{re.sub(r'[^A-Za-z0-9_.-]+', '_', column)}.png"
+            plots.scatter_png(path, layouts, colours, f"coloured by {column}")
+            plot_files.append(path.name)
 
     report = {
-        "inputs": {"embeddings": [str(p) for p in emb_paths], "counts": [str(p) for p in counts_paths or []],
-                   "label": label, "batch": batch, "seed": seed},
-        "cells": {"total": len(cells.obs), "scored": len(keep), "classes": sorted(np.unique(labels).tolist()),
+        "inputs": inputs,
+        "cells": {"total": len(obs), "scored": len(keep), "classes": sorted(np.unique(labels).tolist()),
                   "dropped_classes": dropped, "unlabelled": int((~labelled).sum()),
                   "batches": sorted(np.unique(batches).tolist()) if batch else None},
         "method": {"folds": probes.N_FOLDS, "min_class_cells": probes.MIN_CLASS_CELLS,
@@ -65,10 +95,13 @@ def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.P
         "headline": _headline(scores),
         "plots": plot_files,
     }
-    with atomic_path(output_dir / "summary.md") as tmp:
-        tmp.write_text(_markdown(report))
-    with atomic_path(output_dir / "report.json") as tmp:  # last: its presence means the report is complete
-        tmp.write_text(json.dumps(report, indent=2))
+    if compared:
+        report["compare"] = compare({name: np.asarray(f)[keep] for name, f in compared.items()}, labels, seed)
+    if output_dir is not None:
+        with atomic_path(output_dir / "summary.md") as tmp:
+            tmp.write_text(_markdown(report))
+        with atomic_path(output_dir / "report.json") as tmp:  # last: its presence means the report is complete
+            tmp.write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -88,7 +121,7 @@ def _score(features: np.ndarray, labels: np.ndarray, batches: np.ndarray | None,
 
 def _headline(scores: dict) -> dict:
     headline = {}
-    for name, prefix in [("embeddings", ""), ("pca_log_counts", "pca_")]:
+    for name, prefix in [("embeddings", ""), ("pca_log_counts", "pca_")] + [("esm2ce", "esm2ce_")] * ("esm2ce" in scores):
         s = scores.get(name)
         headline[f"{prefix}knn_macro_f1"] = s["probes"]["knn"]["macro_f1"] if s else None
         headline[f"{prefix}logistic_macro_f1"] = s["probes"]["logistic"]["macro_f1"] if s else None
@@ -116,7 +149,8 @@ def _markdown(report: dict) -> str:
     if multi:
         header += [f"silhouette ({batch})", f"{batch} entropy", "transfer kNN macro-F1", "transfer logistic macro-F1"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    names = {"embeddings": "embeddings", "pca_log_counts": "PCA of log counts (baseline)"}
+    names = {"embeddings": "embeddings", "pca_log_counts": "PCA of log counts (baseline)",
+             "esm2ce": "ESM2-CE: pooled protein embeddings (baseline)"}
     for name, s in report["representations"].items():
         knn, logistic = s["probes"]["knn"], s["probes"]["logistic"]
         row = [f"{names[name]}, dim {s['dim']}", _fmt(knn["macro_f1"]), _fmt(knn["accuracy"]),
@@ -135,8 +169,24 @@ def _markdown(report: dict) -> str:
         lines.append(f"Mixing: a good cross-{batch} embedding has a high {label} silhouette, a {batch} silhouette "
                      f"near 0 or below, a {batch} entropy near its mixed value, and a high transfer F1 "
                      f"(train on one {batch}, predict another).")
+    if "compare" in report:
+        lines += _compare_markdown(report["compare"])
     lines += ["", "Plots: " + ", ".join(report["plots"]), ""]
     return "\n".join(lines)
+
+
+def _compare_markdown(c: dict) -> list[str]:
+    lines = ["", f"## Compared with `{c['baseline']}` on identical folds", "",
+             "| representation | classifier | macro-F1 difference per fold | mean | 95% bootstrap CI |", "|---|---|---|---|---|"]
+    for name, by_clf in c["differences"].items():
+        for clf, d in by_clf.items():
+            folds = ", ".join(f"{x:+.3f}" for x in d["per_fold"])
+            lines.append(f"| `{name}` | {clf} | {folds} | {d['mean']:+.3f} | {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f} |")
+    lines += ["", f"Difference = representation minus baseline, on the same {c['folds']} stratified folds; the "
+              f"interval resamples cells ({c['bootstrap']} times) of the out-of-fold predictions, both "
+              "representations on the same resample. An interval that excludes 0 is a difference these cells "
+              "support; one that spans 0 is not."]
+    return lines
 
 
 def _fmt(value: float | None) -> str:

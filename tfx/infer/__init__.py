@@ -12,13 +12,13 @@ def tokenize_file(ckpt: Checkpoint, path, *, gene_col: str = "ensembl_id", use_r
                   remove_duplicate_genes: bool = False, chunk_size: int = 4096, start: int = 0,
                   stop: int | None = None):
     """Yield (first row, cells, aux ids, obs chunk) for every chunk of rows start..stop of an h5ad
-    file, read as the checkpoint's data config says (``ckpt.data_cfg``)."""
+    file (or an in-memory AnnData), read as the checkpoint's data config says (``ckpt.data_cfg``)."""
     reader = CellReader(path, ckpt.vocab.lookup, gene_col=gene_col, use_raw=use_raw,
                         remove_duplicate_genes=remove_duplicate_genes)
     tokenize = tokenizer(ckpt.data_cfg, ckpt.model_cfg.seq_len)
     try:
         for first, cells in reader.iter_chunks(chunk_size, start, stop):
             obs = reader.obs.iloc[first : first + len(cells)]
-            yield first, [tokenize(ids, counts) for ids, counts in cells], obs_aux_ids(ckpt.aux_vocabs, obs, str(path)), obs
+            yield first, [tokenize(ids, counts) for ids, counts in cells], obs_aux_ids(ckpt.aux_vocabs, obs, str(reader.path)), obs
     finally:
         reader.close()

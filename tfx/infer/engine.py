@@ -47,8 +47,12 @@ def run_cells(
     max_cells: int = 256,
     device: torch.device | str = "cpu",
     precision: str = "32",
+    model_type: str = "transcriptformer",
+    layer: int = -1,
 ) -> Outputs:
-    """``scores``: any of ``llh`` (the reference's mean count NLL per cell), ``gene_llh`` (the
+    """``model_type``: ``transcriptformer``, or ``esm2ce`` (the reference's ESM2-CE baseline: the
+    frozen protein embeddings pooled as the model's outputs are, no transformer). ``layer``: the
+    transformer layer the embeddings come from (-1: the last). ``scores``: any of ``llh`` (the reference's mean count NLL per cell), ``gene_llh`` (the
     reference's per-position gene-id NLL, and its mean over each cell's genes) and ``nll`` (each
     cell's total negative log-probability under the training factorisation). ``task``: a
     fine-tuned head (a TASKS entry) whose predictions are wanted."""
@@ -58,7 +62,8 @@ def run_cells(
     n = len(cells)
     out = Outputs(cells=n)
     if emb_type == "cell":
-        out.embeddings = np.zeros((n, model.cfg.embed_dim), dtype=np.float32)
+        dim = model.gene_embeddings.embedding.embedding_dim if model_type == "esm2ce" else model.cfg.embed_dim
+        out.embeddings = np.zeros((n, dim), dtype=np.float32)
     else:
         out.cge_embeddings, out.cge_gene_ids = [None] * n, [None] * n
     out.scores = {name: np.zeros(n, dtype=np.float32) for name in scores}
@@ -72,7 +77,10 @@ def run_cells(
         batch, idx = planner.emit(plan, cells.__getitem__, aux_ids, pad_id)
         batch = batch.to(device)
         with autocast(device, precision):
-            res = model(batch, embed=True, heads=heads)
+            if model_type == "esm2ce":
+                res = model.protein_output(batch)
+            else:
+                res = model(batch, embed=True, heads=heads, layer=layer)
             # the training forward (no count bias on the diagonal): the factorisation a sampler draws from
             trained = model(batch) if "nll" in scores else None
             cell_emb = model.cell_embeddings(res) if emb_type == "cell" or task is not None else None

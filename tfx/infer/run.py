@@ -25,7 +25,9 @@ from anndata.io import write_elem
 
 from tfx.atomic import atomic_path
 from tfx.progress import progress
-from tfx.checkpoint import Checkpoint
+from tfx.checkpoint import Checkpoint, load_checkpoint
+from tfx.checkpoint.surgery import with_species_embeddings
+from tfx.data import preprocess
 from tfx.data.anndata import CellReader, InputError
 from tfx.infer import tokenize_file
 from tfx.infer.engine import Outputs, run_cells
@@ -50,11 +52,43 @@ class InferOptions:
     max_cells: int = 256
     chunk_size: int = 4096
     devices: int = 1  # processes, one per device (GPU); -1: every GPU
+    model_type: str = "transcriptformer"  # or "esm2ce": the frozen protein embeddings, no transformer
+    layer: int = -1  # the transformer layer embeddings come from (-1: the last)
 
     @property
     def scores(self) -> tuple[str, ...]:
         """The per-cell obs columns asked for."""
         return tuple(name for name in ("llh", "gene_llh", "nll") if getattr(self, name))
+
+    def check(self, ckpt: Checkpoint) -> None:
+        """Refuse options this checkpoint cannot serve together (one line naming the option)."""
+        heads = [name for name in (*self.scores, "predictions") if getattr(self, name)]
+        if self.model_type not in ("transcriptformer", "esm2ce"):
+            raise InputError(f"--model-type {self.model_type}: choose transcriptformer or esm2ce")
+        if self.model_type == "esm2ce" and heads:
+            raise InputError(f"--model-type esm2ce has no transformer and no heads, so no {', '.join(heads)}; "
+                             "ask --outputs embeddings")
+        n = ckpt.model_cfg.num_layers
+        if not -n <= self.layer < n:
+            raise InputError(f"--embedding-layer-index {self.layer}: the checkpoint has {n} layers; "
+                             f"use {-n} to {n - 1} (-1: the last)")
+        if self.layer % n != n - 1 and (heads or self.model_type == "esm2ce"):
+            raise InputError(f"--embedding-layer-index {self.layer}: applies to the transformer's embeddings only "
+                             f"(the heads read the last layer); drop it or ask --outputs embeddings")
+
+    def embed_dim(self, ckpt: Checkpoint) -> int:
+        """Width of the embeddings: the protein embeddings' for esm2ce, the model's otherwise."""
+        return ckpt.model.gene_embeddings.embedding.embedding_dim if self.model_type == "esm2ce" \
+            else ckpt.model_cfg.embed_dim
+
+
+def load_for_inference(path: str | os.PathLike, *, attention: str | None = None, clip_counts: float | None = None,
+                       species_embeddings: list | None = None) -> Checkpoint:
+    """A checkpoint as ``tfx infer`` serves it: the recorded count preprocessing (``clip_counts``
+    overrides it, with a warning) and, when given, out-of-distribution species' gene embeddings."""
+    ckpt = load_checkpoint(path, attention=attention)
+    ckpt = preprocess.apply(ckpt, {"clip_counts": clip_counts}, "tfx infer", f"checkpoint {path}")
+    return with_species_embeddings(ckpt, species_embeddings) if species_embeddings else ckpt
 
 
 def resolve_devices(name: str, count: int = 1) -> list[torch.device]:
@@ -81,8 +115,8 @@ def _row_results(ckpt: Checkpoint, data: Path, opts: InferOptions, device: torch
     ):
         res = run_cells(model, cells, aux, ckpt.vocab.pad, emb_type=opts.emb_type, scores=opts.scores,
                         task=ckpt.task.module if opts.predictions else None, token_budget=opts.token_budget,
-                        max_cells=opts.max_cells, device=device,
-                        precision=opts.precision)
+                        max_cells=opts.max_cells, device=device, precision=opts.precision,
+                        model_type=opts.model_type, layer=opts.layer)
         yield first, res, sum(len(ids) == 0 for ids, _ in cells)
 
 
@@ -90,7 +124,7 @@ def _per_cell(ckpt: Checkpoint, opts: InferOptions) -> dict[str, tuple[int, ...]
     """{name: row shape} of the per-cell arrays asked for: Outputs fields, and scores by name."""
     shapes = {name: () for name in opts.scores}
     if opts.embeddings and opts.emb_type == "cell":
-        shapes["embeddings"] = (ckpt.model_cfg.embed_dim,)
+        shapes["embeddings"] = (opts.embed_dim(ckpt),)
     if opts.gene_llh:
         shapes["gene_llh_positions"] = (ckpt.model_cfg.seq_len,)
     if opts.predictions:
@@ -117,7 +151,7 @@ def _worker(rank: int, ckpt: Checkpoint, data: Path, opts: InferOptions, devices
     for arr in arrays.values():
         arr.flush()
     if opts.emb_type == "cge" and opts.embeddings:
-        dim = ckpt.model_cfg.embed_dim
+        dim = opts.embed_dim(ckpt)
         np.savez(parts / f"{rank}.cge.npz",
                  cells=np.concatenate([np.full(len(g), c) for c, _, g in cge] or [np.zeros(0, np.int64)]),
                  emb=np.concatenate([e for _, e, _ in cge] or [np.zeros((0, dim), np.float32)]),
@@ -163,6 +197,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         raise InputError(f"{output}: the output would overwrite the input; choose another --output")
     if output.is_dir():
         raise InputError(f"--output {output}: is a directory; name the .h5ad file to write")
+    opts.check(ckpt)
     devices = resolve_devices(opts.device, opts.devices)
     reader = CellReader(data, ckpt.vocab.lookup, gene_col=opts.gene_col, use_raw=opts.use_raw,
                         remove_duplicate_genes=opts.remove_duplicate_genes)
@@ -180,7 +215,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         write_elem(f, "obsm", {})
         emb_ds = gene_llh_ds = None
         if opts.embeddings and opts.emb_type == "cell":  # streamed: memory stays bounded by the chunk size
-            emb_ds = _obsm_dataset(f, "embeddings", (n_cells, ckpt.model_cfg.embed_dim))
+            emb_ds = _obsm_dataset(f, "embeddings", (n_cells, opts.embed_dim(ckpt)))
         if opts.gene_llh:  # the reference's layout: cells x seq_len, 0 past each cell's genes
             gene_llh_ds = _obsm_dataset(f, "gene_llh", (n_cells, ckpt.model_cfg.seq_len))
         if len(devices) > 1:
@@ -221,16 +256,39 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
             obs[name] = values
         uns = _write_predictions(f, obs, ckpt.task, pred) if pred is not None else {}
         if opts.embeddings and opts.emb_type == "cge":
-            dim = ckpt.model_cfg.embed_dim
-            genes = np.concatenate(cge_genes) if cge_genes else np.zeros(0, np.int64)
-            uns |= {
-                "cge_embeddings": np.concatenate(cge_emb) if cge_emb else np.zeros((0, dim), np.float32),
-                "cge_cell_indices": np.concatenate(cge_cells) if cge_cells else np.zeros(0, np.int64),
-                "cge_gene_names": np.array(ckpt.vocab.tokens, dtype=object)[genes].astype(str),
-            }
+            uns |= _cge_uns(ckpt, opts, cge_emb, cge_cells, cge_genes)
         _write_anndata_skeleton(f, obs, uns)
     seconds = time.perf_counter() - started
     return {"cells": n_cells, "empty_cells": empty, "seconds": seconds, "output": str(output)}
+
+
+def infer_memory(ckpt: Checkpoint, adata, opts: InferOptions) -> tuple[dict[str, np.ndarray], dict]:
+    """``infer_file``'s engine over an in-memory AnnData, on one device: ({name: per-cell array} of
+    ``_per_cell``'s names, the reference's cge ``uns`` entries when asked)."""
+    opts.check(ckpt)
+    device = resolve_devices(opts.device)[0]
+    reader = CellReader(adata, ckpt.vocab.lookup, gene_col=opts.gene_col, use_raw=opts.use_raw,
+                        remove_duplicate_genes=opts.remove_duplicate_genes)
+    _report_overlap(reader, opts.chunk_size)
+    arrays = {name: np.full((adata.n_obs, *shape), np.nan, np.float32) for name, shape in _per_cell(ckpt, opts).items()}
+    cge_emb, cge_cells, cge_genes = [], [], []
+    for first, res, _ in _row_results(ckpt, adata, opts, device):
+        for name, arr in arrays.items():
+            arr[first : first + res.cells] = _array(res, name)
+        for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids)):
+            cge_emb.append(e)
+            cge_cells.append(np.full(len(g), first + i, dtype=np.int64))
+            cge_genes.append(g)
+    uns = _cge_uns(ckpt, opts, cge_emb, cge_cells, cge_genes) if opts.embeddings and opts.emb_type == "cge" else {}
+    return arrays, uns
+
+
+def _cge_uns(ckpt: Checkpoint, opts: InferOptions, emb: list, cells: list, genes: list) -> dict:
+    """The reference's uns entries of contextual gene embeddings, from per-cell pieces."""
+    genes = np.concatenate(genes) if genes else np.zeros(0, np.int64)
+    return {"cge_embeddings": np.concatenate(emb) if emb else np.zeros((0, opts.embed_dim(ckpt)), np.float32),
+            "cge_cell_indices": np.concatenate(cells) if cells else np.zeros(0, np.int64),
+            "cge_gene_names": np.array(ckpt.vocab.tokens, dtype=object)[genes].astype(str)}
 
 
 def _write_predictions(f: h5py.File, obs: pd.DataFrame, task, pred: np.ndarray) -> dict:

@@ -95,9 +95,11 @@ class Encoder(nn.Module):
         self.encoder_layers = nn.ModuleList(Block(**block) for _ in range(num_layers))
         self.checkpointing = checkpointing
 
-    def forward(self, x: Tensor, inp: AttentionInputs, kv: list[KVCache] | None = None) -> Tensor:
-        """``kv``: one cache per layer; x holds only the positions after the cached ones."""
-        for i, layer in enumerate(self.encoder_layers):
+    def forward(self, x: Tensor, inp: AttentionInputs, kv: list[KVCache] | None = None,
+                depth: int | None = None) -> Tensor:
+        """``kv``: one cache per layer; x holds only the positions after the cached ones. ``depth``:
+        run only the first ``depth`` layers (None: all)."""
+        for i, layer in enumerate(self.encoder_layers[:depth]):
             if kv is not None:
                 x = layer(x, inp, kv[i])
             elif self.checkpointing and self.training:

@@ -128,9 +128,10 @@ class TranscriptFormer(nn.Module):
         for layer in self.transformer_encoder.encoder_layers:
             layer.self_attn.backend = backend
 
-    def forward(self, batch: TokenBatch, embed: bool = False, heads: bool = True) -> ModelOutput:
+    def forward(self, batch: TokenBatch, embed: bool = False, heads: bool = True, layer: int = -1) -> ModelOutput:
         """``embed=True`` is the reference's embedding forward (count bias on the diagonal too),
-        which its inference uses for every output, log-likelihoods included."""
+        which its inference uses for every output, log-likelihoods included. ``layer``: the
+        transformer layer whose output is ``hidden`` (-1: the last; the heads are trained on the last)."""
         ids, counts = batch.gene_ids, batch.counts
         if batch.cell_ids is None:
             x, target_emb, in_counts, key_valid, n_aux = self._row_inputs(batch)
@@ -145,7 +146,7 @@ class TranscriptFormer(nn.Module):
             document_ids=batch.cell_ids,
             block_size=self.cfg.block_len,
         )
-        hidden = self.transformer_encoder(x, inp)[:, n_aux:]
+        hidden = self.transformer_encoder(x, inp, depth=layer % self.cfg.num_layers + 1)[:, n_aux:]
         valid = key_valid[:, n_aux:] if batch.positions is None else key_valid & (batch.positions >= 0)
         out = ModelOutput(hidden=hidden, valid=valid, gene_masked=ids == self.special.pad, cell_ids=batch.cell_ids)
         if heads:
@@ -250,6 +251,15 @@ class TranscriptFormer(nn.Module):
         return self.mu.logits(conditioned, gene_ids).exp()
 
     # -- what the outputs mean ---------------------------------------------------------------
+
+    def protein_output(self, batch: TokenBatch) -> ModelOutput:
+        """The ESM2-CE baseline (the reference's ESM2CE): each gene's frozen protein embedding, no
+        MLP and no transformer. Its ``cell_embeddings`` are the reference's: the sum over the
+        cell's genes divided by the configured seq_len."""
+        masked = batch.gene_ids == self.special.pad
+        valid = ~masked if batch.positions is None else ~masked & (batch.positions >= 0)
+        return ModelOutput(hidden=self.gene_embeddings.embedding(batch.gene_ids), valid=valid, gene_masked=masked,
+                           cell_ids=batch.cell_ids)
 
     def cell_embeddings(self, out: ModelOutput) -> Tensor:
         """Sum over valid positions divided by the configured seq_len (the reference's pooling)."""
