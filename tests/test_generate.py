@@ -107,6 +107,16 @@ def test_every_cell_holds_the_prompt(teacher, tmp_path, order):
         assert (cells.obs["n_genes"] > 2).any()  # genes were drawn around the prompt
 
 
+def test_a_var_order_prompt_that_fills_the_cell_ends_it(teacher, tmp_path):
+    """With room for the prompt genes only, they are placed and the cell ends there."""
+    genes = species_of(load_checkpoint(teacher), SPECIES).genes
+    out = tmp_path / "full.h5ad"
+    assert main(["generate", "--checkpoint", str(teacher), "--species", SPECIES, "--n-cells", "4", "--output",
+                 str(out), "--order", "var", "--prompt", f"{genes[30]}:4,{genes[12]}", "--max-genes", "2"]) == 0
+    cells = anndata.read_h5ad(out)
+    assert (cells.obs["n_genes"] == 2).all() and (cells.X.toarray()[:, [30, 12]] == [4, 1]).all()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--species", "danio_rerio"], "--species danio_rerio: not in checkpoint"),
     (["--n-cells", "0"], "--n-cells 0: ask for at least 1 cell"),

@@ -197,7 +197,7 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
         due = pending_ids[placed] if pending else None
         allowed = allowed_next(in_species, drawn, last, n_read, order, limit, end, due)
         if pending:  # room left only for the prompt genes still due: take them
-            forced = len(pending) - placed >= limit - n_read
+            forced = (placed < len(pending)) & (len(pending) - placed >= limit - n_read)
             allowed[forced] = F.one_hot(due[forced], model.vocab_size).bool()
         logp = restrict(model.next_gene_logits(hidden), allowed, temperature, top_k)
         gene = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
