@@ -208,3 +208,23 @@ def test_finetuning_on_a_missing_label_column_is_one_line(pretrained, atlas, tmp
     _, cells, _ = atlas["alpha"]
     with pytest.raises(InputError, match=rf"{cells}: obs has no column 'tissue'"):
         build(compose("finetune/tiny", _finetune(pretrained, atlas, tmp_path / "x", 2, "task.label_key=tissue")))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("finetune.backbone=half", "finetune.backbone=half is not one of frozen, partial, full"),
+    ("finetune.adapter=qlora", "finetune.adapter=qlora is not one of none, lora"),
+    ("finetune.export=adapter", "finetune.export=adapter keeps LoRA adapters; set finetune.adapter=lora"),
+    ("finetune.lora.rank=0", "finetune.lora needs rank >= 1"),
+    ("finetune.trainable_layers=0", "finetune.trainable_layers=0 must be at least 1"),
+])
+def test_bad_finetune_settings_are_one_line_before_compute(pretrained, atlas, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        build(compose("finetune/tiny", _finetune(pretrained, atlas, tmp_path / "x", 2, override)))
+    assert not (tmp_path / "x").exists()
+
+
+def test_lora_form_of_a_run_without_adapters_is_one_line(pretrained, tmp_path, capsys):
+    code = main(["export", str(pretrained), "--output", str(tmp_path / "e"), "--lora-form", "adapter"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a LoRA fine-tuning run; drop --lora-form" in err[0]
+    assert not (tmp_path / "e").exists()

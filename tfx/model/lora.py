@@ -21,9 +21,6 @@ def add_lora(model: nn.Module, settings: dict):
     require gradients. Returns peft's LoraModel, whose ``merge_and_unload()`` folds them back in."""
     from peft import LoraConfig, LoraModel
 
-    for key, low in (("rank", 1), ("alpha", 0), ("dropout", 0)):
-        if not settings[key] >= low or (key == "dropout" and settings[key] >= 1):
-            raise ConfigError(f"finetune.lora.{key}={settings[key]} is out of range")
     config = LoraConfig(r=int(settings["rank"]), lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
                         target_modules=list(settings["target_modules"]))
     try:

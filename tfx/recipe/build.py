@@ -156,6 +156,10 @@ def _finetune(r: Recipe, src: str) -> FinetuneSchema:
             raise RecipeError(f"{src}: finetune.{key}={value} is not one of {', '.join(a for a in allowed if a)}")
     if f.export == "adapter" and f.adapter != "lora":
         raise RecipeError(f"{src}: finetune.export=adapter keeps LoRA adapters; set finetune.adapter=lora")
+    lora = f.lora
+    if lora.rank < 1 or not lora.alpha > 0 or not 0 <= lora.dropout < 1:
+        raise RecipeError(f"{src}: finetune.lora needs rank >= 1, alpha > 0 and 0 <= dropout < 1 "
+                          f"(got rank={lora.rank}, alpha={lora.alpha}, dropout={lora.dropout})")
     if f.trainable_layers < 1:
         raise RecipeError(f"{src}: finetune.trainable_layers={f.trainable_layers} must be at least 1 (the last layers "
                           "that train under backbone=partial)")

@@ -64,9 +64,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
     template = run_dir / "checkpoint_template"
     if not (template / "config.json").exists():
         raise CheckpointError(f"{template}: missing; export needs a run directory written by `tfx train`")
-    state = _training_state(Path(checkpoint) if checkpoint else latest_checkpoint(run_dir))
-    model_state = {k.removeprefix("model."): v.float() for k, v in state.items() if k.startswith("model.")}
-    head_state = {k.removeprefix("task."): v.float() for k, v in state.items() if k.startswith("task.")}
     adapter = json.loads((template / ADAPTER_JSON).read_text()) if (template / ADAPTER_JSON).exists() else None
     form = (lora_form or adapter["export"]) if adapter else None
     if lora_form and not adapter:
@@ -74,6 +71,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
     if form == "adapter" and not adapter["base"]:
         raise CheckpointError(f"{run_dir}: its init checkpoint has no model_weights.pt to keep adapters beside; "
                               "export with --lora-form merged")
+    state = _training_state(Path(checkpoint) if checkpoint else latest_checkpoint(run_dir))
+    model_state = {k.removeprefix("model."): v.float() for k, v in state.items() if k.startswith("model.")}
+    head_state = {k.removeprefix("task."): v.float() for k, v in state.items() if k.startswith("task.")}
     with atomic_path(out_dir) as tmp:
         shutil.copytree(template, tmp, ignore=shutil.ignore_patterns(ADAPTER_JSON))
         if head_state:
