@@ -170,8 +170,13 @@ def test_one_process_per_device_equals_one_process(ckpt, tmp_path, emb_type):
     assert _run(ckpt, data, tmp_path / "one.h5ad", *args) == 0
     assert _run(ckpt, data, tmp_path / "two.h5ad", *args, "--devices", "2") == 0
     one, two = anndata.read_h5ad(tmp_path / "one.h5ad"), anndata.read_h5ad(tmp_path / "two.h5ad")
-    np.testing.assert_array_equal(one.obs["llh"], two.obs["llh"])
-    for key in ("cge_embeddings", "cge_cell_indices", "cge_gene_names") if emb_type == "cge" else ():
+    # float results to 1e-5: a worker process's CPU kernels may split reductions differently (MKL
+    # picks its threads by load), so bitwise equality across processes is not promised
+    close = dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one.obs["llh"], two.obs["llh"], **close)
+    for key in ("cge_cell_indices", "cge_gene_names") if emb_type == "cge" else ():
         np.testing.assert_array_equal(one.uns[key], two.uns[key])
+    if emb_type == "cge":
+        np.testing.assert_allclose(one.uns["cge_embeddings"], two.uns["cge_embeddings"], **close)
     if emb_type == "cell":
-        np.testing.assert_array_equal(one.obsm["embeddings"], two.obsm["embeddings"])
+        np.testing.assert_allclose(one.obsm["embeddings"], two.obsm["embeddings"], **close)
