@@ -66,11 +66,13 @@ def embed(adata: anndata.AnnData, model: Checkpoint, key: str = "X_tfx", *, emb_
 
 
 def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type", *, batch: str | None = None,
-             counts: str | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None) -> dict:
+             counts: str | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None,
+             cz_benchmarks: bool = True) -> dict:
     """``tfx eval``'s report on ``adata.obsm[rep]`` for ``adata.obs[label]``, as a dict: label
     probes, silhouettes and, with ``batch`` (an obs column such as species), mixing and transfer.
     ``counts``: ``"X"`` or a layer of raw counts, for the PCA-of-log-counts baseline beside it.
-    ``output_dir``: also write report.json, summary.md and the UMAPs there."""
+    ``output_dir``: also write report.json, summary.md and the UMAPs there. ``cz_benchmarks``: also
+    run the cz-benchmarks tasks and their baselines (``report["cz_benchmarks"]``) where installed."""
     if rep not in adata.obsm:
         raise InputError(f"rep: adata.obsm has no '{rep}' (keys: {', '.join(adata.obsm) or 'none'}); "
                          f"run tfx.embed(adata, model, key='{rep}') first or pass another rep")
@@ -82,4 +84,4 @@ def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type
     matrix = None if counts is None else sp.csr_matrix(adata.X if counts == "X" else adata.layers[counts])
     inputs = {"rep": rep, "counts": counts, "label": label, "batch": batch, "seed": seed}
     return evaluate_cells(adata.obsm[rep], adata.obs, label, inputs, batch=batch, counts=matrix, seed=seed,
-                          output_dir=output_dir, source=f"adata.obsm['{rep}']")
+                          output_dir=output_dir, source=f"adata.obsm['{rep}']", cz_benchmarks=cz_benchmarks)

@@ -291,7 +291,8 @@ def cmd_eval(args) -> int:
                              "pass --counts with the h5ad files given to tfx infer")
         esm2ce = _esm2ce_frames(args.checkpoint, args.counts)
     report = evaluate(args.embeddings, args.label, batch=args.batch, counts_path=args.counts,
-                      output_dir=args.output, seed=args.seed, compare_paths=args.compare, esm2ce=esm2ce)
+                      output_dir=args.output, seed=args.seed, compare_paths=args.compare, esm2ce=esm2ce,
+                      cz_benchmarks=not args.no_cz_benchmarks)
     h = report["headline"]
     print(f"embeddings: kNN macro-F1 {h['knn_macro_f1']:.3f}, logistic macro-F1 {h['logistic_macro_f1']:.3f}")
     if "esm2ce_knn_macro_f1" in h:
@@ -300,6 +301,13 @@ def cmd_eval(args) -> int:
     if h["pca_knn_macro_f1"] is not None:
         print(f"PCA of log counts: kNN macro-F1 {h['pca_knn_macro_f1']:.3f}, "
               f"logistic macro-F1 {h['pca_logistic_macro_f1']:.3f}")
+    cz = report["cz_benchmarks"]
+    if cz["tasks"]:
+        print(f"{cz['package']} {cz['version']}: " + "; ".join(
+            f"{name} {reps['embeddings']:.3f}" + "".join(f" ({rep} {v:.3f})" for rep, v in reps.items() if rep != "embeddings")
+            for name, reps in cz["headline"].items()))
+    else:
+        print(cz["note"])
     for name, by_clf in report.get("compare", {}).get("differences", {}).items():
         for clf, d in by_clf.items():
             print(f"{name} minus {report['compare']['baseline']}: {clf} macro-F1 {d['mean']:+.3f} "
@@ -532,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", default=None,
                    help="h5ad files with other embeddings of the same cells (e.g. a model trained without a species, "
                         "or --model-type esm2ce): paired per-fold differences with a bootstrap CI")
+    p.add_argument("--no-cz-benchmarks", action="store_true",
+                   help="skip the cz-benchmarks tasks (run when the package is installed); the light probes still run")
     p.add_argument("--output", required=True, help="report directory")
     p.add_argument("--seed", type=COUNT, default=0, help="%(type)s")
     p.set_defaults(func=cmd_eval)

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from tfx.atomic import atomic_path
 from tfx.data.anndata import InputError
-from tfx.eval import mixing, plots, probes
+from tfx.eval import czbench, mixing, plots, probes
 from tfx.eval.compare import compare
 from tfx.eval.inputs import load_cells, pca_of_log_counts, read_aligned
 
@@ -23,11 +23,13 @@ PathOrPaths = str | os.PathLike | list[str | os.PathLike]
 
 def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.PathLike,
              batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 0,
-             compare_paths: list[str | os.PathLike] | None = None, esm2ce: list[pd.DataFrame] | None = None) -> dict:
+             compare_paths: list[str | os.PathLike] | None = None, esm2ce: list[pd.DataFrame] | None = None,
+             cz_benchmarks: bool = True) -> dict:
     """Score obsm["embeddings"] of one or more `tfx infer` outputs (stacked in order; counts files,
     if given, pair with them one to one) and write the report under ``output_dir``. Each of
     ``compare_paths`` holds other embeddings of the same cells, compared on identical folds.
-    ``esm2ce``: the ESM2-CE baseline of the cells (per file, indexed by cell name), scored beside."""
+    ``esm2ce``: the ESM2-CE baseline of the cells (per file, indexed by cell name), scored beside.
+    ``cz_benchmarks``: also run the cz-benchmarks tasks where the package is installed."""
     emb_paths = _as_list(embeddings_path)
     counts_paths = _as_list(counts_path) if counts_path is not None else None
     cells = load_cells(emb_paths, [label] + ([batch] if batch else []), counts_paths)
@@ -43,18 +45,21 @@ def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.P
     if esm2ce is not None:
         baselines["esm2ce"] = pd.concat(esm2ce).reindex(cells.obs.index).to_numpy(np.float32)
     return evaluate_cells(cells.embeddings, cells.obs, label, inputs, batch=batch, counts=cells.counts, seed=seed,
-                          output_dir=output_dir, source=str(emb_paths[0]), compared=compared, baselines=baselines)
+                          output_dir=output_dir, source=str(emb_paths[0]), compared=compared, baselines=baselines,
+                          cz_benchmarks=cz_benchmarks)
 
 
 def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs: dict, *, batch: str | None = None,
                    counts: sp.csr_matrix | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None,
                    source: str = "", compared: dict[str, np.ndarray] | None = None,
-                   baselines: dict[str, np.ndarray] | None = None) -> dict:
+                   baselines: dict[str, np.ndarray] | None = None, cz_benchmarks: bool = True) -> dict:
     """The report on ``embeddings`` (cells x dim) for ``obs[label]``, beside the PCA of ``counts``
     (cells x genes, raw) when given; with ``output_dir``, also report.json, summary.md and UMAPs there.
     ``inputs`` is recorded as it is; ``source`` names the cells in errors. ``compared``: named
     representations of the same cells (the first the baseline), compared on identical folds.
-    ``baselines``: more representations of the same cells scored beside (``esm2ce``)."""
+    ``baselines``: more representations of the same cells scored beside (``esm2ce``).
+    ``cz_benchmarks``: also run the cz-benchmarks tasks (``report["cz_benchmarks"]``) where the
+    package is installed; the report says when it is not, or when they were skipped."""
     labelled = obs[label].notna().to_numpy()
     labels = obs[label].astype(str).to_numpy()
     keep, dropped = probes.large_classes(labels[labelled])
@@ -95,6 +100,7 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
         "headline": _headline(scores),
         "plots": plot_files,
     }
+    report["cz_benchmarks"] = _cz_benchmarks(cz_benchmarks, embeddings, obs, label, batch, counts, seed)
     if compared:
         report["compare"] = compare({name: np.asarray(f)[keep] for name, f in compared.items()}, labels, seed)
     if output_dir is not None:
@@ -103,6 +109,17 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
         with atomic_path(output_dir / "report.json") as tmp:  # last: its presence means the report is complete
             tmp.write_text(json.dumps(report, indent=2))
     return report
+
+
+def _cz_benchmarks(wanted: bool, embeddings, obs, label, batch, counts, seed) -> dict:
+    installed = czbench.version()
+    if wanted and installed:
+        return czbench.run_tasks(embeddings, obs, label, batch=batch, counts=counts, seed=seed)
+    why = ("skipped (--no-cz-benchmarks)" if not wanted else
+           "not installed (pip install 'tfx[cz]')")
+    return {"package": czbench.PACKAGE, "version": installed, "tasks": None,
+            "note": f"{czbench.PACKAGE} {why}: only tfx's light probes above ran, the package's tasks and "
+                    "baselines did not."}
 
 
 def _as_list(paths: PathOrPaths) -> list:
@@ -163,12 +180,14 @@ def _markdown(report: dict) -> str:
     lines += [
         "",
         f"{report['method']['folds']}-fold stratified CV on standardised features "
-        f"({report['method']['classifiers']}), as in cz-benchmarks; baseline: {report['method']['baseline']}.",
+        f"({report['method']['classifiers']}): tfx's light probes, cz-benchmarks' label-prediction protocol without "
+        f"its random forest, AUROC and Leiden clustering; baseline: {report['method']['baseline']}.",
     ]
     if multi:
         lines.append(f"Mixing: a good cross-{batch} embedding has a high {label} silhouette, a {batch} silhouette "
                      f"near 0 or below, a {batch} entropy near its mixed value, and a high transfer F1 "
                      f"(train on one {batch}, predict another).")
+    lines += czbench.markdown(report["cz_benchmarks"])
     if "compare" in report:
         lines += _compare_markdown(report["compare"])
     lines += ["", "Plots: " + ", ".join(report["plots"]), ""]
