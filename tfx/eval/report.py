@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from tfx.atomic import atomic_path
 from tfx.data.anndata import InputError
+from tfx.eval import homology as homology_
 from tfx.eval import mixing, plots, probes
 from tfx.eval.compare import compare
 from tfx.eval.inputs import load_cells, pca_of_log_counts, read_aligned
@@ -23,11 +24,14 @@ PathOrPaths = str | os.PathLike | list[str | os.PathLike]
 
 def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.PathLike,
              batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 0,
-             compare_paths: list[str | os.PathLike] | None = None, esm2ce: list[pd.DataFrame] | None = None) -> dict:
+             compare_paths: list[str | os.PathLike] | None = None, esm2ce: list[pd.DataFrame] | None = None,
+             homology: homology_.HomologyGenes | None = None) -> dict:
     """Score obsm["embeddings"] of one or more `tfx infer` outputs (stacked in order; counts files,
     if given, pair with them one to one) and write the report under ``output_dir``. Each of
     ``compare_paths`` holds other embeddings of the same cells, compared on identical folds.
-    ``esm2ce``: the ESM2-CE baseline of the cells (per file, indexed by cell name), scored beside."""
+    ``esm2ce``: the ESM2-CE baseline of the cells (per file, indexed by cell name), scored beside.
+    ``homology``: the held-out species' genes and the checkpoint's (``tfx.eval.homology.load_genes``):
+    adds the homology-leakage section (needs ``counts_path``)."""
     emb_paths = _as_list(embeddings_path)
     counts_paths = _as_list(counts_path) if counts_path is not None else None
     cells = load_cells(emb_paths, [label] + ([batch] if batch else []), counts_paths)
@@ -42,19 +46,22 @@ def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.P
     baselines = {}
     if esm2ce is not None:
         baselines["esm2ce"] = pd.concat(esm2ce).reindex(cells.obs.index).to_numpy(np.float32)
+    section = homology_.for_cells(homology, cells, label, emb_paths) if homology is not None else None
     return evaluate_cells(cells.embeddings, cells.obs, label, inputs, batch=batch, counts=cells.counts, seed=seed,
-                          output_dir=output_dir, source=str(emb_paths[0]), compared=compared, baselines=baselines)
+                          output_dir=output_dir, source=str(emb_paths[0]), compared=compared, baselines=baselines,
+                          homology=section)
 
 
 def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs: dict, *, batch: str | None = None,
                    counts: sp.csr_matrix | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None,
                    source: str = "", compared: dict[str, np.ndarray] | None = None,
-                   baselines: dict[str, np.ndarray] | None = None) -> dict:
+                   baselines: dict[str, np.ndarray] | None = None, homology: dict | None = None) -> dict:
     """The report on ``embeddings`` (cells x dim) for ``obs[label]``, beside the PCA of ``counts``
     (cells x genes, raw) when given; with ``output_dir``, also report.json, summary.md and UMAPs there.
     ``inputs`` is recorded as it is; ``source`` names the cells in errors. ``compared``: named
     representations of the same cells (the first the baseline), compared on identical folds.
-    ``baselines``: more representations of the same cells scored beside (``esm2ce``)."""
+    ``baselines``: more representations of the same cells scored beside (``esm2ce``).
+    ``homology``: a computed homology section (``tfx.eval.homology``), recorded and plotted."""
     labelled = obs[label].notna().to_numpy()
     labels = obs[label].astype(str).to_numpy()
     keep, dropped = probes.large_classes(labels[labelled])
@@ -82,6 +89,9 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
             path = output_dir / f"umap_{re.sub(r'[^A-Za-z0-9_.-]+', '_', column)}.png"
             plots.scatter_png(path, layouts, colours, f"coloured by {column}")
             plot_files.append(path.name)
+        if homology is not None:
+            homology_.plot_png(output_dir / "homology.png", homology)
+            plot_files.append("homology.png")
 
     report = {
         "inputs": inputs,
@@ -95,6 +105,8 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
         "headline": _headline(scores),
         "plots": plot_files,
     }
+    if homology is not None:
+        report["homology"] = homology
     if compared:
         report["compare"] = compare({name: np.asarray(f)[keep] for name, f in compared.items()}, labels, seed)
     if output_dir is not None:
@@ -171,6 +183,8 @@ def _markdown(report: dict) -> str:
                      f"(train on one {batch}, predict another).")
     if "compare" in report:
         lines += _compare_markdown(report["compare"])
+    if "homology" in report:
+        lines += homology_.markdown(report["homology"])
     lines += ["", "Plots: " + ", ".join(report["plots"]), ""]
     return "\n".join(lines)
 
