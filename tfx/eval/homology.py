@@ -122,11 +122,15 @@ def homology_report(h: HomologyGenes, embeddings: np.ndarray, labels: pd.Series,
     labelled = labels.notna().to_numpy()
     names = labels.astype(str).to_numpy()
     fit = ~held_out & labelled
-    if len(np.unique(names[fit])) < 2:
-        raise InputError(f"--homology: the training cells hold fewer than 2 labelled classes; "
-                         "nothing to transfer")
+    if len(np.unique(names[fit])) < 2 or fit.sum() < probes.MIN_CLASS_CELLS:
+        raise InputError(f"--homology: the training cells hold {fit.sum()} labelled cells of "
+                         f"{len(np.unique(names[fit]))} classes; transfer needs at least "
+                         f"{probes.MIN_CLASS_CELLS} cells of 2 classes")
     test = np.flatnonzero(held_out)
     scored = labelled[test] & np.isin(names[test], np.unique(names[fit])) & np.isfinite(share)
+    if not scored.any():
+        raise InputError(f"--homology {h.gene_file}: no held-out cell with counts on its genes has a '{labels.name}' "
+                         "label that the training cells have; nothing to score")
     test, test_share, truth = test[scored], share[scored], names[test[scored]]
     bins, edges = _quantile_bins(test_share)
 
