@@ -34,6 +34,8 @@ class Range:
         noun = "an integer" if self.kind is int else "a number"
         if self.lo is not None and self.hi is not None:
             bounds = f" from {self.lo:g} to {self.hi:g}"
+        elif self.above is not None and self.hi is not None:
+            bounds = f" > {self.above:g} and <= {self.hi:g}"
         elif self.lo is not None:
             bounds = f" >= {self.lo:g}"
         elif self.above is not None:
@@ -284,15 +286,22 @@ def cmd_eval(args) -> int:
     from tfx.errors import InputError
     from tfx.eval import evaluate
 
+    homology = None
+    if args.homology:
+        from tfx.eval.homology import load_genes
+        if not args.checkpoint or not args.counts:
+            raise InputError("--homology: needs --checkpoint (the checkpoint the embeddings came from) and --counts "
+                             "(the h5ad files given to tfx infer); pass both")
+        homology = load_genes(args.checkpoint, args.homology, args.homology_threshold)
     esm2ce = None
     if args.checkpoint:
         if not args.counts:
             raise InputError("--checkpoint: the ESM2-CE baseline is computed from the cells' counts; "
                              "pass --counts with the h5ad files given to tfx infer")
-        esm2ce = _esm2ce_frames(args.checkpoint, args.counts)
+        esm2ce = _esm2ce_frames(args.checkpoint, args.counts, args.homology)
     report = evaluate(args.embeddings, args.label, batch=args.batch, counts_path=args.counts,
                       output_dir=args.output, seed=args.seed, compare_paths=args.compare, esm2ce=esm2ce,
-                      cz_benchmarks=not args.no_cz_benchmarks)
+                      homology=homology, cz_benchmarks=not args.no_cz_benchmarks)
     h = report["headline"]
     print(f"embeddings: kNN macro-F1 {h['knn_macro_f1']:.3f}, logistic macro-F1 {h['logistic_macro_f1']:.3f}")
     if "esm2ce_knn_macro_f1" in h:
@@ -312,18 +321,25 @@ def cmd_eval(args) -> int:
         for clf, d in by_clf.items():
             print(f"{name} minus {report['compare']['baseline']}: {clf} macro-F1 {d['mean']:+.3f} "
                   f"(95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})")
+    if "homology" in report:
+        from tfx.eval.homology import summary_line
+        print(summary_line(report["homology"]))
     print(f"wrote {args.output}/report.json, summary.md, {', '.join(report['plots'])}")
     return 0
 
 
-def _esm2ce_frames(checkpoint: str, counts: list[str]) -> list:
-    """`tfx infer --model-type esm2ce` of each counts file, in memory: cells x protein width, indexed by cell name."""
+def _esm2ce_frames(checkpoint: str, counts: list[str], held_out_genes: str | None = None) -> list:
+    """`tfx infer --model-type esm2ce` of each counts file, in memory: cells x protein width, indexed by cell name.
+    ``held_out_genes``: a species' gene file the checkpoint lacks, added so its cells have protein embeddings."""
     import anndata
     import pandas as pd
 
     from tfx.infer.run import InferOptions, infer_memory, load_for_inference
 
     ckpt = load_for_inference(checkpoint)
+    if held_out_genes and not any(name == os.path.basename(held_out_genes) for name, _ in ckpt.vocab.files):
+        from tfx.checkpoint.surgery import add_species
+        ckpt = add_species(ckpt, [held_out_genes])
     frames = []
     for path in counts:
         adata = anndata.read_h5ad(path, backed="r")
@@ -542,6 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "or --model-type esm2ce): paired per-fold differences with a bootstrap CI")
     p.add_argument("--no-cz-benchmarks", action="store_true",
                    help="skip the cz-benchmarks tasks (run when the package is installed); the light probes still run")
+    p.add_argument("--homology", default=None, metavar="HELD_gene.h5",
+                   help="the held-out species' gene embedding file: transfer accuracy by the share of each held-out "
+                        "cell's counts on genes with a close homolog among the checkpoint's genes; needs "
+                        "--checkpoint and --counts")
+    p.add_argument("--homology-threshold", type=Range(float, above=0, hi=1), default=0.8,
+                   help="cosine similarity to the nearest training gene that makes a close homolog, %(type)s")
     p.add_argument("--output", required=True, help="report directory")
     p.add_argument("--seed", type=COUNT, default=0, help="%(type)s")
     p.set_defaults(func=cmd_eval)

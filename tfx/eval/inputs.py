@@ -30,6 +30,8 @@ class EvalCells:
     obs: pd.DataFrame  # the obs of every file, stacked
     counts: sp.csr_matrix | None  # cells x union of genes, in the embeddings' cell order
     sources: list[str]  # the embeddings file of each cell
+    genes: np.ndarray | None = None  # the gene id of each column of counts
+    file_genes: list[np.ndarray] | None = None  # each counts file's gene ids
 
 
 def load_cells(embeddings_paths: list[str | os.PathLike], columns: list[str],
@@ -43,11 +45,12 @@ def load_cells(embeddings_paths: list[str | os.PathLike], columns: list[str],
         embeddings.append(emb)
         obs.append(file_obs)
         sources += [str(path)] * len(file_obs)
-    counts = None
+    counts = genes = file_genes = None
     if counts_paths:
-        counts = _stack_counts([_read_counts(Path(c), Path(e), o.index)
-                                for c, e, o in zip(counts_paths, embeddings_paths, obs)])
-    return EvalCells(np.concatenate(embeddings), pd.concat(obs), counts, sources)
+        parts = [_read_counts(Path(c), Path(e), o.index) for c, e, o in zip(counts_paths, embeddings_paths, obs)]
+        counts, genes = _stack_counts(parts)
+        file_genes = [g for _, g in parts]
+    return EvalCells(np.concatenate(embeddings), pd.concat(obs), counts, sources, genes, file_genes)
 
 
 def read_aligned(path: str | os.PathLike, cells: pd.Index) -> np.ndarray:
@@ -114,15 +117,15 @@ def _read_counts(path: Path, embeddings_path: Path, cells: pd.Index) -> tuple[sp
     return sp.csr_matrix(X)[rows], np.asarray(genes, dtype=str)
 
 
-def _stack_counts(parts: list[tuple[sp.csr_matrix, np.ndarray]]) -> sp.csr_matrix:
-    """Stack per-file counts over the union of their genes (species share no gene ids)."""
+def _stack_counts(parts: list[tuple[sp.csr_matrix, np.ndarray]]) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Stack per-file counts over the union of their genes (species share no gene ids); the union's ids."""
     union = pd.Index(pd.unique(np.concatenate([genes for _, genes in parts])))
     blocks = []
     for X, genes in parts:
         coo = X.tocoo()
         cols = union.get_indexer(genes)[coo.col]
         blocks.append(sp.csr_matrix((coo.data, (coo.row, cols)), shape=(X.shape[0], len(union))))
-    return sp.vstack(blocks).tocsr()
+    return sp.vstack(blocks).tocsr(), union.to_numpy()
 
 
 def pca_of_log_counts(counts: sp.csr_matrix, n_components: int = 50, n_genes: int = 2000,

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from tfx.atomic import atomic_path
 from tfx.data.anndata import InputError
 from tfx.eval import czbench, mixing, plots, probes
+from tfx.eval import homology as homology_
 from tfx.eval.compare import compare
 from tfx.eval.inputs import load_cells, pca_of_log_counts, read_aligned
 
@@ -24,11 +25,13 @@ PathOrPaths = str | os.PathLike | list[str | os.PathLike]
 def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.PathLike,
              batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 0,
              compare_paths: list[str | os.PathLike] | None = None, esm2ce: list[pd.DataFrame] | None = None,
-             cz_benchmarks: bool = True) -> dict:
+             homology: homology_.HomologyGenes | None = None, cz_benchmarks: bool = True) -> dict:
     """Score obsm["embeddings"] of one or more `tfx infer` outputs (stacked in order; counts files,
     if given, pair with them one to one) and write the report under ``output_dir``. Each of
     ``compare_paths`` holds other embeddings of the same cells, compared on identical folds.
     ``esm2ce``: the ESM2-CE baseline of the cells (per file, indexed by cell name), scored beside.
+    ``homology``: the held-out species' genes and the checkpoint's (``tfx.eval.homology.load_genes``):
+    adds the homology-leakage section (needs ``counts_path``).
     ``cz_benchmarks``: also run the cz-benchmarks tasks where the package is installed."""
     emb_paths = _as_list(embeddings_path)
     counts_paths = _as_list(counts_path) if counts_path is not None else None
@@ -44,20 +47,23 @@ def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.P
     baselines = {}
     if esm2ce is not None:
         baselines["esm2ce"] = pd.concat(esm2ce).reindex(cells.obs.index).to_numpy(np.float32)
+    section = homology_.for_cells(homology, cells, label, emb_paths) if homology is not None else None
     return evaluate_cells(cells.embeddings, cells.obs, label, inputs, batch=batch, counts=cells.counts, seed=seed,
                           output_dir=output_dir, source=str(emb_paths[0]), compared=compared, baselines=baselines,
-                          cz_benchmarks=cz_benchmarks)
+                          homology=section, cz_benchmarks=cz_benchmarks)
 
 
 def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs: dict, *, batch: str | None = None,
                    counts: sp.csr_matrix | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None,
                    source: str = "", compared: dict[str, np.ndarray] | None = None,
-                   baselines: dict[str, np.ndarray] | None = None, cz_benchmarks: bool = True) -> dict:
+                   baselines: dict[str, np.ndarray] | None = None, homology: dict | None = None,
+                   cz_benchmarks: bool = True) -> dict:
     """The report on ``embeddings`` (cells x dim) for ``obs[label]``, beside the PCA of ``counts``
     (cells x genes, raw) when given; with ``output_dir``, also report.json, summary.md and UMAPs there.
     ``inputs`` is recorded as it is; ``source`` names the cells in errors. ``compared``: named
     representations of the same cells (the first the baseline), compared on identical folds.
     ``baselines``: more representations of the same cells scored beside (``esm2ce``).
+    ``homology``: a computed homology section (``tfx.eval.homology``), recorded and plotted.
     ``cz_benchmarks``: also run the cz-benchmarks tasks (``report["cz_benchmarks"]``) where the
     package is installed; the report says when it is not, or when they were skipped."""
     labelled = obs[label].notna().to_numpy()
@@ -87,6 +93,9 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
             path = output_dir / f"umap_{re.sub(r'[^A-Za-z0-9_.-]+', '_', column)}.png"
             plots.scatter_png(path, layouts, colours, f"coloured by {column}")
             plot_files.append(path.name)
+        if homology is not None:
+            homology_.plot_png(output_dir / "homology.png", homology)
+            plot_files.append("homology.png")
 
     report = {
         "inputs": inputs,
@@ -101,6 +110,8 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
         "plots": plot_files,
     }
     report["cz_benchmarks"] = _cz_benchmarks(cz_benchmarks, embeddings, obs, label, batch, counts, seed)
+    if homology is not None:
+        report["homology"] = homology
     if compared:
         report["compare"] = compare({name: np.asarray(f)[keep] for name, f in compared.items()}, labels, seed)
     if output_dir is not None:
@@ -190,6 +201,8 @@ def _markdown(report: dict) -> str:
     lines += czbench.markdown(report["cz_benchmarks"])
     if "compare" in report:
         lines += _compare_markdown(report["compare"])
+    if "homology" in report:
+        lines += homology_.markdown(report["homology"])
     lines += ["", "Plots: " + ", ".join(report["plots"]), ""]
     return "\n".join(lines)
 
