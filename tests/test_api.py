@@ -44,12 +44,14 @@ def _infer(ckpt, data, out, *extra):
     return anndata.read_h5ad(out)
 
 
-def test_embed_equals_tfx_infer(ckpt, data, tmp_path):
+def test_embed_equals_tfx_infer(ckpt, data, tmp_path, caplog):
     cli = _infer(ckpt, data, tmp_path / "cli.h5ad", "--outputs", "embeddings,llh,gene_llh", "--batch-size", "16")
     adata = anndata.read_h5ad(data)
     model = tfx.load(ckpt)
+    caplog.clear()
     assert tfx.embed(adata, model, key="X_tfx", outputs=("embeddings", "llh", "gene_llh"), batch_size=16,
                      device="cpu") is adata
+    assert "AnnData: 1 of 60 cells have no expressed gene in the vocabulary; kept" in caplog.text  # as tfx infer warns
     assert adata.obsm["X_tfx"].dtype == np.float32
     np.testing.assert_array_equal(adata.obsm["X_tfx"], cli.obsm["embeddings"])
     np.testing.assert_array_equal(adata.obs["llh"].to_numpy(), cli.obs["llh"].to_numpy())  # NaN for cell 5 in both
@@ -95,6 +97,8 @@ def test_api_refusals_name_the_argument(ckpt, data):
     adata.obsm["X_tfx"] = np.zeros((adata.n_obs, 4), np.float32)
     with pytest.raises(InputError, match=r"^label: adata.obs has no column 'celltype'"):
         tfx.evaluate(adata, label="celltype")
+    with pytest.raises(InputError, match=r"^compare: 'X_pca' is not in adata.obsm; pass other obsm keys \(none\)"):
+        tfx.evaluate(adata, compare=["X_pca"])
 
 
 def test_import_tfx_stays_light():

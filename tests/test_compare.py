@@ -51,6 +51,15 @@ def test_compare_tells_a_worse_representation_from_the_same_one(tmp_path, capsys
     assert f"{b} minus {a}: knn macro-F1 -" in out
     assert "Compared with" in (tmp_path / "report" / "summary.md").read_text()
 
+    # tfx.evaluate(compare=[obsm keys]) gives the same comparison in a notebook
+    import tfx
+
+    adata = anndata.AnnData(obs=obs, obsm={"X_a": features.astype(np.float32), "X_noisy": noisy.astype(np.float32)})
+    with threadpool_limits(1):
+        api = tfx.evaluate(adata, rep="X_a", compare=["X_noisy"], cz_benchmarks=False)["compare"]
+    assert api["differences"]["X_noisy"] == c["differences"][b]
+    assert api["macro_f1_per_fold"]["X_a"] == c["macro_f1_per_fold"][a]
+
 
 def test_compare_refuses_other_cells_in_one_line(tmp_path, capsys):
     features, labels, _ = planted(classes=2, per_class=12)

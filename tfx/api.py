@@ -67,11 +67,13 @@ def embed(adata: anndata.AnnData, model: Checkpoint, key: str = "X_tfx", *, emb_
 
 def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type", *, batch: str | None = None,
              counts: str | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None,
-             cz_benchmarks: bool = True) -> dict:
+             compare: list[str] | None = None, cz_benchmarks: bool = True) -> dict:
     """``tfx eval``'s report on ``adata.obsm[rep]`` for ``adata.obs[label]``, as a dict: label
     probes, silhouettes and, with ``batch`` (an obs column such as species), mixing and transfer.
     ``counts``: ``"X"`` or a layer of raw counts, for the PCA-of-log-counts baseline beside it.
-    ``output_dir``: also write report.json, summary.md and the UMAPs there. ``cz_benchmarks``: also
+    ``output_dir``: also write report.json, summary.md and the UMAPs there. ``compare``: other obsm
+    keys (``"X_esm2ce"``, another model's embeddings), compared with ``rep`` on identical folds
+    (per-fold paired differences and a bootstrap CI, ``report["compare"]``). ``cz_benchmarks``: also
     run the cz-benchmarks tasks and their baselines (``report["cz_benchmarks"]``) where installed."""
     if rep not in adata.obsm:
         raise InputError(f"rep: adata.obsm has no '{rep}' (keys: {', '.join(adata.obsm) or 'none'}); "
@@ -79,9 +81,15 @@ def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type
     for option, column in (("label", label), ("batch", batch)):
         if column is not None and column not in adata.obs:
             raise InputError(f"{option}: adata.obs has no column '{column}' (columns: {', '.join(adata.obs.columns)})")
+    for key in compare or []:
+        if key not in adata.obsm or key == rep:
+            raise InputError(f"compare: '{key}' is {'rep itself' if key == rep else 'not in adata.obsm'}; "
+                             f"pass other obsm keys ({', '.join(k for k in adata.obsm if k != rep) or 'none'})")
     if counts is not None and counts != "X" and counts not in adata.layers:
         raise InputError(f"counts: adata has no layer '{counts}'; pass 'X' or one of: {', '.join(adata.layers)}")
     matrix = None if counts is None else sp.csr_matrix(adata.X if counts == "X" else adata.layers[counts])
-    inputs = {"rep": rep, "counts": counts, "label": label, "batch": batch, "seed": seed}
+    inputs = {"rep": rep, "counts": counts, "compare": list(compare or []), "label": label, "batch": batch, "seed": seed}
+    compared = {key: adata.obsm[key] for key in [rep, *compare]} if compare else None
     return evaluate_cells(adata.obsm[rep], adata.obs, label, inputs, batch=batch, counts=matrix, seed=seed,
-                          output_dir=output_dir, source=f"adata.obsm['{rep}']", cz_benchmarks=cz_benchmarks)
+                          output_dir=output_dir, source=f"adata.obsm['{rep}']", compared=compared,
+                          cz_benchmarks=cz_benchmarks)

@@ -148,8 +148,9 @@ def markdown(section: dict) -> list[str]:
     lines = ["", f"## {PACKAGE} {section['version']} tasks (seed {section['seed']})", "",
              "Each task as the package runs it, on the embeddings and on the package's own baselines of the same "
              "cells (label prediction: the raw expression matrix; clustering, embedding, batch integration: its "
-             "PCA workflow). Cross-species tasks have no baseline in the package. Every figure, per classifier "
-             "and species pair, is in report.json."]
+             "PCA workflow). Cross-species tasks have no baseline in the package. Within one species (and in "
+             "label prediction) a figure is the mean over 5 folds. Every figure, per classifier and species pair, "
+             "is in report.json."]
     for task, by_rep in section["tasks"].items():
         rows: dict[str, dict[str, float]] = {}
         for rep, results in by_rep.items():
@@ -158,7 +159,7 @@ def markdown(section: dict) -> list[str]:
                 if "train_species" in params and not params["classifier"].startswith("MEAN"):
                     continue
                 key = ", ".join([rep] + [f"{k} {v}" for k, v in params.items()])
-                rows.setdefault(key, {})[m["metric"]] = m["value"]
+                rows.setdefault(key, {})[m["metric"].removeprefix("mean_fold_")] = m["value"]
         metrics = list(dict.fromkeys(name for row in rows.values() for name in row))
         lines += ["", f"### {task.replace('_', ' ')}", "", "| representation | " + " | ".join(metrics) + " |",
                   "|---|" + "---|" * len(metrics)]

@@ -246,12 +246,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
             bar.update(n)
             bar.set_postfix(cells_per_s=f"{bar.n / (time.perf_counter() - started):.0f}")
         bar.close()
-        if empty:
-            log.warning("%s: %d of %d cells have no expressed gene in the vocabulary; kept (their llh and "
-                        "gene_llh are NaN)", data, empty, n_cells)
-        if non_finite:
-            log.warning("%s: %d of %d cells have NaN or infinite outputs; the checkpoint's weights may be broken "
-                        "(or a half --precision overflowed: try --precision 32)", output, non_finite, n_cells)
+        _warn_cells(data, empty, output, non_finite, n_cells)
         for name, values in scores.items():
             obs[name] = values
         uns = _write_predictions(f, obs, ckpt.task, pred) if pred is not None else {}
@@ -260,6 +255,15 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         _write_anndata_skeleton(f, obs, uns)
     seconds = time.perf_counter() - started
     return {"cells": n_cells, "empty_cells": empty, "seconds": seconds, "output": str(output)}
+
+
+def _warn_cells(data, empty: int, output, non_finite: int, n_cells: int) -> None:
+    if empty:
+        log.warning("%s: %d of %d cells have no expressed gene in the vocabulary; kept (their llh and "
+                    "gene_llh are NaN)", data, empty, n_cells)
+    if non_finite:
+        log.warning("%s: %d of %d cells have NaN or infinite outputs; the checkpoint's weights may be broken "
+                    "(or a half --precision overflowed: try --precision 32)", output, non_finite, n_cells)
 
 
 def infer_memory(ckpt: Checkpoint, adata, opts: InferOptions) -> tuple[dict[str, np.ndarray], dict]:
@@ -272,13 +276,17 @@ def infer_memory(ckpt: Checkpoint, adata, opts: InferOptions) -> tuple[dict[str,
     _report_overlap(reader, opts.chunk_size)
     arrays = {name: np.full((adata.n_obs, *shape), np.nan, np.float32) for name, shape in _per_cell(ckpt, opts).items()}
     cge_emb, cge_cells, cge_genes = [], [], []
-    for first, res, _ in _row_results(ckpt, adata, opts, device):
+    empty = non_finite = 0
+    for first, res, n_empty in _row_results(ckpt, adata, opts, device):
+        empty += n_empty
+        non_finite += _non_finite_cells(res, n_empty)
         for name, arr in arrays.items():
             arr[first : first + res.cells] = _array(res, name)
         for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids)):
             cge_emb.append(e)
             cge_cells.append(np.full(len(g), first + i, dtype=np.int64))
             cge_genes.append(g)
+    _warn_cells("AnnData", empty, "AnnData", non_finite, adata.n_obs)
     uns = _cge_uns(ckpt, opts, cge_emb, cge_cells, cge_genes) if opts.embeddings and opts.emb_type == "cge" else {}
     return arrays, uns
 
