@@ -4,6 +4,12 @@ At each position a gene is drawn from the gene-id head (restricted to what the o
 renormalised, with temperature and top-k), then its count from the checkpoint's likelihood; the
 pair is read back as the next position's input. [END], or the last position seq_len allows,
 ends a cell. Each cell's ``log_prob`` is exact under the distribution actually sampled.
+
+A var-order prompt forces its genes in, so those cells are not draws from the model given the
+prompt: each carries ``log_weight``, log p(cell) - log q(cell) with p the model's own var-order
+sampler (no prompt) and q the prompted one, the prompt genes' counts scored by p. Self-normalised,
+the weights turn averages over the cells into expectations under p given the prompt genes (with
+their counts) in the cell.
 """
 
 from __future__ import annotations
@@ -146,6 +152,7 @@ class Sampled:
     log_prob: np.ndarray  # [cells] float64 of what was sampled (a prompt gene's count is given, not sampled)
     ended: np.ndarray  # [cells] bool: [END] was drawn (else the length limit ended the cell, log p 0)
     inclusion: np.ndarray | None = None  # [cells, V] each gene's chance of being drawn, given the cell's history
+    log_weight: np.ndarray | None = None  # [cells] float64 importance weight (module docstring); 0 without a var prompt
 
 
 @torch.no_grad()
@@ -191,6 +198,7 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
     placed = torch.zeros(b, dtype=torch.long, device=device)  # prompt genes drawn so far (var order)
     pending_ids = torch.tensor(pending + [-1], dtype=torch.long, device=device)
     log_prob = torch.zeros(b, dtype=torch.float64, device=device)
+    log_weight = torch.zeros(b, dtype=torch.float64, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     chance = torch.zeros(b, model.vocab_size, device=device) if inclusion else None
     for n_read in range(len(genes), limit + 1):
@@ -199,8 +207,13 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
         if pending:  # room left only for the prompt genes still due: take them
             forced = (placed < len(pending)) & (len(pending) - placed >= limit - n_read)
             allowed[forced] = F.one_hot(due[forced], model.vocab_size).bool()
-        logp = restrict(model.next_gene_logits(hidden), allowed, temperature, top_k)
+        logits = model.next_gene_logits(hidden)
+        logp = restrict(logits, allowed, temperature, top_k)
         gene = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+        if pending:  # the model's own var-order choice, without the prompt's restriction
+            own = restrict(logits, allowed_next(in_species, drawn, last, n_read, order, limit, end), temperature, top_k)
+            step = (own - logp).gather(1, gene[:, None]).squeeze(1).double()
+            log_weight += torch.where(done, 0.0, step)
         if chance is not None:
             chance += logp.exp().masked_fill(done[:, None], 0.0)
         log_prob += torch.where(done, 0.0, logp.gather(1, gene[:, None]).squeeze(1).double())
@@ -212,6 +225,7 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
         is_given = (gene == due) if due is not None else torch.zeros_like(done)
         count = torch.where(is_given, given_count[gene], sample_ztp(rate, generator))
         log_prob += torch.where(done | is_given, 0.0, ztp_log_prob(count, rate).double())
+        log_weight += torch.where(is_given, ztp_log_prob(count, rate).double(), 0.0)
         placed += is_given.long()
         count = count.masked_fill(done, 0.0)
         genes.append(gene)
@@ -225,4 +239,4 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
     keep = [row != pad for row in gene_rows]
     return Sampled([g[k] for g, k in zip(gene_rows, keep)], [c[k] for c, k in zip(count_rows, keep)],
                    log_prob.cpu().numpy(), np.array([k.sum() < limit for k in keep], dtype=bool),
-                   None if chance is None else chance.cpu().numpy())
+                   None if chance is None else chance.cpu().numpy(), log_weight.cpu().numpy())
