@@ -5,7 +5,7 @@
 - ``gene_gene``: log p(g2 next | prompt g1) - log p(g2 next | empty prompt), the model's own
   distribution (no renormalisation: the ratio is the same).
 - ``programmes``: each cell type's most expressed markers as a prompt, candidates ranked by their
-  probability of being in the cell (estimated from sampled cells, see ``sample_cells(inclusion=)``).
+  probability of being in the cell, estimated from importance-weighted sampled cells (``presence``).
 """
 
 from __future__ import annotations
@@ -176,7 +176,8 @@ def run_programmes(ckpt: Checkpoint, species: Species, data: str | os.PathLike, 
                    output: str | os.PathLike, *, n_markers: int = 6, gene_col: str = "ensembl_id",
                    assay: str | None = None, order: str = "var", cells: int = 64, seed: int = 0) -> pd.DataFrame:
     """programmes.csv (cell type x candidate: p(candidate in the cell | the type's markers)), the
-    markers used (markers.csv) and a heatmap, under ``output``."""
+    markers used and the effective number of weighted cells behind each row (markers.csv) and a
+    heatmap, under ``output``."""
     import anndata
     from pathlib import Path
 
@@ -190,16 +191,16 @@ def run_programmes(ckpt: Checkpoint, species: Species, data: str | os.PathLike, 
         raise InputError(f"{data}: no gene of var['{gene_col}'] is in species {species.name}'s vocabulary")
     markers = type_markers(adata, label, vocab_ids, n_markers)
     tokens = np.array(ckpt.vocab.tokens, dtype=object)
-    table = pd.DataFrame(
-        {t: programme_scores(ckpt, species, m, candidates, assay=assay, order=order, cells=cells, seed=seed)
-         for t, m in markers.items()}, index=tokens[candidates]).T
+    scores = {t: programme_presence(ckpt, species, m, candidates, assay=assay, order=order, cells=cells, seed=seed)
+              for t, m in markers.items()}
+    table = pd.DataFrame({t: s for t, (s, _) in scores.items()}, index=tokens[candidates]).T
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "programmes.csv") as tmp:
         table.to_csv(tmp, index_label=label)
     with atomic_path(out / "markers.csv") as tmp:
-        pd.DataFrame({label: list(markers), "markers": [",".join(tokens[m]) for m in markers.values()]}).to_csv(
-            tmp, index=False)
+        pd.DataFrame({label: list(markers), "markers": [",".join(tokens[m]) for m in markers.values()],
+                      "effective_cells": [ess for _, ess in scores.values()]}).to_csv(tmp, index=False)
     heatmap_png(out / "programmes.png", table.to_numpy(), list(table.index), list(table.columns),
                 "p(candidate in the cell | the type's markers)")
     return table
