@@ -47,8 +47,10 @@ def estimates(sampled, candidates: list[int]) -> dict[str, np.ndarray]:
             "unweighted inclusion": sampled.inclusion[:, candidates].mean(axis=0)}
 
 
-def prompt_aurocs(quickstart: Path, checkpoint: Path, species: str, cells: int, seed: int) -> dict[str, dict]:
-    """Per type: {estimator: (AUROC, AUROC of the lift)}, "frequency": AUROC, "ess": effective cells."""
+def prompt_aurocs(quickstart: Path, checkpoint: Path, species: str, cells: int, seed: int,
+                  resample: bool = False) -> dict[str, dict]:
+    """Per type: {estimator: (AUROC, AUROC of the lift)}, "frequency": AUROC, "ess": effective cells,
+    "distinct": distinct cells among those sampled."""
     ckpt = load_checkpoint(checkpoint)
     sp = species_of(ckpt, species)
     adata = anndata.read_h5ad(quickstart / "atlas" / f"{species}.h5ad")
@@ -58,7 +60,8 @@ def prompt_aurocs(quickstart: Path, checkpoint: Path, species: str, cells: int, 
 
     def sample(ids, counts):
         return sample_cells(ckpt, sp, cells, prompt=Prompt(ids, counts), order="var",
-                            generator=torch.Generator().manual_seed(seed), inclusion=True)
+                            generator=torch.Generator().manual_seed(seed), inclusion=True,
+                            resample=resample)
 
     unprompted = sample([], []).inclusion.mean(axis=0)
     result = {}
@@ -72,7 +75,7 @@ def prompt_aurocs(quickstart: Path, checkpoint: Path, species: str, cells: int, 
         sampled = sample([ckpt.vocab.index[g] for g in prompt], list(np.maximum(1.0, np.round(counts))))
         truth = np.array([g in held_out for g in candidates])
         row = {"frequency": roc_auc_score(truth, detected[[column[g] for g in candidates]]),
-               "ess": effective_cells(sampled.log_weight)}
+               "ess": effective_cells(sampled.log_weight), "distinct": len({tuple(g) for g in sampled.genes})}
         for name, scores in estimates(sampled, cand_ids).items():
             lift = np.log(scores + 1e-6) - np.log(unprompted[cand_ids] + 1e-6)
             row[name] = (roc_auc_score(truth, scores), roc_auc_score(truth, lift))
@@ -87,19 +90,20 @@ def main() -> None:
     p.add_argument("--species", default="synth_alpha")
     p.add_argument("--cells", type=int, nargs="+", default=[64], help="sampled cells per prompt; several: each")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resample", action="store_true", help="sample_cells(resample=True): resample the prompted cells")
     args = p.parse_args()
     for cells in args.cells:
         result = prompt_aurocs(args.quickstart, args.checkpoint or args.quickstart / "run" / "export", args.species,
-                               cells, args.seed)
+                               cells, args.seed, args.resample)
         print(f"--cells {cells}: AUROC of the probability / of the lift")
-        print(f"  {'':<22}" + "".join(f"{name:>24}" for name in ESTIMATORS) + "  frequency  effective cells")
+        print(f"  {'':<22}" + "".join(f"{name:>24}" for name in ESTIMATORS) + "  frequency  effective  distinct cells")
         for cell_type, row in result.items():
             print(f"  {cell_type:<22}" + "".join(f"{row[n][0]:>16.3f} / {row[n][1]:.3f}" for n in ESTIMATORS)
-                  + f"  {row['frequency']:>9.3f}  {row['ess']:>8.1f}")
-        mean = {n: np.mean([row[n] for row in result.values()], axis=0) for n in (*ESTIMATORS, "frequency", "ess")}
+                  + f"  {row['frequency']:>9.3f}  {row['ess']:>9.1f}  {row['distinct']:>8d}")
+        mean = {n: np.mean([row[n] for row in result.values()], axis=0) for n in (*ESTIMATORS, "frequency", "ess", "distinct")}
         print(f"  {'mean over ' + str(len(result)) + ' types':<22}"
               + "".join(f"{mean[n][0]:>16.3f} / {mean[n][1]:.3f}" for n in ESTIMATORS)
-              + f"  {mean['frequency']:>9.3f}  {mean['ess']:>8.1f}")
+              + f"  {mean['frequency']:>9.3f}  {mean['ess']:>9.1f}  {mean['distinct']:>8.1f}")
 
 
 if __name__ == "__main__":
