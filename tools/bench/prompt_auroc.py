@@ -1,6 +1,6 @@
 """Do prompts recover the synthetic atlas's true marker programmes? AUROC on a quickstart model.
 
-    python tools/bench/prompt_auroc.py QUICKSTART_DIR [--checkpoint DIR] [--species synth_alpha] [--cells 64 256] [--seed 0]
+    python tools/bench/prompt_auroc.py QUICKSTART_DIR [--checkpoint DIR] [--species synth_alpha] [--cells 64 256] [--seed 0] [--resample]
 
 For each cell type of ``QUICKSTART_DIR/atlas/<species>.h5ad``, its true marker programme
 (``uns["marker_programmes"]``, written by `tfx synth`) is split in two at random. The model is
@@ -16,8 +16,10 @@ The probability is estimated three ways from the same sampled cells (`sample_cel
   (the estimator before the weights).
 The lift's denominator is the unprompted cells' mean per-step chance (no weights there: exact).
 Printed per type and as means for each ``--cells``, beside the same AUROC from gene frequencies
-alone (each gene's detection rate over the whole atlas), the baseline a prompt must beat, and the
-effective number of weighted cells (Kish).
+alone (each gene's detection rate over the whole atlas), the baseline a prompt must beat, the
+effective number of weighted cells (Kish) and the number of distinct cells sampled.
+``--resample``: cells resampled by their weights as they are drawn (``sample_cells(resample=True)``);
+then the distinct cells, not the effective number, say how many histories the estimate rests on.
 """
 
 from __future__ import annotations
