@@ -199,20 +199,21 @@ def test_next_gene_and_gene_gene_are_the_full_forward_distributions(teacher, tmp
     np.testing.assert_allclose(gene_gene(ckpt, cols), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_programme_scores_estimate_how_often_genes_are_drawn(teacher):
-    """The smoothed estimate agrees with counting the genes of many sampled cells."""
-    from tfx.generate.prompt import programme_scores
+def test_programme_scores_are_the_weighted_frequency_of_drawn_genes(teacher):
+    """The estimate agrees with counting the genes of other sampled cells, weighted."""
+    from tfx.generate.prompt import presence, programme_presence
     from tfx.generate.sample import Prompt, sample_cells
 
     ckpt = load_checkpoint(teacher)
     species = species_of(ckpt, SPECIES)
     markers, candidates = [int(species.ids[5]), int(species.ids[25])], [int(i) for i in species.ids[:20]]
-    estimate = programme_scores(ckpt, species, markers, candidates, cells=400)
-    many = sample_cells(ckpt, species, 800, prompt=Prompt(markers, [1.0, 1.0]),
+    estimate, ess = programme_presence(ckpt, species, markers, candidates, cells=2000)
+    many = sample_cells(ckpt, species, 4000, prompt=Prompt(markers, [1.0, 1.0]),
                         generator=torch.Generator().manual_seed(9))
-    frequency = np.array([np.mean([c in set(cell) for cell in many.genes]) for c in candidates])
-    assert estimate[5] == pytest.approx(1.0, abs=0.05) and frequency[5] == 1.0  # a prompt gene is in every cell
-    np.testing.assert_allclose(estimate, frequency, atol=0.06)
+    frequency = presence(many, candidates)
+    assert estimate[5] == pytest.approx(1.0) and frequency[5] == pytest.approx(1.0)  # a prompt gene is in every cell
+    assert ess > 200
+    np.testing.assert_allclose(estimate, frequency, atol=0.08)
     assert frequency.std() > 0.1  # the genes differ, so agreement means something
 
 
@@ -242,3 +243,67 @@ def test_decoding_scores_equal_the_full_forward_scores(teacher):
     cells = [(ids + 7, c) for ids, c in random_cells(10, vocab_size=40, max_len=20, seed=4)]  # ids 14..46: genes
     np.testing.assert_allclose(decode_nll(ckpt, cells, assay="MERFISH"), score_cells(ckpt, cells, assay="MERFISH"),
                                rtol=1e-5)
+
+
+def _exact_presence(ckpt, species, prompt_gene: int, prompt_count: float, limit: int) -> np.ndarray:
+    """p(each species gene in the cell | prompt_gene in it with prompt_count) under the model's own
+    var-order sampler, by enumerating every cell: each gene subset in var order, each count up to
+    the clip (the model reads counts clipped, so counts from the clip up are one branch)."""
+    from tfx.generate.prompt import _prompt_hidden
+    from tfx.generate.sample import Prompt, ztp_log_prob
+
+    model, clip, end = ckpt.model.eval(), int(ckpt.data_cfg.clip_counts), ckpt.model.special.end
+    genes = [int(g) for g in species.ids]
+    joint = np.zeros(len(genes))  # p(gene in the cell, prompt gene in it with its count)
+    total = 0.0
+
+    def walk(ids, counts, logp):
+        nonlocal total
+        with torch.no_grad():
+            hidden = _prompt_hidden(ckpt, [Prompt(ids, counts)], None)
+            nxt = [g for g in genes if (not ids or g > ids[-1])] if len(ids) < limit else []
+            choice = torch.log_softmax(model.next_gene_logits(hidden)[0, nxt + [end]].double(), -1)
+            if prompt_gene in ids:
+                total += np.exp(logp + choice[-1].item())
+                joint[[genes.index(g) for g in ids]] += np.exp(logp + choice[-1].item())
+            for j, g in enumerate(nxt):
+                rate = (model.count_rate(hidden, torch.tensor([g])).double() + model.cfg.log_counts_eps)[0]
+                if g == prompt_gene:
+                    branches = [(prompt_count, ztp_log_prob(torch.tensor(prompt_count, dtype=torch.float64), rate))]
+                else:
+                    below = [ztp_log_prob(torch.tensor(float(k), dtype=torch.float64), rate) for k in range(1, clip)]
+                    rest = torch.log1p(-torch.stack(below).exp().sum()) if below else torch.tensor(0.0)
+                    branches = list(zip(range(1, clip), below)) + [(clip, rest)]
+                for count, logc in branches:
+                    walk(ids + [g], counts + [float(count)], logp + choice[j].item() + logc.item())
+
+    walk([], [], 0.0)
+    return joint / total
+
+
+@pytest.mark.parametrize("resample", [False, True])
+@pytest.mark.parametrize("max_genes", [None, 2])
+def test_weighted_prompt_cells_give_the_models_exact_conditional(tmp_path, max_genes, resample):
+    """A var-order prompt forces its gene in, so the prompted cells are not the model's cells
+    given the prompt; weighted (Sampled.log_weight), how often each gene is drawn converges to the
+    exact p(gene in the cell | prompt gene in it, with its count), enumerated over all cells of a
+    5-gene species; so does it when the cells are resampled by their weights as they are drawn."""
+    from dataclasses import replace
+
+    from tfx.generate.prompt import effective_cells, presence
+    from tfx.generate.sample import Prompt, sample_cells
+
+    ckpt = load_checkpoint(build_teacher(tmp_path / "small", n_genes=5, seq_len=8, scale=4.0))
+    ckpt.data_cfg = replace(ckpt.data_cfg, clip_counts=2.0)  # counts of 2 and more read alike: few branches
+    species = species_of(ckpt, SPECIES)
+    genes = [int(g) for g in species.ids]
+    a = genes[3]
+    exact = _exact_presence(ckpt, species, a, 3.0, min(max_genes or 7, 7))
+    assert exact[3] == pytest.approx(1.0)
+    sampled = sample_cells(ckpt, species, 40000, prompt=Prompt([a], [3.0]), max_genes=max_genes,
+                           generator=torch.Generator().manual_seed(0), resample=resample)
+    assert effective_cells(sampled.log_weight) > 4000
+    np.testing.assert_allclose(presence(sampled, genes), exact, atol=0.02)
+    if not resample:
+        unweighted = np.array([np.mean([g in set(cell) for cell in sampled.genes]) for g in genes])
+        assert np.abs(unweighted - exact).max() > 0.1  # the forced cells alone are far from it

@@ -467,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     q_prog.add_argument("--label", default="cell_type", help="obs column of cell types")
     q_prog.add_argument("--candidates", required=True, help="G1,G2,... or a file with one gene per line (e.g. TFs)")
     q_prog.add_argument("--markers", type=POSITIVE, default=6, help="most expressed markers per type in the prompt, %(type)s")
-    q_prog.add_argument("--cells", type=POSITIVE, default=64, help="sampled cells per type, %(type)s")
+    q_prog.add_argument("--cells", type=POSITIVE, default=64,
+                        help="sampled cells per type (importance-weighted: markers.csv says how many they weigh as), %(type)s")
     q_prog.add_argument("--order", choices=["var", "free"], default="var", help="generation order (see tfx generate)")
     q_prog.add_argument("--gene-col", default="ensembl_id", help="var column of gene ids ('index' for the var index)")
     q_prog.add_argument("--seed", type=COUNT, default=0, help="random seed, %(type)s")

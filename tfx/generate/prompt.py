@@ -5,11 +5,12 @@
 - ``gene_gene``: log p(g2 next | prompt g1) - log p(g2 next | empty prompt), the model's own
   distribution (no renormalisation: the ratio is the same).
 - ``programmes``: each cell type's most expressed markers as a prompt, candidates ranked by their
-  probability of being in the cell (estimated from sampled cells, see ``sample_cells(inclusion=)``).
+  probability of being in the cell, estimated from importance-weighted sampled cells (``presence``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -20,7 +21,9 @@ import torch
 from tfx.atomic import atomic_path
 from tfx.checkpoint import Checkpoint
 from tfx.errors import InputError
-from tfx.generate.sample import Prompt, Species, aux_ids, sample_cells
+from tfx.generate.sample import Prompt, Sampled, Species, aux_ids, sample_cells
+
+log = logging.getLogger(__name__)
 
 
 def _prompt_hidden(ckpt: Checkpoint, prompts: list[Prompt], assay: str | None) -> torch.Tensor:
@@ -70,17 +73,50 @@ def gene_gene(ckpt: Checkpoint, genes: list[int], *, count: float = 1.0, assay: 
     return (prompted[:, cols] - empty[cols][None]).numpy()
 
 
+def presence(sampled: Sampled, candidates: list[int]) -> np.ndarray:
+    """[candidates] each candidate's probability of being in the cell: the mean over the sampled
+    cells of whether it was drawn, each cell weighted by its self-normalised ``log_weight`` (exact
+    as cells grow). Not the per-step chances of ``inclusion``: they condition on a cell's past
+    only, while its weight depends on all of it (a var prompt's first step has the same chances in
+    every cell, whatever the weights), so weighted they are biased."""
+    w = np.exp(sampled.log_weight - sampled.log_weight.max())
+    w /= w.sum()
+    cols = {g: j for j, g in enumerate(candidates)}
+    hits = np.zeros((len(sampled.genes), len(candidates)))
+    for i, genes in enumerate(sampled.genes):
+        hits[i, [cols[g] for g in genes if g in cols]] = 1.0
+    return w @ hits
+
+
+def effective_cells(log_weight: np.ndarray) -> float:
+    """Kish's effective sample size of the weighted cells: (sum w)^2 / sum w^2."""
+    w = np.exp(log_weight - log_weight.max())
+    return float(w.sum() ** 2 / (w ** 2).sum())
+
+
 @torch.no_grad()
+def programme_presence(ckpt: Checkpoint, species: Species, markers: list[int], candidates: list[int], *,
+                       counts: list[float] | None = None, assay: str | None = None, order: str = "var",
+                       cells: int = 64, max_genes: int | None = None, seed: int = 0) -> tuple[np.ndarray, float]:
+    """``programme_scores`` and the effective number of cells behind them; a warning when it is
+    under a tenth of ``cells``."""
+    prompt = Prompt(list(markers), list(counts) if counts is not None else [1.0] * len(markers))
+    sampled = sample_cells(ckpt, species, cells, prompt=prompt, assay=assay,
+                           order=order, max_genes=max_genes, generator=torch.Generator().manual_seed(seed))
+    ess = effective_cells(sampled.log_weight)
+    if ess < cells / 10:
+        log.warning("programme of %d markers: the %d sampled cells weigh as %.1f; the estimate is noisy, "
+                    "sample more cells", len(markers), cells, ess)
+    return presence(sampled, candidates), ess
+
+
 def programme_scores(ckpt: Checkpoint, species: Species, markers: list[int], candidates: list[int], *,
                      counts: list[float] | None = None, assay: str | None = None, order: str = "var",
                      cells: int = 64, max_genes: int | None = None, seed: int = 0) -> np.ndarray:
     """[candidates] each candidate's probability of being in a cell that holds ``markers`` (with
-    ``counts``, 1 each by default), estimated from ``cells`` sampled cells."""
-    prompt = Prompt(list(markers), list(counts) if counts is not None else [1.0] * len(markers))
-    sampled = sample_cells(ckpt, species, cells, prompt=prompt, assay=assay,
-                           order=order, max_genes=max_genes, generator=torch.Generator().manual_seed(seed),
-                           inclusion=True)
-    return sampled.inclusion.mean(axis=0)[candidates]
+    ``counts``, 1 each by default), estimated from ``cells`` sampled cells (see ``presence``)."""
+    return programme_presence(ckpt, species, markers, candidates, counts=counts, assay=assay, order=order,
+                              cells=cells, max_genes=max_genes, seed=seed)[0]
 
 
 def type_markers(adata, label: str, vocab_ids: np.ndarray, n: int) -> dict[str, list[int]]:
@@ -140,7 +176,8 @@ def run_programmes(ckpt: Checkpoint, species: Species, data: str | os.PathLike, 
                    output: str | os.PathLike, *, n_markers: int = 6, gene_col: str = "ensembl_id",
                    assay: str | None = None, order: str = "var", cells: int = 64, seed: int = 0) -> pd.DataFrame:
     """programmes.csv (cell type x candidate: p(candidate in the cell | the type's markers)), the
-    markers used (markers.csv) and a heatmap, under ``output``."""
+    markers used and the effective number of weighted cells behind each row (markers.csv) and a
+    heatmap, under ``output``."""
     import anndata
     from pathlib import Path
 
@@ -154,16 +191,16 @@ def run_programmes(ckpt: Checkpoint, species: Species, data: str | os.PathLike, 
         raise InputError(f"{data}: no gene of var['{gene_col}'] is in species {species.name}'s vocabulary")
     markers = type_markers(adata, label, vocab_ids, n_markers)
     tokens = np.array(ckpt.vocab.tokens, dtype=object)
-    table = pd.DataFrame(
-        {t: programme_scores(ckpt, species, m, candidates, assay=assay, order=order, cells=cells, seed=seed)
-         for t, m in markers.items()}, index=tokens[candidates]).T
+    scores = {t: programme_presence(ckpt, species, m, candidates, assay=assay, order=order, cells=cells, seed=seed)
+              for t, m in markers.items()}
+    table = pd.DataFrame({t: s for t, (s, _) in scores.items()}, index=tokens[candidates]).T
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "programmes.csv") as tmp:
         table.to_csv(tmp, index_label=label)
     with atomic_path(out / "markers.csv") as tmp:
-        pd.DataFrame({label: list(markers), "markers": [",".join(tokens[m]) for m in markers.values()]}).to_csv(
-            tmp, index=False)
+        pd.DataFrame({label: list(markers), "markers": [",".join(tokens[m]) for m in markers.values()],
+                      "effective_cells": [ess for _, ess in scores.values()]}).to_csv(tmp, index=False)
     heatmap_png(out / "programmes.png", table.to_numpy(), list(table.index), list(table.columns),
                 "p(candidate in the cell | the type's markers)")
     return table

@@ -4,6 +4,12 @@ At each position a gene is drawn from the gene-id head (restricted to what the o
 renormalised, with temperature and top-k), then its count from the checkpoint's likelihood; the
 pair is read back as the next position's input. [END], or the last position seq_len allows,
 ends a cell. Each cell's ``log_prob`` is exact under the distribution actually sampled.
+
+A var-order prompt forces its genes in, so those cells are not draws from the model given the
+prompt: each carries ``log_weight``, log p(cell) - log q(cell) with p the model's own var-order
+sampler (no prompt) and q the prompted one, the prompt genes' counts scored by p. Self-normalised,
+the weights turn averages over the cells into expectations under p given the prompt genes (with
+their counts) in the cell.
 """
 
 from __future__ import annotations
@@ -137,6 +143,11 @@ def ztp_log_prob(counts: Tensor, rate: Tensor) -> Tensor:
     return counts * torch.log(rate) - log_expm1(rate, softplus_approx=False) - torch.lgamma(counts + 1)
 
 
+def _kish(log_weight: Tensor) -> float:
+    w = torch.exp(log_weight - log_weight.max())
+    return float(w.sum() ** 2 / (w ** 2).sum())
+
+
 @dataclass
 class Sampled:
     """A batch of sampled cells, each as genes in generation order."""
@@ -146,15 +157,22 @@ class Sampled:
     log_prob: np.ndarray  # [cells] float64 of what was sampled (a prompt gene's count is given, not sampled)
     ended: np.ndarray  # [cells] bool: [END] was drawn (else the length limit ended the cell, log p 0)
     inclusion: np.ndarray | None = None  # [cells, V] each gene's chance of being drawn, given the cell's history
+    log_weight: np.ndarray | None = None  # [cells] float64 importance weight (module docstring); 0 without a var prompt
 
 
 @torch.no_grad()
 def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Prompt | None = None,
                  assay: str | None = None, order: str = "var", temperature: float = 1.0, top_k: int | None = None,
                  max_genes: int | None = None, generator: torch.Generator | None = None,
-                 device: str | torch.device = "cpu", inclusion: bool = False) -> Sampled:
+                 device: str | torch.device = "cpu", inclusion: bool = False, resample: bool = False) -> Sampled:
     """``inclusion``: also sum, over each cell's steps, every gene's probability of being the one
-    drawn. Its mean over cells estimates p(gene in the cell) without the noise of the draws."""
+    drawn. Its mean over cells estimates p(gene in the cell) without the noise of the draws.
+
+    ``resample`` (a var-order prompt only): whenever the weights' effective number of cells (Kish)
+    falls under half the cells, draw the cells anew in proportion to their weights, which then
+    become equal (sequential Monte Carlo): weighted averages stay consistent, and cells the prompt
+    makes unlikely are dropped early rather than carried to the end. A cell's ``log_prob`` stays
+    that of its own path's draws."""
     model = ckpt.model.to(device).eval()
     if not model.has_gene_head:
         raise ConfigError(f"checkpoint {ckpt.path} has no gene-id head (gene_id_loss_weight 0): it cannot "
@@ -191,6 +209,7 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
     placed = torch.zeros(b, dtype=torch.long, device=device)  # prompt genes drawn so far (var order)
     pending_ids = torch.tensor(pending + [-1], dtype=torch.long, device=device)
     log_prob = torch.zeros(b, dtype=torch.float64, device=device)
+    log_weight = torch.zeros(b, dtype=torch.float64, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     chance = torch.zeros(b, model.vocab_size, device=device) if inclusion else None
     for n_read in range(len(genes), limit + 1):
@@ -199,8 +218,13 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
         if pending:  # room left only for the prompt genes still due: take them
             forced = (placed < len(pending)) & (len(pending) - placed >= limit - n_read)
             allowed[forced] = F.one_hot(due[forced], model.vocab_size).bool()
-        logp = restrict(model.next_gene_logits(hidden), allowed, temperature, top_k)
+        logits = model.next_gene_logits(hidden)
+        logp = restrict(logits, allowed, temperature, top_k)
         gene = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+        if pending:  # the model's own var-order choice, without the prompt's restriction
+            own = restrict(logits, allowed_next(in_species, drawn, last, n_read, order, limit, end), temperature, top_k)
+            step = (own - logp).gather(1, gene[:, None]).squeeze(1).double()
+            log_weight += torch.where(done, 0.0, step)
         if chance is not None:
             chance += logp.exp().masked_fill(done[:, None], 0.0)
         log_prob += torch.where(done, 0.0, logp.gather(1, gene[:, None]).squeeze(1).double())
@@ -212,6 +236,7 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
         is_given = (gene == due) if due is not None else torch.zeros_like(done)
         count = torch.where(is_given, given_count[gene], sample_ztp(rate, generator))
         log_prob += torch.where(done | is_given, 0.0, ztp_log_prob(count, rate).double())
+        log_weight += torch.where(is_given, ztp_log_prob(count, rate).double(), 0.0)
         placed += is_given.long()
         count = count.masked_fill(done, 0.0)
         genes.append(gene)
@@ -220,9 +245,18 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
         last = torch.where(done, last, gene)
         read = count.clamp(max=clip) if clip else count  # the model reads counts clipped, as from a file
         hidden = model.decode_genes(state, gene[:, None], read[:, None])
+        if resample and pending and _kish(log_weight) < b / 2:  # drop cells the weights have left behind
+            idx = torch.multinomial(torch.softmax(log_weight, 0).float(), b, replacement=True, generator=generator)
+            hidden, drawn, last, placed, log_prob, done = (t[idx] for t in (hidden, drawn, last, placed, log_prob, done))
+            chance = None if chance is None else chance[idx]
+            genes, counts = [t[idx] for t in genes], [t[idx] for t in counts]
+            for kv in state.kv:
+                kv.keys, kv.values = kv.keys[idx], kv.values[idx]
+            state.log_counts, state.key_valid = state.log_counts[idx], state.key_valid[idx]
+            log_weight = torch.full_like(log_weight, float(torch.logsumexp(log_weight, 0) - np.log(b)))
     gene_rows = torch.stack(genes, 1).cpu().numpy() if genes else np.zeros((b, 0), np.int64)
     count_rows = torch.stack(counts, 1).cpu().numpy() if counts else np.zeros((b, 0), np.float32)
     keep = [row != pad for row in gene_rows]
     return Sampled([g[k] for g, k in zip(gene_rows, keep)], [c[k] for c, k in zip(count_rows, keep)],
                    log_prob.cpu().numpy(), np.array([k.sum() < limit for k in keep], dtype=bool),
-                   None if chance is None else chance.cpu().numpy())
+                   None if chance is None else chance.cpu().numpy(), log_weight.cpu().numpy())

@@ -1,15 +1,25 @@
 """Do prompts recover the synthetic atlas's true marker programmes? AUROC on a quickstart model.
 
-    python tools/bench/prompt_auroc.py QUICKSTART_DIR [--checkpoint DIR] [--species synth_alpha] [--cells 64] [--seed 0]
+    python tools/bench/prompt_auroc.py QUICKSTART_DIR [--checkpoint DIR] [--species synth_alpha] [--cells 64 256] [--seed 0] [--resample]
 
 For each cell type of ``QUICKSTART_DIR/atlas/<species>.h5ad``, its true marker programme
 (``uns["marker_programmes"]``, written by `tfx synth`) is split in two at random. The model is
 prompted with one half (each gene at its mean count in the type's cells), and every other gene of
-the species is scored by its probability of being in the cell (`tfx.generate.prompt.programme_scores`),
-and by that probability's lift over an unprompted cell's (log ratio). AUROC: the held-out half
-against all remaining genes. Prints both per type and their means, beside the same AUROC from
-gene frequencies alone (each gene's detection rate over the whole atlas), the baseline a prompt
-must beat.
+the species is scored by its probability of being in the cell, and by that probability's lift
+over an unprompted cell's (log ratio). AUROC: the held-out half against all remaining genes.
+
+The probability is estimated three ways from the same sampled cells (`sample_cells`, var order):
+- ``weighted``: what `programme_scores` computes: the fraction of cells that drew the gene, each
+  cell importance-weighted (``Sampled.log_weight``), the model's p(gene | prompt genes in the cell);
+- ``weighted inclusion``: the per-step chances of being drawn, under the same weights (biased);
+- ``unweighted inclusion``: the per-step chances over the prompted cells as drawn, without weights
+  (the estimator before the weights).
+The lift's denominator is the unprompted cells' mean per-step chance (no weights there: exact).
+Printed per type and as means for each ``--cells``, beside the same AUROC from gene frequencies
+alone (each gene's detection rate over the whole atlas), the baseline a prompt must beat, the
+effective number of weighted cells (Kish) and the number of distinct cells sampled.
+``--resample``: cells resampled by their weights as they are drawn (``sample_cells(resample=True)``);
+then the distinct cells, not the effective number, say how many histories the estimate rests on.
 """
 
 from __future__ import annotations
@@ -20,39 +30,58 @@ from pathlib import Path
 
 import anndata
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tfx.checkpoint import load_checkpoint  # noqa: E402
-from tfx.generate.prompt import programme_scores  # noqa: E402
-from tfx.generate.sample import species_of  # noqa: E402
+from tfx.generate.prompt import effective_cells, presence  # noqa: E402
+from tfx.generate.sample import Prompt, sample_cells, species_of  # noqa: E402
+
+ESTIMATORS = ("weighted", "weighted inclusion", "unweighted inclusion")
 
 
-def prompt_aurocs(quickstart: Path, checkpoint: Path, species: str, cells: int, seed: int
-                  ) -> dict[str, tuple[float, float, float]]:
+def estimates(sampled, candidates: list[int]) -> dict[str, np.ndarray]:
+    w = np.exp(sampled.log_weight - sampled.log_weight.max())
+    w /= w.sum()
+    return {"weighted": presence(sampled, candidates),
+            "weighted inclusion": w @ sampled.inclusion[:, candidates],
+            "unweighted inclusion": sampled.inclusion[:, candidates].mean(axis=0)}
+
+
+def prompt_aurocs(quickstart: Path, checkpoint: Path, species: str, cells: int, seed: int,
+                  resample: bool = False) -> dict[str, dict]:
+    """Per type: {estimator: (AUROC, AUROC of the lift)}, "frequency": AUROC, "ess": effective cells,
+    "distinct": distinct cells among those sampled."""
     ckpt = load_checkpoint(checkpoint)
     sp = species_of(ckpt, species)
     adata = anndata.read_h5ad(quickstart / "atlas" / f"{species}.h5ad")
     column = {g: i for i, g in enumerate(adata.var["ensembl_id"])}
     detected = np.asarray((adata.X > 0).mean(axis=0)).ravel()
     rng = np.random.default_rng(seed)
-    unprompted = programme_scores(ckpt, sp, [], list(sp.ids), cells=cells, seed=seed)
-    position = {int(v): i for i, v in enumerate(sp.ids)}
+
+    def sample(ids, counts):
+        return sample_cells(ckpt, sp, cells, prompt=Prompt(ids, counts), order="var",
+                            generator=torch.Generator().manual_seed(seed), inclusion=True,
+                            resample=resample)
+
+    unprompted = sample([], []).inclusion.mean(axis=0)
     result = {}
     for cell_type, programme in adata.uns["marker_programmes"].items():
         genes = [g for g in rng.permutation(programme) if g in ckpt.vocab.index]
         prompt, held_out = genes[: len(genes) // 2], set(genes[len(genes) // 2 :])
         mine = (adata.obs["cell_type"] == cell_type).to_numpy()
         counts = np.asarray(adata.X[mine][:, [column[g] for g in prompt]].mean(axis=0)).ravel()
-        ids = [ckpt.vocab.index[g] for g in prompt]
         candidates = [g for g in sp.genes if g not in set(prompt)]
         cand_ids = [ckpt.vocab.index[g] for g in candidates]
-        scores = programme_scores(ckpt, sp, ids, cand_ids, counts=list(np.maximum(1.0, np.round(counts))),
-                                  cells=cells, seed=seed)
+        sampled = sample([ckpt.vocab.index[g] for g in prompt], list(np.maximum(1.0, np.round(counts))))
         truth = np.array([g in held_out for g in candidates])
-        baseline = detected[[column[g] for g in candidates]]
-        lift = np.log(scores + 1e-6) - np.log(unprompted[[position[i] for i in cand_ids]] + 1e-6)
-        result[cell_type] = (roc_auc_score(truth, scores), roc_auc_score(truth, lift), roc_auc_score(truth, baseline))
+        row = {"frequency": roc_auc_score(truth, detected[[column[g] for g in candidates]]),
+               "ess": effective_cells(sampled.log_weight), "distinct": len({tuple(g) for g in sampled.genes})}
+        for name, scores in estimates(sampled, cand_ids).items():
+            lift = np.log(scores + 1e-6) - np.log(unprompted[cand_ids] + 1e-6)
+            row[name] = (roc_auc_score(truth, scores), roc_auc_score(truth, lift))
+        result[cell_type] = row
     return result
 
 
@@ -61,16 +90,22 @@ def main() -> None:
     p.add_argument("quickstart", type=Path)
     p.add_argument("--checkpoint", type=Path, default=None, help="default: QUICKSTART_DIR/run/export")
     p.add_argument("--species", default="synth_alpha")
-    p.add_argument("--cells", type=int, default=64)
+    p.add_argument("--cells", type=int, nargs="+", default=[64], help="sampled cells per prompt; several: each")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resample", action="store_true", help="sample_cells(resample=True): resample the prompted cells")
     args = p.parse_args()
-    result = prompt_aurocs(args.quickstart, args.checkpoint or args.quickstart / "run" / "export", args.species,
-                           args.cells, args.seed)
-    for cell_type, (auroc, lift, base) in result.items():
-        print(f"  {cell_type:<22} AUROC {auroc:.3f}, of the lift {lift:.3f}   (gene frequency alone {base:.3f})")
-    auroc, lift, base = np.mean(list(result.values()), axis=0)
-    print(f"mean AUROC over {len(result)} types: {auroc:.3f}, of the lift {lift:.3f}   "
-          f"(gene frequency alone {base:.3f})")
+    for cells in args.cells:
+        result = prompt_aurocs(args.quickstart, args.checkpoint or args.quickstart / "run" / "export", args.species,
+                               cells, args.seed, args.resample)
+        print(f"--cells {cells}: AUROC of the probability / of the lift")
+        print(f"  {'':<22}" + "".join(f"{name:>24}" for name in ESTIMATORS) + "  frequency  effective  distinct cells")
+        for cell_type, row in result.items():
+            print(f"  {cell_type:<22}" + "".join(f"{row[n][0]:>16.3f} / {row[n][1]:.3f}" for n in ESTIMATORS)
+                  + f"  {row['frequency']:>9.3f}  {row['ess']:>9.1f}  {row['distinct']:>8d}")
+        mean = {n: np.mean([row[n] for row in result.values()], axis=0) for n in (*ESTIMATORS, "frequency", "ess", "distinct")}
+        print(f"  {'mean over ' + str(len(result)) + ' types':<22}"
+              + "".join(f"{mean[n][0]:>16.3f} / {mean[n][1]:.3f}" for n in ESTIMATORS)
+              + f"  {mean['frequency']:>9.3f}  {mean['ess']:>9.1f}  {mean['distinct']:>8.1f}")
 
 
 if __name__ == "__main__":
