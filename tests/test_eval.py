@@ -141,9 +141,17 @@ def test_quickstart_runs_every_step_and_reports(tmp_path, capsys):
 
     assert main(["quickstart", "--output", str(tmp_path), "--species", "2", "--cells", "120", "--steps", "8"]) == 0
     printed = capsys.readouterr().out
-    for step in ("synth", "shard", "pretrain", "infer", "eval", "done"):
+    for step in ("synth", "shard", "pretrain", "infer", "eval", "prompt", "done"):
         assert f"] {step}" in printed
     report = json.loads((tmp_path / "report" / "report.json").read_text())
+    # what the field reports: the package's tasks, the prompting AUROC on the atlas's true programmes
+    assert report["cz_benchmarks"]["tasks"] is not None or "not installed" in report["cz_benchmarks"]["note"]
+    prompting = report["prompting"]
+    assert len(prompting["types"]) == 8 and 0 <= prompting["mean"]["auroc"] <= 1
+    assert 0 < prompting["mean"]["frequency_auroc"] < 1 and prompting["mean"]["effective_cells"] >= 1
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "## What this quickstart shows" in summary and "trained for 8 steps on CPU" in summary
+    assert f"{prompting['mean']['auroc']:.2f}" in summary and f"{report['headline']['logistic_macro_f1']:.2f}" in summary
     assert 0 <= report["headline"]["knn_macro_f1"] <= 1 and report["headline"]["pca_knn_macro_f1"] > 0.5
     assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == ["umap_cell_type.png", "umap_species.png"]
     for species in ("synth_alpha", "synth_beta"):

@@ -35,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tfx.checkpoint import load_checkpoint  # noqa: E402
-from tfx.generate.prompt import effective_cells, presence  # noqa: E402
+from tfx.generate.prompt import effective_cells, marker_splits, presence  # noqa: E402
 from tfx.generate.sample import Prompt, sample_cells, species_of  # noqa: E402
 
 ESTIMATORS = ("weighted", "weighted inclusion", "unweighted inclusion")
@@ -56,32 +56,21 @@ def prompt_aurocs(quickstart: Path, checkpoint: Path, species: str, cells: int, 
     ckpt = load_checkpoint(checkpoint)
     sp = species_of(ckpt, species)
     adata = anndata.read_h5ad(quickstart / "atlas" / f"{species}.h5ad")
-    column = {g: i for i, g in enumerate(adata.var["ensembl_id"])}
-    detected = np.asarray((adata.X > 0).mean(axis=0)).ravel()
-    rng = np.random.default_rng(seed)
 
-    def sample(ids, counts):
-        return sample_cells(ckpt, sp, cells, prompt=Prompt(ids, counts), order="var",
-                            generator=torch.Generator().manual_seed(seed), inclusion=True,
-                            resample=resample)
+    def sample(prompt):
+        return sample_cells(ckpt, sp, cells, prompt=prompt, order="var",
+                            generator=torch.Generator().manual_seed(seed), inclusion=True, resample=resample)
 
-    unprompted = sample([], []).inclusion.mean(axis=0)
+    unprompted = sample(Prompt()).inclusion.mean(axis=0)
     result = {}
-    for cell_type, programme in adata.uns["marker_programmes"].items():
-        genes = [g for g in rng.permutation(programme) if g in ckpt.vocab.index]
-        prompt, held_out = genes[: len(genes) // 2], set(genes[len(genes) // 2 :])
-        mine = (adata.obs["cell_type"] == cell_type).to_numpy()
-        counts = np.asarray(adata.X[mine][:, [column[g] for g in prompt]].mean(axis=0)).ravel()
-        candidates = [g for g in sp.genes if g not in set(prompt)]
-        cand_ids = [ckpt.vocab.index[g] for g in candidates]
-        sampled = sample([ckpt.vocab.index[g] for g in prompt], list(np.maximum(1.0, np.round(counts))))
-        truth = np.array([g in held_out for g in candidates])
-        row = {"frequency": roc_auc_score(truth, detected[[column[g] for g in candidates]]),
+    for split in marker_splits(ckpt, sp, adata, seed):  # the same splits as tfx.generate.prompt.marker_recovery
+        sampled, truth = sample(split.prompt), split.held_out
+        row = {"frequency": roc_auc_score(truth, split.frequency),
                "ess": effective_cells(sampled.log_weight), "distinct": len({tuple(g) for g in sampled.genes})}
-        for name, scores in estimates(sampled, cand_ids).items():
-            lift = np.log(scores + 1e-6) - np.log(unprompted[cand_ids] + 1e-6)
+        for name, scores in estimates(sampled, split.candidates).items():
+            lift = np.log(scores + 1e-6) - np.log(unprompted[split.candidates] + 1e-6)
             row[name] = (roc_auc_score(truth, scores), roc_auc_score(truth, lift))
-        result[cell_type] = row
+        result[split.cell_type] = row
     return result
 
 
