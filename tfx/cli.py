@@ -358,6 +358,10 @@ def cmd_quickstart(args) -> int:
     print("headline (5-fold CV on cell_type, macro-F1):")
     for key, value in head.items():
         print(f"  {key:<40} {value if not isinstance(value, float) else f'{value:.3f}'}")
+    m = report["prompting"]["mean"]
+    print(f"prompting AUROC on the atlas's true marker programmes: {m['auroc']:.3f} (lift {m['lift_auroc']:.3f}; "
+          f"gene frequency alone {m['frequency_auroc']:.3f})")
+    print(f"what this shows, and what it does not: {args.output}/report/summary.md")
     return 0
 
 
