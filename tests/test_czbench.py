@@ -64,6 +64,24 @@ def test_eval_reports_every_task_with_the_package_baselines_and_version(atlas, t
     assert f"cz-benchmarks {cz['version']} tasks" in summary and "### cross species label prediction" in summary
 
 
+def test_cross_species_prediction_uses_the_classes_every_species_has_enough_of():
+    """The package's cross-species task fails on classes a species has few cells of; they are left
+    out (its label-prediction rule, 10+ cells), and with fewer than 2 such classes it is not run."""
+    features, labels, species = planted(classes=3, per_class=12)
+    small = (species == "sp1") & (labels == "type0")
+    keep = ~small | (np.cumsum(small) <= 4)  # sp1 keeps 4 cells of type0
+    obs = pd.DataFrame({"cell_type": labels[keep], "species": species[keep]})
+    tasks = czbench.run_tasks(features[keep], obs, "cell_type", seed=0)["tasks"]
+    results = tasks["cross_species_label_prediction"]["embeddings"]
+    assert {m["params"]["test_species"] for m in results} == {"sp0", "sp1", "sp2"}
+    assert all("error" not in t for t in tasks.values())
+    few = obs.assign(cell_type=np.where(obs["cell_type"] == "type2", "type2", obs["cell_type"] + obs["species"]))
+    tasks = czbench.run_tasks(features[keep], few, "cell_type", seed=0)["tasks"]
+    assert tasks["cross_species_label_prediction"] == {
+        "error": "fewer than 2 classes of 'cell_type' have 10+ cells in every species"}
+    assert "error" not in tasks["cross_species_integration"]
+
+
 BLOCK_CZ = """
 import importlib.abc, sys
 class NoCz(importlib.abc.MetaPathFinder):

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 PACKAGE = "cz-benchmarks"
 SPECIES_COLUMN = "species"
+MIN_CLASS_CELLS = 10  # the package's own minimum class size for label prediction
 
 
 def version() -> str | None:
@@ -93,31 +94,47 @@ def run_tasks(embeddings: np.ndarray, obs: pd.DataFrame, label: str, *, batch: s
                 expression, PCABaselineInput(n_top_genes=max(100, min(3000, expression.shape[1]))))
         tasks: dict[str, dict] = {}
 
-        def run(name: str, task, inputs, baseline: str | None = None):
-            tasks[name] = {"embeddings": _metrics(task.run(emb, inputs))}
-            if baseline in baselines:
-                tasks[name][baseline] = _metrics(task.run(baselines[baseline], inputs))
+        def run(name: str, task, inputs, features=emb, baseline: str | None = None):
+            try:
+                tasks[name] = {"embeddings": _metrics(task.run(features, inputs))}
+                if baseline in baselines:
+                    tasks[name][baseline] = _metrics(task.run(baselines[baseline], inputs))
+            except Exception as err:  # one task the package cannot run on these cells leaves the others
+                tasks[name] = {"error": f"{type(err).__name__}: {err}".splitlines()[0]}
 
         run("label_prediction", MetadataLabelPredictionTask(random_seed=seed),
-            MetadataLabelPredictionTaskInput(labels=labels), "raw_expression")
-        run("clustering", ClusteringTask(random_seed=seed), ClusteringTaskInput(obs=obs, input_labels=labels), "pca")
-        run("embedding", EmbeddingTask(random_seed=seed), EmbeddingTaskInput(input_labels=labels), "pca")
+            MetadataLabelPredictionTaskInput(labels=labels), baseline="raw_expression")
+        run("clustering", ClusteringTask(random_seed=seed), ClusteringTaskInput(obs=obs, input_labels=labels),
+            baseline="pca")
+        run("embedding", EmbeddingTask(random_seed=seed), EmbeddingTaskInput(input_labels=labels), baseline="pca")
         if batch and obs[batch].nunique() > 1:
             run("batch_integration", BatchIntegrationTask(random_seed=seed),
-                BatchIntegrationTaskInput(batch_labels=obs[batch].astype(str), labels=labels), "pca")
+                BatchIntegrationTaskInput(batch_labels=obs[batch].astype(str), labels=labels), baseline="pca")
         species = obs[SPECIES_COLUMN].astype(str) if SPECIES_COLUMN in obs else None
         if species is not None and species.nunique() > 1:
             names = list(dict.fromkeys(species))
-            parts = [emb[(species == n).to_numpy()] for n in names]
-            part_labels = [labels[species == n].reset_index(drop=True) for n in names]
+            # The package's cross-species tasks neither drop small classes nor skip classes a species
+            # lacks; its own label-prediction rule (>= MIN_CLASS_CELLS cells) is applied in every species.
+            sizes = pd.crosstab(labels, species)
+            shared = sizes.index[(sizes >= MIN_CLASS_CELLS).all(axis=1)]
+            keep = labels.isin(shared).to_numpy()
             organisms, valid = _organisms(names)
-            tasks["cross_species_integration"] = {"embeddings": _metrics(CrossSpeciesIntegrationTask(
-                random_seed=seed).run(parts, _input(CrossSpeciesIntegrationTaskInput, valid, labels=part_labels,
-                                                     organism_list=organisms)))}
-            tasks["cross_species_label_prediction"] = {"embeddings": _metrics(CrossSpeciesLabelPredictionTask(
-                random_seed=seed).run(parts, _input(CrossSpeciesLabelPredictionTaskInput, valid, labels=part_labels,
-                                                     organisms=organisms, sample_ids=None, aggregation_method="none",
-                                                     n_folds=5)))}
+
+            def per_species(mask):
+                return ([emb[mask & (species == n).to_numpy()] for n in names],
+                        [labels[mask & (species == n).to_numpy()].reset_index(drop=True) for n in names])
+
+            parts, part_labels = per_species(np.ones(len(labels), dtype=bool))
+            run("cross_species_integration", CrossSpeciesIntegrationTask(random_seed=seed),
+                _input(CrossSpeciesIntegrationTaskInput, valid, labels=part_labels, organism_list=organisms), parts)
+            parts, part_labels = per_species(keep)
+            if len(shared) < 2:
+                tasks["cross_species_label_prediction"] = {
+                    "error": f"fewer than 2 classes of '{label}' have {MIN_CLASS_CELLS}+ cells in every species"}
+            else:
+                run("cross_species_label_prediction", CrossSpeciesLabelPredictionTask(random_seed=seed),
+                    _input(CrossSpeciesLabelPredictionTaskInput, valid, labels=part_labels, organisms=organisms,
+                           sample_ids=None, aggregation_method="none", n_folds=5), parts)
     section = {"package": PACKAGE, "version": version(), "seed": seed, "tasks": tasks}
     return section | {"headline": headline(section)}
 
@@ -133,6 +150,8 @@ def headline(section: dict) -> dict[str, dict[str, float]]:
     prediction, the mean over ordered pairs of different species."""
     out = {}
     for task, by_rep in (section.get("tasks") or {}).items():
+        if "error" in by_rep:
+            continue
         metric = HEADLINE[task]
         out[f"{task} {metric}"] = {rep: float(np.mean([m["value"] for m in results if m["metric"] == metric
                                                       and "MEAN" in (m.get("params") or {}).get("classifier", "MEAN")]))
@@ -152,6 +171,9 @@ def markdown(section: dict) -> list[str]:
              "label prediction) a figure is the mean over 5 folds. Every figure, per classifier and species pair, "
              "is in report.json."]
     for task, by_rep in section["tasks"].items():
+        if "error" in by_rep:
+            lines += ["", f"### {task.replace('_', ' ')}", "", f"Not run on these cells: {by_rep['error']}"]
+            continue
         rows: dict[str, dict[str, float]] = {}
         for rep, results in by_rep.items():
             for m in results:
