@@ -143,11 +143,6 @@ def ztp_log_prob(counts: Tensor, rate: Tensor) -> Tensor:
     return counts * torch.log(rate) - log_expm1(rate, softplus_approx=False) - torch.lgamma(counts + 1)
 
 
-def _kish(log_weight: Tensor) -> float:
-    w = torch.exp(log_weight - log_weight.max())
-    return float(w.sum() ** 2 / (w ** 2).sum())
-
-
 @dataclass
 class Sampled:
     """A batch of sampled cells, each as genes in generation order."""
@@ -164,15 +159,9 @@ class Sampled:
 def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Prompt | None = None,
                  assay: str | None = None, order: str = "var", temperature: float = 1.0, top_k: int | None = None,
                  max_genes: int | None = None, generator: torch.Generator | None = None,
-                 device: str | torch.device = "cpu", inclusion: bool = False, resample: bool = False) -> Sampled:
+                 device: str | torch.device = "cpu", inclusion: bool = False) -> Sampled:
     """``inclusion``: also sum, over each cell's steps, every gene's probability of being the one
-    drawn. Its mean over cells estimates p(gene in the cell) without the noise of the draws.
-
-    ``resample`` (a var-order prompt only): whenever the weights' effective number of cells (Kish)
-    falls under half the cells, draw the cells anew in proportion to their weights, which then
-    become equal (sequential Monte Carlo): weighted averages stay consistent, and cells the prompt
-    makes unlikely are dropped early rather than carried to the end. A cell's ``log_prob`` stays
-    that of its own path's draws."""
+    drawn. Its mean over cells estimates p(gene in the cell) without the noise of the draws."""
     model = ckpt.model.to(device).eval()
     if not model.has_gene_head:
         raise ConfigError(f"checkpoint {ckpt.path} has no gene-id head (gene_id_loss_weight 0): it cannot "
@@ -245,15 +234,6 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
         last = torch.where(done, last, gene)
         read = count.clamp(max=clip) if clip else count  # the model reads counts clipped, as from a file
         hidden = model.decode_genes(state, gene[:, None], read[:, None])
-        if resample and pending and _kish(log_weight) < b / 2:  # drop cells the weights have left behind
-            idx = torch.multinomial(torch.softmax(log_weight, 0).float(), b, replacement=True, generator=generator)
-            hidden, drawn, last, placed, log_prob, done = (t[idx] for t in (hidden, drawn, last, placed, log_prob, done))
-            chance = None if chance is None else chance[idx]
-            genes, counts = [t[idx] for t in genes], [t[idx] for t in counts]
-            for kv in state.kv:
-                kv.keys, kv.values = kv.keys[idx], kv.values[idx]
-            state.log_counts, state.key_valid = state.log_counts[idx], state.key_valid[idx]
-            log_weight = torch.full_like(log_weight, float(torch.logsumexp(log_weight, 0) - np.log(b)))
     gene_rows = torch.stack(genes, 1).cpu().numpy() if genes else np.zeros((b, 0), np.int64)
     count_rows = torch.stack(counts, 1).cpu().numpy() if counts else np.zeros((b, 0), np.float32)
     keep = [row != pad for row in gene_rows]

@@ -1,6 +1,6 @@
 """Do prompts recover the synthetic atlas's true marker programmes? AUROC on a quickstart model.
 
-    python tools/bench/prompt_auroc.py QUICKSTART_DIR [--checkpoint DIR] [--species synth_alpha] [--cells 64 256] [--seed 0] [--resample]
+    python tools/bench/prompt_auroc.py QUICKSTART_DIR [--checkpoint DIR] [--species synth_alpha] [--cells 64 256] [--seed 0]
 
 For each cell type of ``QUICKSTART_DIR/atlas/<species>.h5ad``, its true marker programme
 (``uns["marker_programmes"]``, written by `tfx synth`) is split in two at random. The model is
@@ -18,8 +18,6 @@ The lift's denominator is the unprompted cells' mean per-step chance (no weights
 Printed per type and as means for each ``--cells``, beside the same AUROC from gene frequencies
 alone (each gene's detection rate over the whole atlas), the baseline a prompt must beat, the
 effective number of weighted cells (Kish) and the number of distinct cells sampled.
-``--resample``: cells resampled by their weights as they are drawn (``sample_cells(resample=True)``);
-then the distinct cells, not the effective number, say how many histories the estimate rests on.
 """
 
 from __future__ import annotations
@@ -49,8 +47,7 @@ def estimates(sampled, candidates: list[int]) -> dict[str, np.ndarray]:
             "unweighted inclusion": sampled.inclusion[:, candidates].mean(axis=0)}
 
 
-def prompt_aurocs(quickstart: Path, checkpoint: Path, species: str, cells: int, seed: int,
-                  resample: bool = False) -> dict[str, dict]:
+def prompt_aurocs(quickstart: Path, checkpoint: Path, species: str, cells: int, seed: int) -> dict[str, dict]:
     """Per type: {estimator: (AUROC, AUROC of the lift)}, "frequency": AUROC, "ess": effective cells,
     "distinct": distinct cells among those sampled."""
     ckpt = load_checkpoint(checkpoint)
@@ -59,7 +56,7 @@ def prompt_aurocs(quickstart: Path, checkpoint: Path, species: str, cells: int, 
 
     def sample(prompt):
         return sample_cells(ckpt, sp, cells, prompt=prompt, order="var",
-                            generator=torch.Generator().manual_seed(seed), inclusion=True, resample=resample)
+                            generator=torch.Generator().manual_seed(seed), inclusion=True)
 
     unprompted = sample(Prompt()).inclusion.mean(axis=0)
     result = {}
@@ -81,11 +78,10 @@ def main() -> None:
     p.add_argument("--species", default="synth_alpha")
     p.add_argument("--cells", type=int, nargs="+", default=[64], help="sampled cells per prompt; several: each")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resample", action="store_true", help="sample_cells(resample=True): resample the prompted cells")
     args = p.parse_args()
     for cells in args.cells:
         result = prompt_aurocs(args.quickstart, args.checkpoint or args.quickstart / "run" / "export", args.species,
-                               cells, args.seed, args.resample)
+                               cells, args.seed)
         print(f"--cells {cells}: AUROC of the probability / of the lift")
         print(f"  {'':<22}" + "".join(f"{name:>24}" for name in ESTIMATORS) + "  frequency  effective  distinct cells")
         for cell_type, row in result.items():
