@@ -9,7 +9,7 @@ import pytest
 import reference
 from parity import max_rel_error
 from tfx.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from tfx.checkpoint.surgery import add_species
+from tfx.checkpoint.surgery import add_aux_values, add_species
 from tfx.cli import main
 from tfx.vocab import write_gene_embeddings
 
@@ -75,3 +75,12 @@ def test_add_species_refuses_conflicts(surgery_setup, tmp_path):
     write_gene_embeddings(wide, ["ENSNEW1"], np.zeros((1, 8), np.float32))
     with pytest.raises(CheckpointError, match="embedding dimension"):
         add_species(old, [wide])
+
+
+def test_add_assays_to_a_checkpoint_without_an_assay_vocabulary_is_one_line(tmp_path):
+    ckpt = load_checkpoint(reference.build_reference_checkpoint(tmp_path / "ckpt", {"other": ["ENSA1", "ENSA2"]},
+                                                                seq_len=7, aux=False))
+    with pytest.raises(CheckpointError, match=r"has no 'assay' vocabulary \(aux columns: none\); drop vocab.add_assays"
+                       ) as err:
+        add_aux_values(ckpt, "assay", ["MERFISH"])
+    assert "\n" not in str(err.value)
