@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from tfx.checkpoint import save_checkpoint
+from tfx.checkpoint import load_checkpoint, save_checkpoint
 from tfx.cli import build_parser, main
 from tfx.components import load_all
 from tfx.errors import InputError
@@ -63,7 +63,7 @@ def report(run):
 
 
 def test_orthologs_are_the_close_homologs(run, report):
-    genes = load_genes(run["ckpt"], run["beta"]["gene_h5"])
+    genes = load_genes(load_checkpoint(run["ckpt"]), run["beta"]["gene_h5"])
     beta = anndata.read_h5ad(run["beta"]["h5ad"])
     assert genes.genes == list(beta.var["ensembl_id"]) and genes.excluded == 0
     assert genes.training_genes == list(anndata.read_h5ad(run["alpha"]["h5ad"], backed="r").var["ensembl_id"])
@@ -85,7 +85,7 @@ def test_orthologs_are_the_close_homologs(run, report):
 
 
 def test_homolog_share_is_each_cells_counts_on_close_homolog_genes(run, report):
-    genes = load_genes(run["ckpt"], run["beta"]["gene_h5"])
+    genes = load_genes(load_checkpoint(run["ckpt"]), run["beta"]["gene_h5"])
     similarity = nearest_similarity(genes.embeddings, genes.training_embeddings)
     beta = anndata.read_h5ad(run["beta"]["h5ad"])
     share = homolog_share(sp.csr_matrix(beta.X), beta.var["ensembl_id"].to_numpy(), genes, similarity)
@@ -145,7 +145,7 @@ def test_bad_use_gets_a_one_line_error(run, tmp_path, capsys):
         assert "--homology-threshold" in capsys.readouterr().err
 
     narrow = tmp_path / "narrow_gene.h5"
-    genes = load_genes(run["ckpt"], beta)
+    genes = load_genes(load_checkpoint(run["ckpt"]), beta)
     write_gene_embeddings(narrow, genes.genes, genes.embeddings[:, :8])
     assert main([*run["args"], "--homology", str(narrow), "--output", str(out)]) == 2
     assert "dimension 8" in _error(capsys)
@@ -155,7 +155,7 @@ def test_bad_use_gets_a_one_line_error(run, tmp_path, capsys):
     with pytest.raises(InputError, match="no cell is held out"):
         from tfx.eval import evaluate
         evaluate([run["root"] / "alpha_emb.h5ad", run["root"] / "beta_emb.h5ad"], "cell_type", output_dir=out,
-                 counts_path=[run["alpha"]["h5ad"], run["beta"]["h5ad"]], homology=load_genes(run["ckpt"], stranger))
+                 counts_path=[run["alpha"]["h5ad"], run["beta"]["h5ad"]], homology=load_genes(load_checkpoint(run["ckpt"]), stranger))
     with pytest.raises(InputError, match="no training gene"):  # the held-out file's own genes are not training genes
-        load_genes(run["ckpt"], run["alpha"]["gene_h5"])
+        load_genes(load_checkpoint(run["ckpt"]), run["alpha"]["gene_h5"])
     assert not out.exists()

@@ -286,19 +286,22 @@ def cmd_eval(args) -> int:
     from tfx.errors import InputError
     from tfx.eval import evaluate
 
-    homology = None
-    if args.homology:
-        from tfx.eval.homology import load_genes
-        if not args.checkpoint or not args.counts:
-            raise InputError("--homology: needs --checkpoint (the checkpoint the embeddings came from) and --counts "
-                             "(the h5ad files given to tfx infer); pass both")
-        homology = load_genes(args.checkpoint, args.homology, args.homology_threshold)
-    esm2ce = None
+    if args.homology and (not args.checkpoint or not args.counts):
+        raise InputError("--homology: needs --checkpoint (the checkpoint the embeddings came from) and --counts "
+                         "(the h5ad files given to tfx infer); pass both")
+    if args.checkpoint and not args.counts:
+        raise InputError("--checkpoint: the ESM2-CE baseline is computed from the cells' counts; "
+                         "pass --counts with the h5ad files given to tfx infer")
+    homology = esm2ce = None
     if args.checkpoint:
-        if not args.counts:
-            raise InputError("--checkpoint: the ESM2-CE baseline is computed from the cells' counts; "
-                             "pass --counts with the h5ad files given to tfx infer")
-        esm2ce = _esm2ce_frames(args.checkpoint, args.counts, args.homology)
+        from tfx.infer.run import load_for_inference
+
+        ckpt = load_for_inference(args.checkpoint)  # read once: the homology genes and ESM2-CE both use it
+        if args.homology:
+            from tfx.eval.homology import load_genes
+
+            homology = load_genes(ckpt, args.homology, args.homology_threshold)
+        esm2ce = _esm2ce_frames(ckpt, args.counts, args.homology)
     report = evaluate(args.embeddings, args.label, batch=args.batch, counts_path=args.counts,
                       output_dir=args.output, seed=args.seed, compare_paths=args.compare, esm2ce=esm2ce,
                       homology=homology, cz_benchmarks=not args.no_cz_benchmarks)
@@ -328,15 +331,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _esm2ce_frames(checkpoint: str, counts: list[str], held_out_genes: str | None = None) -> list:
+def _esm2ce_frames(ckpt, counts: list[str], held_out_genes: str | None = None) -> list:
     """`tfx infer --model-type esm2ce` of each counts file, in memory: cells x protein width, indexed by cell name.
     ``held_out_genes``: a species' gene file the checkpoint lacks, added so its cells have protein embeddings."""
     import anndata
     import pandas as pd
 
-    from tfx.infer.run import InferOptions, infer_memory, load_for_inference
+    from tfx.infer.run import InferOptions, infer_memory
 
-    ckpt = load_for_inference(checkpoint)
     if held_out_genes and not any(name == os.path.basename(held_out_genes) for name, _ in ckpt.vocab.files):
         from tfx.checkpoint.surgery import add_species
         ckpt = add_species(ckpt, [held_out_genes])

@@ -46,13 +46,12 @@ class HomologyGenes:
     threshold: float = DEFAULT_THRESHOLD
 
 
-def load_genes(checkpoint: str | os.PathLike, gene_file: str | os.PathLike,
-               threshold: float = DEFAULT_THRESHOLD) -> HomologyGenes:
-    from tfx.checkpoint import load_checkpoint
+def load_genes(ckpt, gene_file: str | os.PathLike, threshold: float = DEFAULT_THRESHOLD) -> HomologyGenes:
+    """The held-out genes of ``gene_file`` and the training genes of ``ckpt`` (a loaded ``Checkpoint``)."""
     from tfx.vocab import read_gene_embeddings
 
     genes, table = read_gene_embeddings(gene_file)
-    ckpt = load_checkpoint(checkpoint)
+    checkpoint = ckpt.path
     own = set(genes)
     vocab_genes = [g for _, file_genes in ckpt.vocab.files for g in file_genes]
     training = [g for g in vocab_genes if g not in own]
