@@ -51,7 +51,7 @@ def test_sampled_log_prob_is_minus_the_scored_nll(teacher, tmp_path, order):
                  str(out), "--order", order, "--assay", "10x 3' v3", "--seed", "3"]) == 0
     cells = anndata.read_h5ad(out)
     assert cells.obs["ended"].all() and (cells.obs["clipped_counts"] == 0).all()
-    assert cells.obs["n_genes"].min() >= 0 and cells.obs["n_genes"].max() > 3
+    assert cells.obs["n_genes"].max() > 3
     assert list(cells.var["ensembl_id"]) == list(cells.var_names)
     ckpt = load_checkpoint(teacher)
     species = species_of(ckpt, SPECIES)
@@ -117,6 +117,41 @@ def test_a_var_order_prompt_that_fills_the_cell_ends_it(teacher, tmp_path):
     assert (cells.obs["n_genes"] == 2).all() and (cells.X.toarray()[:, [30, 12]] == [4, 1]).all()
 
 
+def test_clipped_counts_are_the_sampled_ones_only(teacher, tmp_path):
+    """A prompt's count above the clip is given, not sampled: a var-order prompt sits in its var
+    place, so obs["clipped_counts"] must skip it wherever it lies."""
+    ckpt = load_checkpoint(teacher)
+    clip, genes = ckpt.data_cfg.clip_counts, species_of(ckpt, SPECIES).genes
+    out = tmp_path / "c.h5ad"
+    assert main(["generate", "--checkpoint", str(teacher), "--species", SPECIES, "--n-cells", "8", "--output",
+                 str(out), "--order", "var", "--prompt", f"{genes[20]}:{clip + 50:g}"]) == 0
+    cells = anndata.read_h5ad(out)
+    x = cells.X.toarray()
+    assert (x[:, 20] == clip + 50).all()
+    x[:, 20] = 0
+    np.testing.assert_array_equal(cells.obs["clipped_counts"].to_numpy(), (x > clip).sum(axis=1))
+
+
+def test_outputs_of_the_wrong_kind_are_refused_before_any_work(teacher, tmp_path, capsys):
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("kept")
+    gene = species_of(load_checkpoint(teacher), SPECIES).genes[3]
+    ckpt, a_dir, a_file = str(teacher), str(tmp_path / "a_dir"), str(tmp_path / "a_file")
+    cases = [
+        (["generate", "--checkpoint", ckpt, "--species", SPECIES, "--n-cells", "2", "--output", a_dir],
+         "is a directory"),
+        (["prompt", "next", "--checkpoint", ckpt, "--species", SPECIES, "--prompt", gene, "--output", a_dir],
+         "is a directory; name the .csv file"),
+        (["prompt", "gene-gene", "--checkpoint", ckpt, "--species", SPECIES, "--genes", gene, "--output", a_file],
+         "is a file; name a directory"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert (tmp_path / "a_file").read_text() == "kept" and not any((tmp_path / "a_dir").iterdir())
+
+
 @pytest.mark.parametrize("args, message", [
     (["--species", "danio_rerio"], "--species danio_rerio: not in checkpoint"),
     (["--n-cells", "0"], "--n-cells 0: ask for at least 1 cell"),
@@ -160,7 +195,7 @@ def test_a_checkpoint_without_gene_head_cannot_generate(tmp_path, capsys):
 
 def test_next_gene_and_gene_gene_are_the_full_forward_distributions(teacher, tmp_path, capsys):
     from tfx.generate.prompt import gene_gene
-    from tfx.generate.sample import Prompt, parse_prompt
+    from tfx.generate.sample import parse_prompt
 
     ckpt = load_checkpoint(teacher)
     species = species_of(ckpt, SPECIES)

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 import reference
 from conftest import write_h5ad
+from tfx.checkpoint import load_checkpoint
 from tfx.cli import main
 
 GENES = [f"ENSSYN{i:011d}" for i in range(300)]
@@ -128,7 +129,8 @@ def test_model_type_and_layer_refusals_are_one_line(ckpt, tmp_path, capsys, extr
 def test_last_layer_index_is_the_default_and_esm2ce_cge_is_each_genes_protein_embedding(ckpt, tmp_path):
     data = write_h5ad(tmp_path / "in.h5ad", GENES, _counts(12))
     assert _run(ckpt, data, tmp_path / "a.h5ad") == 0
-    assert _run(ckpt, data, tmp_path / "b.h5ad", "--embedding-layer-index", "-1") == 0
+    last = load_checkpoint(ckpt).model_cfg.num_layers - 1  # the last layer by its positive index
+    assert _run(ckpt, data, tmp_path / "b.h5ad", "--embedding-layer-index", str(last)) == 0
     np.testing.assert_array_equal(anndata.read_h5ad(tmp_path / "a.h5ad").obsm["embeddings"],
                                   anndata.read_h5ad(tmp_path / "b.h5ad").obsm["embeddings"])
     assert _run(ckpt, data, tmp_path / "cge.h5ad", "--model-type", "esm2ce", "--emb-type", "cge") == 0

@@ -143,14 +143,20 @@ def cmd_generate(args) -> int:
 def cmd_prompt(args) -> int:
     from pathlib import Path
 
+    from tfx.atomic import atomic_path
     from tfx.checkpoint import load_checkpoint
+    from tfx.errors import ConfigError, InputError
     from tfx.generate import prompt as queries
     from tfx.generate.sample import parse_prompt, species_of
 
+    if args.output:  # checked before any work: next writes a CSV file, the others a directory
+        out = Path(args.output)
+        if args.query == "next" and out.is_dir():
+            raise InputError(f"--output {out}: is a directory; name the .csv file to write")
+        if args.query != "next" and out.exists() and not out.is_dir():
+            raise InputError(f"--output {out}: is a file; name a directory for the outputs")
     ckpt = load_checkpoint(args.checkpoint)
     if not ckpt.model.has_gene_head:
-        from tfx.errors import ConfigError
-
         raise ConfigError(f"checkpoint {args.checkpoint} has no gene-id head (gene_id_loss_weight 0); it cannot "
                           "answer prompts")
     species = species_of(ckpt, args.species)
@@ -159,7 +165,8 @@ def cmd_prompt(args) -> int:
                                   top_k=args.top_k)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if args.output:
-            table.to_csv(args.output, index=False)
+            with atomic_path(args.output) as tmp:
+                table.to_csv(tmp, index=False)
     elif args.query == "gene-gene":
         genes = queries.gene_list(ckpt, species, args.genes, "--genes")
         names = [ckpt.vocab.tokens[g] for g in genes]
@@ -168,7 +175,8 @@ def cmd_prompt(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         import pandas as pd
 
-        pd.DataFrame(matrix, index=names, columns=names).to_csv(out / "gene_gene.csv", index_label="prompt")
+        with atomic_path(out / "gene_gene.csv") as tmp:
+            pd.DataFrame(matrix, index=names, columns=names).to_csv(tmp, index_label="prompt")
         queries.heatmap_png(out / "gene_gene.png", matrix, names, names,
                             "log p(column next | row) - log p(column next | nothing)")
         print(f"wrote {out / 'gene_gene.csv'} and {out / 'gene_gene.png'} ({len(genes)} genes)")

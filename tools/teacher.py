@@ -38,11 +38,10 @@ def build_teacher(out_dir, species: str = "synth_alpha", n_genes: int = 60, emb_
     torch.manual_seed(seed)
     net = build_model(cfg, data_cfg, vocab, torch.as_tensor(table), aux)
     with torch.no_grad():
-        if not net.has_gene_head:
-            return save_checkpoint(Checkpoint(net, vocab, aux, cfg, data_cfg), out)
-        last = net.gene_id_head.layers[-1]
-        last.weight.mul_(scale)
-        last.bias.mul_(scale)
-        last.bias[vocab.end] += end_bias
-        last.bias[len(vocab.special_tokens):] += torch.linspace(early_bias, 0.0, n_genes)
+        if net.has_gene_head:  # far from gene frequencies: a scaled, biased gene-id head
+            last = net.gene_id_head.layers[-1]
+            last.weight.mul_(scale)
+            last.bias.mul_(scale)
+            last.bias[vocab.end] += end_bias
+            last.bias[len(vocab.special_tokens):] += torch.linspace(early_bias, 0.0, n_genes)
     return save_checkpoint(Checkpoint(net, vocab, aux, cfg, data_cfg), out)

@@ -82,8 +82,7 @@ def presence(sampled: Sampled, candidates: list[int]) -> np.ndarray:
     as cells grow). Not the per-step chances of ``inclusion``: they condition on a cell's past
     only, while its weight depends on all of it (a var prompt's first step has the same chances in
     every cell, whatever the weights), so weighted they are biased."""
-    w = np.exp(sampled.log_weight - sampled.log_weight.max())
-    w /= w.sum()
+    w = weights(sampled.log_weight)
     cols = {g: j for j, g in enumerate(candidates)}
     hits = np.zeros((len(sampled.genes), len(candidates)))
     for i, genes in enumerate(sampled.genes):
@@ -91,30 +90,28 @@ def presence(sampled: Sampled, candidates: list[int]) -> np.ndarray:
     return w @ hits
 
 
+def weights(log_weight: np.ndarray) -> np.ndarray:
+    """The cells' self-normalised importance weights (summing to 1)."""
+    w = np.exp(log_weight - log_weight.max())
+    return w / w.sum()
+
+
 def effective_cells(log_weight: np.ndarray) -> float:
     """Kish's effective sample size of the weighted cells: (sum w)^2 / sum w^2."""
-    w = np.exp(log_weight - log_weight.max())
-    return float(w.sum() ** 2 / (w ** 2).sum())
+    return float(1.0 / (weights(log_weight) ** 2).sum())
 
 
 @torch.no_grad()
 def programme_presence(ckpt: Checkpoint, species: Species, markers: list[int], candidates: list[int], *,
                        counts: list[float] | None = None, assay: str | None = None, order: str = "var",
                        cells: int = 64, max_genes: int | None = None, seed: int = 0) -> tuple[np.ndarray, float]:
-    """``programme_scores`` and the effective number of cells behind them (Kish)."""
+    """[candidates] each candidate's probability of being in a cell that holds ``markers`` (with
+    ``counts``, 1 each by default), estimated from ``cells`` sampled cells (``presence``), and the
+    effective number of cells behind it (Kish)."""
     prompt = Prompt(list(markers), list(counts) if counts is not None else [1.0] * len(markers))
     sampled = sample_cells(ckpt, species, cells, prompt=prompt, assay=assay,
                            order=order, max_genes=max_genes, generator=torch.Generator().manual_seed(seed))
     return presence(sampled, candidates), effective_cells(sampled.log_weight)
-
-
-def programme_scores(ckpt: Checkpoint, species: Species, markers: list[int], candidates: list[int], *,
-                     counts: list[float] | None = None, assay: str | None = None, order: str = "var",
-                     cells: int = 64, max_genes: int | None = None, seed: int = 0) -> np.ndarray:
-    """[candidates] each candidate's probability of being in a cell that holds ``markers`` (with
-    ``counts``, 1 each by default), estimated from ``cells`` sampled cells (see ``presence``)."""
-    return programme_presence(ckpt, species, markers, candidates, counts=counts, assay=assay, order=order,
-                              cells=cells, max_genes=max_genes, seed=seed)[0]
 
 
 @dataclass
@@ -152,7 +149,7 @@ def marker_splits(ckpt: Checkpoint, species: Species, adata, seed: int = 0) -> l
 
 def marker_recovery(ckpt: Checkpoint, species: Species, adata, *, cells: int = 64, seed: int = 0) -> dict:
     """Per type of a `tfx synth` atlas and on average: the AUROC of the held-out half of its
-    programme against the other candidates, ranked by ``programme_scores`` (``auroc``) and by
+    programme against the other candidates, ranked by ``programme_presence`` (``auroc``) and by
     their lift over an unprompted cell's probability (``lift_auroc``), beside gene frequency alone
     (``frequency_auroc``), with the effective number of weighted cells behind each estimate."""
     from sklearn.metrics import roc_auc_score

@@ -43,6 +43,8 @@ def generate_file(ckpt: Checkpoint, species: str, n_cells: int, output: str | os
                   top_k: int | None = None, max_genes: int | None = None, seed: int = 0, batch_size: int = 64,
                   device: str = "cpu") -> dict:
     check_options(n_cells, temperature, top_k, max_genes, order)
+    if Path(output).is_dir():
+        raise InputError(f"--output {output}: is a directory; name the .h5ad file to write")
     sp_info = species_of(ckpt, species)
     given = parse_prompt(ckpt, sp_info, prompt)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -65,7 +67,7 @@ def generate_file(ckpt: Checkpoint, species: str, n_cells: int, output: str | os
             X[i, cols] = c
         generation_order[i, : len(cols)] = cols
     clip = ckpt.data_cfg.clip_counts
-    sampled = [c[len(given.ids):] for c in counts]
+    sampled = [c[~np.isin(g, given.ids)] for g, c in zip(genes, counts)]  # the prompt's counts are given
     clipped = np.array([int((c > clip).sum()) if clip else 0 for c in sampled])
     obs = pd.DataFrame({
         "species": species, "assay": assay or "unknown", "seed": seed,

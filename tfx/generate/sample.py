@@ -224,8 +224,9 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
         rate = model.count_rate(hidden, gene).float() + eps
         is_given = (gene == due) if due is not None else torch.zeros_like(done)
         count = torch.where(is_given, given_count[gene], sample_ztp(rate, generator))
-        log_prob += torch.where(done | is_given, 0.0, ztp_log_prob(count, rate).double())
-        log_weight += torch.where(is_given, ztp_log_prob(count, rate).double(), 0.0)
+        count_logp = ztp_log_prob(count, rate).double()
+        log_prob += torch.where(done | is_given, 0.0, count_logp)
+        log_weight += torch.where(is_given, count_logp, 0.0)
         placed += is_given.long()
         count = count.masked_fill(done, 0.0)
         genes.append(gene)

@@ -9,7 +9,7 @@ the species is scored by its probability of being in the cell, and by that proba
 over an unprompted cell's (log ratio). AUROC: the held-out half against all remaining genes.
 
 The probability is estimated three ways from the same sampled cells (`sample_cells`, var order):
-- ``weighted``: what `programme_scores` computes: the fraction of cells that drew the gene, each
+- ``weighted``: what `programme_presence` computes: the fraction of cells that drew the gene, each
   cell importance-weighted (``Sampled.log_weight``), the model's p(gene | prompt genes in the cell);
 - ``weighted inclusion``: the per-step chances of being drawn, under the same weights (biased);
 - ``unweighted inclusion``: the per-step chances over the prompted cells as drawn, without weights
@@ -33,15 +33,14 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tfx.checkpoint import load_checkpoint  # noqa: E402
-from tfx.generate.prompt import effective_cells, marker_splits, presence  # noqa: E402
+from tfx.generate.prompt import effective_cells, marker_splits, presence, weights  # noqa: E402
 from tfx.generate.sample import Prompt, sample_cells, species_of  # noqa: E402
 
 ESTIMATORS = ("weighted", "weighted inclusion", "unweighted inclusion")
 
 
 def estimates(sampled, candidates: list[int]) -> dict[str, np.ndarray]:
-    w = np.exp(sampled.log_weight - sampled.log_weight.max())
-    w /= w.sum()
+    w = weights(sampled.log_weight)
     return {"weighted": presence(sampled, candidates),
             "weighted inclusion": w @ sampled.inclusion[:, candidates],
             "unweighted inclusion": sampled.inclusion[:, candidates].mean(axis=0)}
