@@ -83,7 +83,7 @@ def test_evaluate_equals_tfx_eval_and_scanpy_reads_the_embeddings(ckpt, data, tm
     assert adata.obsp["connectivities"].shape == (60, 60) and adata.uns["neighbors"]["params"]["use_rep"] == "X_tfx"
 
 
-def test_api_refusals_name_the_argument(ckpt, data):
+def test_api_refusals_name_the_argument(ckpt, data, tmp_path):
     adata = anndata.read_h5ad(data)
     model = tfx.load(ckpt)
     with pytest.raises(InputError, match=r"^rep: adata.obsm has no 'X_tfx' .*run tfx.embed"):
@@ -99,6 +99,13 @@ def test_api_refusals_name_the_argument(ckpt, data):
         tfx.evaluate(adata, label="celltype")
     with pytest.raises(InputError, match=r"^compare: 'X_pca' is not in adata.obsm; pass other obsm keys \(none\)"):
         tfx.evaluate(adata, compare=["X_pca"])
+    adata.obsm["X_b"] = adata.obsm["X_tfx"]
+    with pytest.raises(InputError, match=r"^compare: \['X_b', 'X_b'\] names a key twice"):
+        tfx.evaluate(adata, compare=["X_b", "X_b"])
+    (tmp_path / "report").write_text("kept")
+    with pytest.raises(InputError, match=r"^--output .*report: is a file; name a directory for the report"):
+        tfx.evaluate(adata, output_dir=tmp_path / "report")
+    assert (tmp_path / "report").read_text() == "kept"
 
 
 def test_import_tfx_stays_light():
@@ -129,3 +136,8 @@ def test_eval_checkpoint_without_counts_is_one_line(ckpt, tmp_path, capsys):
                  "--output", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--checkpoint: the ESM2-CE baseline is computed from the cells' counts; pass --counts" in err[0]
+    missing = tmp_path / "missing.h5ad"
+    assert main(["eval", "--embeddings", str(tmp_path / "emb.h5ad"), "--checkpoint", str(ckpt), "--counts", str(missing),
+                 "--label", "cell_type", "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{missing}: no such file" in err[0]

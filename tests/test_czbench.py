@@ -82,6 +82,19 @@ def test_cross_species_prediction_uses_the_classes_every_species_has_enough_of()
     assert "error" not in tasks["cross_species_integration"]
 
 
+def test_a_baseline_the_package_cannot_make_fails_its_tasks_only():
+    """40 cells are too few for the package's 50-component PCA: the tasks using it record the
+    error, the others report."""
+    import scipy.sparse as sp
+
+    features, labels, _ = planted(classes=2, per_class=20)
+    features, labels = features[:40], labels[:40]
+    counts = sp.csr_matrix(np.random.default_rng(0).poisson(1.0, size=(40, 300)).astype(np.float32))
+    tasks = czbench.run_tasks(features, pd.DataFrame({"cell_type": labels}), "cell_type", counts=counts)["tasks"]
+    assert set(tasks["label_prediction"]) == {"embeddings", "raw_expression"}
+    assert "n_components=50" in tasks["clustering"]["error"] and "error" in tasks["embedding"]
+
+
 BLOCK_CZ = """
 import importlib.abc, sys
 class NoCz(importlib.abc.MetaPathFinder):

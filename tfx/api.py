@@ -81,6 +81,8 @@ def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type
     for option, column in (("label", label), ("batch", batch)):
         if column is not None and column not in adata.obs:
             raise InputError(f"{option}: adata.obs has no column '{column}' (columns: {', '.join(adata.obs.columns)})")
+    if len(set(compare or [])) < len(compare or []):
+        raise InputError(f"compare: {compare} names a key twice; name each obsm key once")
     for key in compare or []:
         if key not in adata.obsm or key == rep:
             raise InputError(f"compare: '{key}' is {'rep itself' if key == rep else 'not in adata.obsm'}; "

@@ -105,12 +105,6 @@ def cmd_infer(args) -> int:
         raise InputError(f"--outputs: unknown {sorted(unknown)}; choose from {', '.join(INFER_OUTPUTS)}")
     ckpt = load_for_inference(args.checkpoint, attention=args.attention, clip_counts=args.clip_counts,
                               species_embeddings=args.species_embedding)
-    if "predictions" in outputs and ckpt.task is None:
-        raise InputError(f"{args.checkpoint}: has no task head (task.json); --outputs predictions needs a "
-                         "checkpoint exported by a finetune recipe")
-    if {"gene_llh", "nll"} & outputs and not ckpt.model.has_gene_head:
-        raise InputError(f"--outputs gene_llh/nll: checkpoint {args.checkpoint} has no gene-id head "
-                         "(gene_id_loss_weight 0); ask for embeddings and llh only")
     opts = InferOptions(
         emb_type=args.emb_type, embeddings="embeddings" in outputs, llh="llh" in outputs,
         gene_llh="gene_llh" in outputs, nll="nll" in outputs, predictions="predictions" in outputs,
@@ -293,7 +287,9 @@ def cmd_synth(args) -> int:
 def cmd_eval(args) -> int:
     from tfx.errors import InputError
     from tfx.eval import evaluate
+    from tfx.eval.report import check_report_dir
 
+    check_report_dir(args.output)
     if args.homology and (not args.checkpoint or not args.counts):
         raise InputError("--homology: needs --checkpoint (the checkpoint the embeddings came from) and --counts "
                          "(the h5ad files given to tfx infer); pass both")
@@ -342,21 +338,25 @@ def cmd_eval(args) -> int:
 def _esm2ce_frames(ckpt, counts: list[str], held_out_genes: str | None = None) -> list:
     """`tfx infer --model-type esm2ce` of each counts file, in memory: cells x protein width, indexed by cell name.
     ``held_out_genes``: a species' gene file the checkpoint lacks, added so its cells have protein embeddings."""
-    import anndata
+    from pathlib import Path
+
     import pandas as pd
 
+    from tfx.data.anndata import open_backed
     from tfx.infer.run import InferOptions, infer_memory
 
     if held_out_genes and not any(name == os.path.basename(held_out_genes) for name, _ in ckpt.vocab.files):
         from tfx.checkpoint.surgery import add_species
         ckpt = add_species(ckpt, [held_out_genes])
+    opts = InferOptions(model_type="esm2ce", gene_col=ckpt.data_cfg.gene_col_name)
     frames = []
     for path in counts:
-        adata = anndata.read_h5ad(path, backed="r")
-        opts = InferOptions(model_type="esm2ce", gene_col=ckpt.data_cfg.gene_col_name)
-        arrays, _ = infer_memory(ckpt, adata, opts)
-        frames.append(pd.DataFrame(arrays["embeddings"], index=adata.obs_names))
-        adata.file.close()
+        adata = open_backed(Path(path))
+        try:
+            arrays, _ = infer_memory(ckpt, adata, opts)
+            frames.append(pd.DataFrame(arrays["embeddings"], index=adata.obs_names))
+        finally:
+            adata.file.close()
     return frames
 
 

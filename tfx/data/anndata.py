@@ -42,7 +42,7 @@ class CellReader:
             self.path, self.adata = "AnnData", path
         else:
             self.path = Path(path)
-            self.adata = _open_backed(self.path)
+            self.adata = open_backed(self.path)
         self.obs = self.adata.obs
         has_raw = self.adata.raw is not None
         if use_raw and not has_raw:
@@ -141,7 +141,8 @@ class CellReader:
             self.adata.file.close()
 
 
-def _open_backed(path: Path) -> anndata.AnnData:
+def open_backed(path: Path) -> anndata.AnnData:
+    """``path`` read backed; a missing or unreadable file is one InputError naming it."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     try:

@@ -86,18 +86,21 @@ def run_tasks(embeddings: np.ndarray, obs: pd.DataFrame, label: str, *, batch: s
         emb = np.asarray(embeddings, dtype=np.float32)[known]
         obs = obs[known].reset_index(drop=True)
         labels = obs[label].astype(str)
-        baselines = {}  # each computed once, by the package, from the same cells' counts
-        if counts is not None:
-            expression = counts[known]
-            baselines["raw_expression"] = MetadataLabelPredictionTask(random_seed=seed).compute_baseline(expression)
-            baselines["pca"] = ClusteringTask(random_seed=seed).compute_baseline(
-                expression, PCABaselineInput(n_top_genes=max(100, min(3000, expression.shape[1]))))
+        expression = counts[known] if counts is not None else None
+        make_baseline = {  # by the package, from the same cells' counts; each made once, when first asked
+            "raw_expression": lambda: MetadataLabelPredictionTask(random_seed=seed).compute_baseline(expression),
+            "pca": lambda: ClusteringTask(random_seed=seed).compute_baseline(
+                expression, PCABaselineInput(n_top_genes=max(100, min(3000, expression.shape[1])))),
+        }
+        baselines: dict = {}
         tasks: dict[str, dict] = {}
 
         def run(name: str, task, inputs, features=emb, baseline: str | None = None):
-            try:
+            try:  # inside: a baseline the package cannot make on these cells fails its task only
                 tasks[name] = {"embeddings": _metrics(task.run(features, inputs))}
-                if baseline in baselines:
+                if baseline and expression is not None:
+                    if baseline not in baselines:
+                        baselines[baseline] = make_baseline[baseline]()
                     tasks[name][baseline] = _metrics(task.run(baselines[baseline], inputs))
             except Exception as err:  # one task the package cannot run on these cells leaves the others
                 tasks[name] = {"error": f"{type(err).__name__}: {err}".splitlines()[0]}

@@ -51,7 +51,7 @@ def load_genes(ckpt, gene_file: str | os.PathLike, threshold: float = DEFAULT_TH
     from tfx.vocab import read_gene_embeddings
 
     genes, table = read_gene_embeddings(gene_file)
-    checkpoint = ckpt.path
+    checkpoint = str(ckpt.path)
     own = set(genes)
     vocab_genes = [g for _, file_genes in ckpt.vocab.files for g in file_genes]
     training = [g for g in vocab_genes if g not in own]

@@ -66,6 +66,7 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
     ``homology``: a computed homology section (``tfx.eval.homology``), recorded and plotted.
     ``cz_benchmarks``: also run the cz-benchmarks tasks (``report["cz_benchmarks"]``) where the
     package is installed; the report says when it is not, or when they were skipped."""
+    check_report_dir(output_dir)
     labelled = obs[label].notna().to_numpy()
     labels = obs[label].astype(str).to_numpy()
     keep, dropped = probes.large_classes(labels[labelled])
@@ -122,6 +123,12 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
     return report
 
 
+def check_report_dir(output_dir: str | os.PathLike | None) -> None:
+    """Before any work: the report goes in a directory, so a file there is refused (and kept)."""
+    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise InputError(f"--output {output_dir}: is a file; name a directory for the report")
+
+
 def _cz_benchmarks(wanted: bool, embeddings, obs, label, batch, counts, seed) -> dict:
     installed = czbench.version()
     if wanted and installed:
@@ -149,7 +156,8 @@ def _score(features: np.ndarray, labels: np.ndarray, batches: np.ndarray | None,
 
 def _headline(scores: dict) -> dict:
     headline = {}
-    for name, prefix in [("embeddings", ""), ("pca_log_counts", "pca_")] + [("esm2ce", "esm2ce_")] * ("esm2ce" in scores):
+    extra = [(name, f"{name}_") for name in scores if name not in ("embeddings", "pca_log_counts")]
+    for name, prefix in [("embeddings", ""), ("pca_log_counts", "pca_")] + extra:
         s = scores.get(name)
         headline[f"{prefix}knn_macro_f1"] = s["probes"]["knn"]["macro_f1"] if s else None
         headline[f"{prefix}logistic_macro_f1"] = s["probes"]["logistic"]["macro_f1"] if s else None

@@ -65,6 +65,12 @@ class InferOptions:
         heads = [name for name in (*self.scores, "predictions") if getattr(self, name)]
         if self.model_type not in ("transcriptformer", "esm2ce"):
             raise InputError(f"--model-type {self.model_type}: choose transcriptformer or esm2ce")
+        if self.predictions and ckpt.task is None:
+            raise InputError(f"{ckpt.path}: has no task head (task.json); --outputs predictions needs a "
+                             "checkpoint exported by a finetune recipe")
+        if (self.gene_llh or self.nll) and not ckpt.model.has_gene_head:
+            raise InputError(f"--outputs gene_llh/nll: checkpoint {ckpt.path} has no gene-id head "
+                             "(gene_id_loss_weight 0); ask for embeddings and llh only")
         if self.model_type == "esm2ce" and heads:
             raise InputError(f"--model-type esm2ce has no transformer and no heads, so no {', '.join(heads)}; "
                              "ask --outputs embeddings")
