@@ -139,9 +139,9 @@ def cmd_prompt(args) -> int:
 
     from tfx.atomic import atomic_path
     from tfx.checkpoint import load_checkpoint
-    from tfx.errors import ConfigError, InputError
+    from tfx.errors import InputError
     from tfx.generate import prompt as queries
-    from tfx.generate.sample import parse_prompt, species_of
+    from tfx.generate.sample import parse_prompt, require_gene_head, species_of
 
     if args.output:  # checked before any work: next writes a CSV file, the others a directory
         out = Path(args.output)
@@ -150,9 +150,7 @@ def cmd_prompt(args) -> int:
         if args.query != "next" and out.exists() and not out.is_dir():
             raise InputError(f"--output {out}: is a file; name a directory for the outputs")
     ckpt = load_checkpoint(args.checkpoint)
-    if not ckpt.model.has_gene_head:
-        raise ConfigError(f"checkpoint {args.checkpoint} has no gene-id head (gene_id_loss_weight 0); it cannot "
-                          "answer prompts")
+    require_gene_head(ckpt)
     species = species_of(ckpt, args.species)
     if args.query == "next":
         table = queries.next_gene(ckpt, species, parse_prompt(ckpt, species, args.prompt), assay=args.assay,

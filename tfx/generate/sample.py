@@ -85,6 +85,12 @@ def parse_prompt(ckpt: Checkpoint, species: Species, text: str | None) -> Prompt
     return prompt
 
 
+def require_gene_head(ckpt: Checkpoint) -> None:
+    if not ckpt.model.has_gene_head:
+        raise ConfigError(f"checkpoint {ckpt.path} has no gene-id head (gene_id_loss_weight 0): it cannot "
+                          "choose genes, so it cannot generate or answer prompts")
+
+
 def aux_ids(ckpt: Checkpoint, assay: str | None, n: int, device) -> Tensor | None:
     """[n, 1] the assay token of every cell (unknown when not given); None for a model without."""
     if not ckpt.aux_vocabs:
@@ -163,9 +169,7 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
     """``inclusion``: also sum, over each cell's steps, every gene's probability of being the one
     drawn. Its mean over cells estimates p(gene in the cell) without the noise of the draws."""
     model = ckpt.model.to(device).eval()
-    if not model.has_gene_head:
-        raise ConfigError(f"checkpoint {ckpt.path} has no gene-id head (gene_id_loss_weight 0): it cannot "
-                          "choose genes, so it cannot generate or answer prompts")
+    require_gene_head(ckpt)
     if ckpt.model_cfg.likelihood != "ztp":
         raise ConfigError(f"checkpoint {ckpt.path}: counts are sampled for the ztp likelihood only, "
                           f"not {ckpt.model_cfg.likelihood}")

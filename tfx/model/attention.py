@@ -155,10 +155,11 @@ def cached_attention(q: Tensor, k: Tensor, v: Tensor, inp: AttentionInputs) -> T
     key_pos = torch.arange(total, device=q.device)[None, :]
     allowed = (key_pos <= query_pos)[None] & inp.key_valid[:, None, :]  # [B, n, total]
     bias = inp.log_counts[:, None, :] * (key_pos < query_pos)[None]
-    scores = soft_cap((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias[:, None], inp.softcap)
+    scores = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).float()  # fp32 under autocast, as the others
+    scores = soft_cap(scores + bias[:, None], inp.softcap)
     empty = ~allowed.any(-1, keepdim=True)  # no key: output 0, as the other backends
     scores = scores.masked_fill(~(allowed | empty)[:, None], float("-inf"))
-    return (torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v).masked_fill(empty[:, None], 0.0)
+    return (torch.softmax(scores, dim=-1).to(v.dtype) @ v).masked_fill(empty[:, None], 0.0)
 
 
 @ATTENTION.register("eager")
