@@ -152,16 +152,14 @@ def _worker(rank: int, ckpt: Checkpoint, data: Path, opts: InferOptions, devices
     for first, res, n_empty in _row_results(ckpt, data, opts, devices[rank], start, stop):
         for name, arr in arrays.items():
             arr[first - start : first - start + res.cells] = _array(res, name)
-        cge += [(first + i, e, g) for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids))]
+        cge += _cge_pieces(res, first)
         empty += n_empty
     for arr in arrays.values():
         arr.flush()
     if opts.emb_type == "cge" and opts.embeddings:
         dim = opts.embed_dim(ckpt)
-        np.savez(parts / f"{rank}.cge.npz",
-                 cells=np.concatenate([np.full(len(g), c) for c, _, g in cge] or [np.zeros(0, np.int64)]),
-                 emb=np.concatenate([e for _, e, _ in cge] or [np.zeros((0, dim), np.float32)]),
-                 genes=np.concatenate([g for _, _, g in cge] or [np.zeros(0, np.int64)]))
+        cells, emb, genes = _cge_arrays(cge, dim)
+        np.savez(parts / f"{rank}.cge.npz", cells=cells, emb=emb, genes=genes)
     (parts / f"{rank}.empty").write_text(str(empty))
 
 
@@ -214,7 +212,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
     scores = {name: np.full(n_cells, np.nan, dtype=np.float32) for name in opts.scores}
     shapes = _per_cell(ckpt, opts)
     pred = np.full((n_cells, *shapes["predictions"]), np.nan, dtype=np.float32) if opts.predictions else None
-    cge_emb, cge_cells, cge_genes = [], [], []
+    cge = []  # (cell index, its genes' embeddings, their ids)
     empty = non_finite = 0
     started = time.perf_counter()
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
@@ -237,10 +235,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
                 for i in range(0, n, opts.chunk_size):  # part files are read back chunk by chunk
                     emb_ds[start + i : start + min(n, i + opts.chunk_size)] = res.embeddings[i : i + opts.chunk_size]
             elif opts.embeddings and opts.emb_type == "cge":
-                for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids)):
-                    cge_emb.append(e)
-                    cge_cells.append(np.full(len(g), start + i, dtype=np.int64))
-                    cge_genes.append(g)
+                cge += _cge_pieces(res, start)
             if gene_llh_ds is not None:
                 for i in range(0, n, opts.chunk_size):
                     gene_llh_ds[start + i : start + min(n, i + opts.chunk_size)] = \
@@ -257,7 +252,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
             obs[name] = values
         uns = _write_predictions(f, obs, ckpt.task, pred) if pred is not None else {}
         if opts.embeddings and opts.emb_type == "cge":
-            uns |= _cge_uns(ckpt, opts, cge_emb, cge_cells, cge_genes)
+            uns |= _cge_uns(ckpt, opts, cge)
         _write_anndata_skeleton(f, obs, uns)
     seconds = time.perf_counter() - started
     return {"cells": n_cells, "empty_cells": empty, "seconds": seconds, "output": str(output)}
@@ -281,27 +276,35 @@ def infer_memory(ckpt: Checkpoint, adata, opts: InferOptions) -> tuple[dict[str,
                         remove_duplicate_genes=opts.remove_duplicate_genes)
     _report_overlap(reader, opts.chunk_size)
     arrays = {name: np.full((adata.n_obs, *shape), np.nan, np.float32) for name, shape in _per_cell(ckpt, opts).items()}
-    cge_emb, cge_cells, cge_genes = [], [], []
+    cge = []
     empty = non_finite = 0
     for first, res, n_empty in _row_results(ckpt, adata, opts, device):
         empty += n_empty
         non_finite += _non_finite_cells(res, n_empty)
         for name, arr in arrays.items():
             arr[first : first + res.cells] = _array(res, name)
-        for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids)):
-            cge_emb.append(e)
-            cge_cells.append(np.full(len(g), first + i, dtype=np.int64))
-            cge_genes.append(g)
+        cge += _cge_pieces(res, first)
     _warn_cells("AnnData", empty, "AnnData", non_finite, adata.n_obs)
-    uns = _cge_uns(ckpt, opts, cge_emb, cge_cells, cge_genes) if opts.embeddings and opts.emb_type == "cge" else {}
+    uns = _cge_uns(ckpt, opts, cge) if opts.embeddings and opts.emb_type == "cge" else {}
     return arrays, uns
 
 
-def _cge_uns(ckpt: Checkpoint, opts: InferOptions, emb: list, cells: list, genes: list) -> dict:
+def _cge_pieces(res: Outputs, first: int) -> list:
+    """(cell index, its genes' embeddings, their ids) of each cell of a batch starting at row ``first``."""
+    return [(first + i, e, g) for i, (e, g) in enumerate(zip(res.cge_embeddings, res.cge_gene_ids))]
+
+
+def _cge_arrays(pieces: list, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-cell pieces as one row per gene: (cell index, embedding, gene id)."""
+    return (np.concatenate([np.full(len(g), cell, dtype=np.int64) for cell, _, g in pieces] or [np.zeros(0, np.int64)]),
+            np.concatenate([e for _, e, _ in pieces] or [np.zeros((0, dim), np.float32)]),
+            np.concatenate([g for _, _, g in pieces] or [np.zeros(0, np.int64)]))
+
+
+def _cge_uns(ckpt: Checkpoint, opts: InferOptions, pieces: list) -> dict:
     """The reference's uns entries of contextual gene embeddings, from per-cell pieces."""
-    genes = np.concatenate(genes) if genes else np.zeros(0, np.int64)
-    return {"cge_embeddings": np.concatenate(emb) if emb else np.zeros((0, opts.embed_dim(ckpt)), np.float32),
-            "cge_cell_indices": np.concatenate(cells) if cells else np.zeros(0, np.int64),
+    cells, emb, genes = _cge_arrays(pieces, opts.embed_dim(ckpt))
+    return {"cge_embeddings": emb, "cge_cell_indices": cells,
             "cge_gene_names": np.array(ckpt.vocab.tokens, dtype=object)[genes].astype(str)}
 
 
