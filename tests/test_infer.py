@@ -172,9 +172,11 @@ def test_one_process_per_device_equals_one_process(ckpt, tmp_path, emb_type):
     assert _run(ckpt, data, tmp_path / "one.h5ad", *args) == 0
     assert _run(ckpt, data, tmp_path / "two.h5ad", *args, "--devices", "2") == 0
     one, two = anndata.read_h5ad(tmp_path / "one.h5ad"), anndata.read_h5ad(tmp_path / "two.h5ad")
-    # float results to 1e-5: a worker process's CPU kernels may split reductions differently (MKL
-    # picks its threads by load), so bitwise equality across processes is not promised
-    close = dict(rtol=1e-5, atol=1e-6)
+    # float results to 1e-4: a worker process's CPU kernels may split reductions differently (MKL
+    # picks its threads by load), so bitwise equality across processes is not promised; per-gene
+    # embeddings of a few cells have differed by 3.5e-5 (a clean-clone CI run), while a row or gene
+    # out of place differs by O(1), and the ids and names above must match exactly
+    close = dict(rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(one.obs["llh"], two.obs["llh"], **close)
     for key in ("cge_cell_indices", "cge_gene_names") if emb_type == "cge" else ():
         np.testing.assert_array_equal(one.uns[key], two.uns[key])
