@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tfx.data.anndata import InputError
+from tfx.errors import InputError
 from tfx.esm import embed_proteins
 from tfx.esm.embed import progress_path
 from tfx.vocab import read_gene_embeddings

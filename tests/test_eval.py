@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from tfx.data.anndata import InputError
+from tfx.errors import InputError
 from tfx.eval import evaluate
 from tfx.eval.mixing import neighbourhood_entropy, silhouette
 from tfx.eval.plots import layout_2d

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import MOUSE, write_h5ad
-from tfx.data.anndata import CellReader, InputError
+from tfx.data.anndata import CellReader
+from tfx.errors import InputError
 from tfx.data.loader import ShardLoader
 from tfx.data.shards import ShardError, read_shard, write_shards
 from tfx.tokenize import Tokenizer

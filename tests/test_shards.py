@@ -18,7 +18,7 @@ import pytest
 import webdataset as wds
 
 from conftest import MOUSE, write_h5ad
-from tfx.data.anndata import InputError
+from tfx.errors import InputError
 from tfx.data import shards
 from tfx.data.shards import HEADER_KEY, ShardError, decode_expr, encode_expr, read_shard, write_shards
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from tfx.data.anndata import InputError
+from tfx.errors import InputError
 from tfx.data.shards import MANIFEST, ShardError, read_shard
 from tfx.model.transcriptformer import TokenBatch
 from tfx.tokenize import Tokenizer

@@ -44,7 +44,8 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 import tfx.vocab.species  # noqa: F401  (registers the built-in species)
 from tfx.atomic import atomic_path
 from tfx.progress import progress
-from tfx.data.anndata import CellReader, InputError
+from tfx.data.anndata import CellReader
+from tfx.errors import InputError
 from tfx.registry import SPECIES
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from tfx.atomic import atomic_path
-from tfx.data.anndata import InputError
+from tfx.errors import InputError
 from tfx.esm.fasta import read_proteins, select_isoforms
 from tfx.esm.model import DEFAULT_MODEL, load_esm
 from tfx.vocab import write_gene_embeddings

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tfx.data.anndata import InputError
+from tfx.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tfx.data.anndata import InputError
+from tfx.errors import InputError
 
 DEFAULT_MODEL = "esm2_t36_3B_UR50D"
 

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from anndata.io import read_elem
 from sklearn.decomposition import PCA
 
-from tfx.data.anndata import InputError
+from tfx.errors import InputError
 
 EMBEDDINGS_KEY = "embeddings"
 

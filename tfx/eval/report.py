@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from tfx.atomic import atomic_path
-from tfx.data.anndata import InputError
+from tfx.errors import InputError
 from tfx.eval import czbench, mixing, plots, probes
 from tfx.eval import homology as homology_
 from tfx.eval.compare import compare

@@ -28,7 +28,8 @@ from tfx.progress import progress
 from tfx.checkpoint import Checkpoint, load_checkpoint
 from tfx.checkpoint.surgery import with_species_embeddings
 from tfx.data import preprocess
-from tfx.data.anndata import CellReader, InputError
+from tfx.data.anndata import CellReader
+from tfx.errors import InputError
 from tfx.infer import tokenize_file
 from tfx.infer.engine import Outputs, run_cells
 
