@@ -68,6 +68,17 @@ def ref_checkpoint(request, parity_data, tmp_path_factory) -> Path:
     )
 
 
+def file_tokens(ckpt, path, **reader_options):
+    """(tokens, aux ids) of every cell of an h5ad, read as ``ckpt`` reads it (tfx infer's road)."""
+    from tfx.data.anndata import CellReader
+    from tfx.data.preprocess import preprocessing
+
+    reader = CellReader(path, ckpt.vocab.lookup, aux_vocabs=ckpt.aux_vocabs, **reader_options)
+    (chunk,) = reader.chunks(10**9, tokenize=preprocessing(ckpt))
+    reader.close()
+    return chunk.cells, chunk.aux_ids
+
+
 def tiny_model(vocab_size: int = 40, emb_dim: int = 12, seed: int = 0, **cfg):
     """A small random TranscriptFormer (special ids: pad 1, start 2, end 3) and its config."""
     import torch

@@ -14,16 +14,16 @@ import torch
 import yaml
 
 import reference
+from conftest import file_tokens
 from test_train import TYPES, _metrics, atlas, pretrained  # noqa: F401  (module fixtures, rebuilt here)
 from tfx.checkpoint import CheckpointError, load_checkpoint
 from tfx.cli import main
 from tfx.errors import InputError
-from tfx.infer import tokenize_file
 from tfx.model import ModelConfig, SpecialIds, TranscriptFormer
 from tfx.model.lora import LORA_TARGETS, add_lora, is_adapter
 from tfx.recipe import build, compose
 from tfx.recipe.compose import conf_dir
-from tfx.tokenize.batches import BatchPlanner
+from tfx.tokenize.batches import BatchPlanner, BatchSpec
 from tfx.train.export import export_run
 from tfx.train.run import train
 
@@ -51,8 +51,8 @@ def _module_outputs(overrides, data) -> np.ndarray:
     state = torch.load(run.output_dir / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     module.eval()
-    (_, cells, aux, _), = tokenize_file(run.checkpoint, data, chunk_size=10**6)
-    planner = BatchPlanner(run.checkpoint.model_cfg.seq_len, aux.shape[1], 10**9, len(cells))
+    cells, aux = file_tokens(run.checkpoint, data)
+    planner = BatchPlanner(run.checkpoint.model_cfg.seq_len, aux.shape[1], BatchSpec(10**9, len(cells)))
     (plan,) = planner.plan([len(ids) for ids, _ in cells])
     batch, idx = planner.emit(plan, cells.__getitem__, aux, run.checkpoint.vocab.pad)
     with torch.no_grad():

@@ -234,7 +234,7 @@ def test_next_gene_and_gene_gene_are_the_full_forward_distributions(teacher, tmp
     np.testing.assert_allclose(gene_gene(ckpt, cols), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_programme_scores_are_the_weighted_frequency_of_drawn_genes(teacher):
+def test_programme_presence_is_the_weighted_frequency_of_drawn_genes(teacher):
     """The estimate agrees with counting the genes of other sampled cells, weighted."""
     from tfx.generate.prompt import presence, programme_presence
     from tfx.generate.sample import Prompt, sample_cells

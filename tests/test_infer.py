@@ -152,9 +152,18 @@ def _gene_table(path):
         return keys, [f["arrays"][k][:] for k in keys]
 
 
-def test_duplicates_can_be_dropped(ckpt, tmp_path):
-    data = write_h5ad(tmp_path / "in.h5ad", GENES[:299] + [GENES[0] + ".2"], _counts())
-    assert _run(ckpt, data, tmp_path / "o.h5ad", "--remove-duplicate-genes") == 0
+def test_duplicates_can_be_dropped(ckpt, tmp_path, caplog):
+    """The second column of a gene (ids equal once versions are stripped) is dropped, the first read."""
+    counts = _counts()
+    counts[:, 299] = 7.0  # a duplicate of GENES[0] with counts of its own: read, it would change the embeddings
+    data = write_h5ad(tmp_path / "in.h5ad", GENES[:299] + [GENES[0] + ".2"], counts)
+    without = write_h5ad(tmp_path / "without.h5ad", GENES[:299], counts[:, :299])
+    with caplog.at_level(logging.WARNING):
+        assert _run(ckpt, data, tmp_path / "o.h5ad", "--remove-duplicate-genes") == 0
+    assert "dropped 1 duplicate genes" in caplog.text
+    assert _run(ckpt, without, tmp_path / "w.h5ad") == 0
+    np.testing.assert_array_equal(anndata.read_h5ad(tmp_path / "o.h5ad").obsm["embeddings"],
+                                  anndata.read_h5ad(tmp_path / "w.h5ad").obsm["embeddings"])
 
 
 def test_normalised_values_warn(ckpt, tmp_path, caplog):

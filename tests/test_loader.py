@@ -17,9 +17,11 @@ import torch
 from conftest import MOUSE, write_h5ad
 from tfx.data.anndata import CellReader
 from tfx.errors import InputError
-from tfx.data.loader import ShardLoader
+from tfx.data.labels import LabelCodec
+from tfx.data.loader import ShardLoader, manifest_classes
 from tfx.data.shards import ShardError, read_shard, write_shards
-from tfx.tokenize import Tokenizer
+from tfx.tokenize import Preprocessing
+from tfx.tokenize.batches import BatchSpec
 from tfx.vocab import GeneVocab
 
 SPECIALS = ["unknown", "[PAD]", "[START]", "[END]"]  # [PAD] is 1, not 0: padding must use vocab.pad
@@ -82,10 +84,10 @@ def test_one_epoch_is_every_cell_once_tokenized_as_inference(tmp_path):
     genes = list(reader.genes)
     vocab = GeneVocab(SPECIALS + genes[::3] + genes[1::3], SPECIALS)  # a third of the genes unknown
     assay = {"unknown": 0, "MERFISH": 5}
-    tokenizer = Tokenizer(seq_len=48)  # most real cells are longer: truncated as the reference does
+    tokenizer = Preprocessing(seq_len=48)  # most real cells are longer: truncated as the reference does
 
     loader = ShardLoader({"mouse": {"urls": str(tmp_path)}}, vocab, tokenizer, aux_vocabs={"assay": assay},
-                         token_budget=1200, max_cells=24, shuffle_buffer=100, epochs=1, num_workers=2)
+                         batches=BatchSpec(token_budget=1200, max_cells=24), shuffle_buffer=100, epochs=1, num_workers=2)
     batches = list(loader)
     for b in batches:
         assert b.gene_ids.dtype == torch.int64 and b.counts.dtype == torch.float32 and b.aux_ids.dtype == torch.int64
@@ -109,9 +111,9 @@ def test_one_epoch_is_every_cell_once_tokenized_as_inference(tmp_path):
 def test_cells_without_vocabulary_genes_are_skipped_and_counted(synthetic):
     genes = [f"ENSG{i:05d}" for i in range(40)]
     vocab = GeneVocab(SPECIALS + genes[:3], SPECIALS)
-    expected = {k: [c for c in v if c[0]] for k, v in shard_cells(synthetic["b"], vocab, Tokenizer(64)).items()}
-    loader = ShardLoader({"b": {"urls": str(synthetic["b"])}}, vocab, Tokenizer(64), aux_vocabs={"assay": ASSAYS},
-                         epochs=1, max_cells=8)
+    expected = {k: [c for c in v if c[0]] for k, v in shard_cells(synthetic["b"], vocab, Preprocessing(64)).items()}
+    loader = ShardLoader({"b": {"urls": str(synthetic["b"])}}, vocab, Preprocessing(64), aux_vocabs={"assay": ASSAYS},
+                         epochs=1, batches=BatchSpec(max_cells=8))
     got = [r for b in loader for r in rows(b)]
     n_expected = sum(len(v) for v in expected.values())
     assert 0 < n_expected < 60 and sorted(got) == sorted(c for v in expected.values() for c in v)
@@ -122,8 +124,8 @@ def test_cells_without_vocabulary_genes_are_skipped_and_counted(synthetic):
 def test_species_mixing_follows_the_weights(synthetic, weights):
     loader = ShardLoader({"a": {"urls": str(synthetic["a"]), "weight": weights[0]},
                           "b": {"urls": str(synthetic["b"]), "weight": weights[1]}},
-                         synthetic["vocab"], Tokenizer(64, order="random"), aux_vocabs={"assay": ASSAYS},
-                         max_cells=32, shuffle_buffer=300, seed=weights[0])
+                         synthetic["vocab"], Preprocessing(64, gene_order="random"), aux_vocabs={"assay": ASSAYS},
+                         batches=BatchSpec(max_cells=32), shuffle_buffer=300, seed=weights[0])
     sources = Counter()
     for batch in loader:  # endless: source b (60 cells) goes round many times
         sources.update(batch.aux_ids[:, 0].tolist())
@@ -135,7 +137,7 @@ def test_species_mixing_follows_the_weights(synthetic, weights):
 
 
 def test_ranks_split_the_shards(synthetic):
-    vocab, tok = synthetic["vocab"], Tokenizer(64)
+    vocab, tok = synthetic["vocab"], Preprocessing(64)
     expected = sorted(c for v in shard_cells(synthetic["a"], vocab, tok).values() for c in v)
     per_rank = [[r for b in ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, aux_vocabs={"assay": ASSAYS},
                                         epochs=1, rank=rank, world_size=2) for r in rows(b)]
@@ -144,10 +146,10 @@ def test_ranks_split_the_shards(synthetic):
 
 
 def test_packed_batches_hold_every_cell_once_in_rows_of_one_shape(synthetic):
-    vocab, tok = synthetic["vocab"], Tokenizer(64, order="random")
-    expected = sorted(c for v in shard_cells(synthetic["a"], vocab, Tokenizer(64)).values() for c in v)
+    vocab, tok = synthetic["vocab"], Preprocessing(64, gene_order="random")
+    expected = sorted(c for v in shard_cells(synthetic["a"], vocab, Preprocessing(64)).values() for c in v)
     loader = ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, aux_vocabs={"assay": ASSAYS},
-                         token_budget=400, pack_row_len=100, batch_window=64, epochs=1, seed=3)
+                         batches=BatchSpec(token_budget=400, pack_row_len=100), batch_window=64, epochs=1, seed=3)
     batches = list(loader)
     got = [r for b in batches for r in rows(b)]
     # random gene order: compare each cell's (gene, count) pairs
@@ -159,17 +161,17 @@ def test_packed_batches_hold_every_cell_once_in_rows_of_one_shape(synthetic):
     useful = sum(int((b.cell_ids >= 0).sum()) for b in batches) / sum(b.cell_ids.numel() for b in batches)
     assert useful > 0.8  # the rows are filled, not one cell each
     with pytest.raises(InputError, match="at least 65"):
-        ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, aux_vocabs={"assay": ASSAYS}, pack_row_len=64)
+        ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, aux_vocabs={"assay": ASSAYS}, batches=BatchSpec(pack_row_len=64))
 
 
-@pytest.mark.parametrize("workers,pack_row_len", [(0, None), (2, None), (0, 130)])
+@pytest.mark.parametrize("workers,pack_row_len", [(0, 0), (2, 0), (0, 130)])
 def test_resumption_continues_at_the_exact_batch(synthetic, workers, pack_row_len):
-    vocab, tok = synthetic["vocab"], Tokenizer(64, order="random")
+    vocab, tok = synthetic["vocab"], Preprocessing(64, gene_order="random")
 
     def loader():
         return ShardLoader({"a": {"urls": str(synthetic["a"])}}, vocab, tok, aux_vocabs={"assay": ASSAYS},
-                           max_cells=10, shuffle_buffer=30, batch_window=20, epochs=2, seed=5, num_workers=workers,
-                           token_budget=260 if pack_row_len else 16384, pack_row_len=pack_row_len)
+                           shuffle_buffer=30, batch_window=20, epochs=2, seed=5, num_workers=workers,
+                           batches=BatchSpec(260 if pack_row_len else 16384, 10, pack_row_len))
 
     uninterrupted = [rows(b) for b in loader()]
     first, seen = loader(), []
@@ -191,7 +193,7 @@ def test_resumption_continues_at_the_exact_batch(synthetic, workers, pack_row_le
 
 
 def test_corrupt_shards_are_named_and_handled_by_policy(synthetic, tmp_path, caplog):
-    vocab, tok = synthetic["vocab"], Tokenizer(64)
+    vocab, tok = synthetic["vocab"], Preprocessing(64)
     shutil.copytree(synthetic["a"], tmp_path / "a")
     shards = sorted((tmp_path / "a").glob("*.tar"))
     by_shard = shard_cells(tmp_path / "a", vocab, tok)
@@ -227,14 +229,14 @@ def test_corrupt_shards_are_named_and_handled_by_policy(synthetic, tmp_path, cap
 def test_a_source_with_no_readable_shard_ends_the_stream(synthetic, tmp_path, workers):
     for i in range(4):
         (tmp_path / f"shard-{i:06d}.tar").write_bytes(os.urandom(3000))
-    loader = ShardLoader({"junk": {"urls": str(tmp_path)}}, synthetic["vocab"], Tokenizer(64), on_corrupt="skip",
+    loader = ShardLoader({"junk": {"urls": str(tmp_path)}}, synthetic["vocab"], Preprocessing(64), on_corrupt="skip",
                          max_corrupt_share=1.0, num_workers=workers)  # endless: would loop forever
     with pytest.raises(ShardError, match=r"^source junk: none of its \d shards .* gave a cell"):
         next(iter(loader))
 
 
 def test_webdataset_urls_globs_and_manifests(synthetic):
-    vocab, tok, directory = synthetic["vocab"], Tokenizer(64), synthetic["b"]
+    vocab, tok, directory = synthetic["vocab"], Preprocessing(64), synthetic["b"]
     expected = sorted(c for v in shard_cells(directory, vocab, tok).values() for c in v)
     for urls in [f"pipe:cat {directory}/shard-{{000000..000003}}.tar", f"{directory}/*.tar",
                  f"file://{directory}/manifest.json"]:
@@ -248,7 +250,7 @@ def test_webdataset_urls_globs_and_manifests(synthetic):
         ShardLoader({"b": {"urls": str(synthetic["root"] / "*.tgz")}}, vocab, tok)
 
 
-@pytest.mark.parametrize("pack_row_len", [None, 130])
+@pytest.mark.parametrize("pack_row_len", [0, 130])
 def test_labels_follow_their_cells_from_shard_metadata(tmp_path, pack_row_len):
     """Fine-tuning labels come from each cell's shard metadata and stay with that cell through
     shuffling, planning and packing: here a cell's label is its own total count."""
@@ -259,13 +261,14 @@ def test_labels_follow_their_cells_from_shard_metadata(tmp_path, pack_row_len):
     obs = pd.DataFrame({"total": counts.sum(1).astype(int).astype(str)}, index=[f"c{i}" for i in range(90)])
     write_shards([write_h5ad(tmp_path / "t.h5ad", genes, counts, obs)], "homo_sapiens", tmp_path / "s",
                  cells_per_shard=15, obs_keys=["total"], processes=1)
-    classes = sorted(obs["total"])
+    classes = manifest_classes(str(tmp_path / "s"), "total")  # recorded by tfx shard, no cell decoded
+    assert classes == sorted(set(obs["total"]))
     loader = ShardLoader({"s": {"urls": str(tmp_path / "s")}}, GeneVocab(SPECIALS + genes, SPECIALS),
-                         Tokenizer(64, clip_counts=None), token_budget=260, pack_row_len=pack_row_len, epochs=1,
-                         seed=2, label_key="total", classes=classes)
+                         Preprocessing(64, clip_counts=None), BatchSpec(260, pack_row_len=pack_row_len), epochs=1,
+                         seed=2, labels=LabelCodec("total", classes))
     seen = 0
-    for batch, labels in loader:
-        for (_, cell_counts, _), label in zip(rows(batch), labels.tolist()):
+    for batch in loader:
+        for (_, cell_counts, _), label in zip(rows(batch), batch.labels.tolist()):
             assert sum(cell_counts) == float(classes[label])
             seen += 1
     assert seen == 90

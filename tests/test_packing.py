@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from conftest import random_cells, tiny_model, write_h5ad
 from tfx.model.attention import soft_cap
-from tfx.tokenize import Tokenizer, collate
+from tfx.tokenize import Preprocessing, collate
+from tfx.tokenize.batches import BatchSpec
 from tfx.tokenize.packing import cell_length, first_fit_decreasing, pack
 from tfx.data.memory import CellBatches
 
@@ -111,27 +112,26 @@ def test_cell_batches_pack_every_cell_once_in_fixed_shapes():
     cells = random_cells(150, max_len=SEQ_LEN, seed=4)
     aux = np.ones((150, 1), dtype=np.int64)
     labels = np.arange(150)
-    tokenizer = Tokenizer(SEQ_LEN, order="var_order")
-    source = CellBatches(cells, aux, 1, tokenizer, labels=labels, token_budget=96, max_cells=4, window=10,
-                         pack_row_len=32)
+    prep, spec = Preprocessing(SEQ_LEN, gene_order="var_order"), BatchSpec(token_budget=96, max_cells=4, pack_row_len=32)
+    source = CellBatches(cells, aux, 1, prep, spec, labels=labels, window=10)
     n_batches = len(source._epoch_batches(0))
     seen, it = [], iter(source)
     for _ in range(n_batches):
-        batch, target = next(it)
+        batch = next(it)
+        target = batch.labels
         assert batch.gene_ids.shape == (3, 32)  # token_budget // pack_row_len rows, always
         for k, c in enumerate(target.tolist()):  # labels follow the batch's cells
             genes = batch.gene_ids[(batch.cell_ids == k) & (batch.positions >= 0)]
             assert genes[: len(cells[c][0])].tolist() == cells[c][0].tolist()
         seen += target.tolist()
     assert sorted(seen) == list(range(150))  # one epoch: every cell once
-    resumed = CellBatches(cells, aux, 1, tokenizer, labels=labels, token_budget=96, max_cells=4, window=10,
-                          pack_row_len=32)
+    resumed = CellBatches(cells, aux, 1, prep, spec, labels=labels, window=10)
     resumed.load_state_dict({"batches": 3})
     expected = list(zip(range(4), iter(source)))[3][1]
     got = next(iter(resumed))
-    assert torch.equal(got[0].gene_ids, expected[0].gene_ids) and torch.equal(got[1], expected[1])
+    assert torch.equal(got.gene_ids, expected.gene_ids) and torch.equal(got.labels, expected.labels)
     with pytest.raises(ValueError, match="pack_row_len 8 is shorter"):
-        CellBatches(cells, aux, 1, tokenizer, pack_row_len=8)
+        CellBatches(cells, aux, 1, prep, BatchSpec(pack_row_len=8))
 
 
 @pytest.mark.parametrize("source", ["h5ad", "shards"])

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import reference
+from conftest import file_tokens
 from parity import max_rel_error
 from tfx.checkpoint import load_checkpoint
 from tfx.cli import main
-from tfx.infer import tokenize_file
 from tfx.tokenize import collate
 
 TOL = 1e-5
@@ -72,7 +72,7 @@ def test_mu_and_gene_logits_match_reference(ref_checkpoint, parity_data, attenti
     ref = reference.reference_forward(ref_checkpoint, parity_data["path"])
     ckpt = load_checkpoint(ref_checkpoint, attention=attention)
     seq_len = ckpt.model_cfg.seq_len
-    (_, cells, aux, _), = list(tokenize_file(ckpt, parity_data["path"]))
+    cells, aux = file_tokens(ckpt, parity_data["path"])
     # the tokens are the reference's: same genes, order, truncation and clipped counts
     for i, (ids, _) in enumerate(cells):
         np.testing.assert_array_equal(ids, ref["gene_token_indices"][i, : len(ids)])
@@ -98,7 +98,7 @@ def test_causal_count_heads_match_reference(causal_checkpoint, parity_data, tmp_
     ref = reference.reference_forward(causal_checkpoint, parity_data["path"])
     ckpt = load_checkpoint(causal_checkpoint, attention="eager")
     assert ckpt.model.causal_counts
-    (_, cells, aux, _), = list(tokenize_file(ckpt, parity_data["path"]))
+    cells, aux = file_tokens(ckpt, parity_data["path"])
     batch = collate(cells, ckpt.vocab.pad, ckpt.model_cfg.seq_len, aux)
     with torch.no_grad():
         out = ckpt.model(batch, embed=True)

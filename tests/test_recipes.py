@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, write_h5ad
+from conftest import ROOT, file_tokens, write_h5ad
 from tfx.checkpoint import load_checkpoint
 from tfx.cli import main
 from tfx.data.shards import write_shards
@@ -204,14 +204,12 @@ def test_a_plugin_head_is_chosen_by_the_model_config(data, tmp_path):
 
 def test_the_checkpoint_owns_preprocessing(data, tmp_path, caplog):
     """Clip and normalisation recorded by training are what inference and continuation read."""
-    from tfx.infer import tokenize_file
-
     human = data["shards"]["homo_sapiens", "train"]
     first = train(compose("pretrain/tiny", [*SHRINK, f"data.shards={human}", _embeddings(data, ["homo_sapiens"]),
                                             f"output_dir={tmp_path / 'a'}", "data.clip_counts=1000"]))
     ckpt = load_checkpoint(first)
     assert ckpt.data_cfg.clip_counts == 1000
-    (_, cells, _, _), *_ = tokenize_file(ckpt, data["human_h5ad"])
+    cells, _ = file_tokens(ckpt, data["human_h5ad"])
     assert max(c.max() for _, c in cells) > 30  # counts up to 1000 are kept, not clipped at the default 30
     assert main(["infer", "--checkpoint", str(first), "--data", str(data["human_h5ad"]),
                  "--output", str(tmp_path / "a.h5ad"), "--outputs", "llh"]) == 0
@@ -289,8 +287,8 @@ def test_infer_refuses_a_clip_that_is_not_a_positive_number(value, data, base, t
 def test_finetuning_on_a_label_column_the_shards_lack_is_one_line(data, base, tmp_path):
     from tfx.errors import InputError
 
-    with pytest.raises(InputError, match=r"\.tar: a cell has no obs 'tissue_type'; re-write the shards with "
-                                         r"tfx shard --obs-keys tissue_type"):
+    with pytest.raises(InputError, match=r"no manifest lists the values of obs 'tissue_type'; re-write the shards "
+                                         r"with tfx shard --obs-keys tissue_type, or name the classes"):
         build(compose("finetune/tiny", [*SHRINK, f"init={base}", "data=shards", "task.label_key=tissue_type",
                                         f"data.shards={data['shards']['homo_sapiens', 'train']}",
                                         f"output_dir={tmp_path}"]))

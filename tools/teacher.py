@@ -17,11 +17,13 @@ from tfx.vocab.aux import official_assay_vocab
 
 
 def build_teacher(out_dir, species: str = "synth_alpha", n_genes: int = 60, emb_dim: int = 16, seed: int = 0,
-                  scale: float = 3.0, end_bias: float = 0.0, early_bias: float = 0.0, **model) -> Path:
+                  scale: float = 3.0, end_bias: float = 0.0, early_bias: float = 0.0, data: dict | None = None,
+                  **model) -> Path:
     """A random tiny model (pretrain/tiny's architecture unless ``model`` says otherwise) with a
     softplus count head and the exact ZTP normaliser, its gene-id head's output layer scaled by
     ``scale``, ``end_bias`` added to [END]'s logit and up to ``early_bias`` to the genes early in
-    vocabulary order (so that cells drawn in var order run longer); saved as a checkpoint."""
+    vocabulary order (so that cells drawn in var order run longer); ``data``: how it reads counts
+    (DataConfig fields); saved as a checkpoint."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     genes = [f"{species.upper()}_{i:05d}" for i in range(n_genes)]
@@ -32,7 +34,7 @@ def build_teacher(out_dir, species: str = "synth_alpha", n_genes: int = 60, emb_
     cfg = ModelConfig(**{**dict(embed_dim=32, num_heads=4, num_layers=2, model_dim=64, dropout=0.0, seq_len=64,
                                 gene_head_hidden_dim=64, attention="eager", mu_link_fn="softplus",
                                 softplus_approx=False), **model})
-    data_cfg = DataConfig(esm2_mappings=[gene_file.name])
+    data_cfg = DataConfig(esm2_mappings=[gene_file.name], **(data or {}))
     vocab, table = GeneVocab.from_files(data_cfg.special_tokens, [gene_file])
     aux = {"assay": official_assay_vocab()}
     torch.manual_seed(seed)

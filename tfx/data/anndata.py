@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata
@@ -18,7 +19,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tfx.data.labels import LabelCodec
 from tfx.errors import InputError
+from tfx.tokenize import Preprocessing
+from tfx.vocab.aux import aux_token_ids
 
 log = logging.getLogger(__name__)
 MAX_COUNT = 1e9  # no raw count of one gene in one cell comes near; 1e30 is a unit or scaling mistake
@@ -28,15 +32,30 @@ def strip_version(gene_ids) -> np.ndarray:
     return np.array([str(g).split(".")[0] for g in gene_ids], dtype=object)
 
 
+@dataclass
+class Chunk:
+    """Consecutive cells of a file, from row ``first``."""
+
+    first: int
+    cells: list[tuple[np.ndarray, np.ndarray]]  # each cell's expressed genes (ids, counts); tokens when tokenized
+    obs: pd.DataFrame
+    aux_ids: np.ndarray | None = None  # [cells, aux columns] when the reader has aux vocabularies
+    labels: np.ndarray | None = None  # the cells' encoded labels when the reader has a label codec
+
+
 class CellReader:
-    """Cells of one h5ad file, mapped to a gene index (vocabulary ids, or any id -> int map).
+    """Cells of one h5ad file, mapped to a gene index (vocabulary ids, or any id -> int map): the one
+    road from an h5ad (or an in-memory AnnData) to cells, for training, inference, prompting,
+    sharding and evaluation.
 
     Without a gene index, a cell's genes come out as positions in ``self.genes`` (raw identifiers,
     for model-independent shards); duplicate genes still follow ``remove_duplicate_genes``.
+    ``aux_vocabs`` and ``labels`` add each chunk's aux token ids and encoded labels.
     """
 
     def __init__(self, path: str | os.PathLike | anndata.AnnData, gene_index=None, gene_col: str = "ensembl_id",
-                 use_raw: bool | None = None, remove_duplicate_genes: bool = False):
+                 use_raw: bool | None = None, remove_duplicate_genes: bool = False,
+                 aux_vocabs: Mapping[str, Mapping[str, int]] | None = None, labels: LabelCodec | None = None):
         self.opened = not isinstance(path, anndata.AnnData)  # close only what this reader opened
         if not self.opened:  # in memory (tfx.embed): read as it is, errors name "AnnData"
             self.path, self.adata = "AnnData", path
@@ -56,6 +75,12 @@ class CellReader:
         self.genes = strip_version(self._gene_ids(var, gene_col))
         self.column_ids = self._map_columns(gene_index, remove_duplicate_genes, gene_col)
         self._warned_non_integer = False
+        self.aux_vocabs, self.labels = dict(aux_vocabs or {}), labels
+        for col in self.aux_vocabs:
+            if col not in self.obs.columns:
+                log.warning("%s: obs has no '%s' column; every cell gets the unknown %s token", self.path, col, col)
+        if labels is not None:
+            labels.check_column(self.obs, str(self.path))
 
     @property
     def n_cells(self) -> int:
@@ -96,7 +121,7 @@ class CellReader:
             )
         return ids
 
-    def _check_values(self, data: np.ndarray, start: int) -> None:
+    def check_values(self, data: np.ndarray, start: int) -> None:
         if not np.isfinite(data).all():
             what = "NaN" if np.isnan(data).any() else "infinite values"
             raise InputError(f"{self.path}: X holds {what} (in cells from row {start}); counts must be raw, finite counts")
@@ -126,7 +151,7 @@ class CellReader:
         stop = self.n_cells if stop is None else min(stop, self.n_cells)
         for row in range(start, stop, chunk_size):
             x = self.read_rows(row, min(row + chunk_size, stop))
-            self._check_values(x.data, row)
+            self.check_values(x.data, row)
             x = x[:, keep]
             x.eliminate_zeros()
             x.sort_indices()
@@ -135,6 +160,20 @@ class CellReader:
                 for s, e in zip(x.indptr[:-1], x.indptr[1:])
             ]
             yield row, cells
+
+    def chunks(self, chunk_size: int = 4096, start: int = 0, stop: int | None = None,
+               tokenize: Preprocessing | None = None, rng=None) -> Iterator[Chunk]:
+        """Rows start..stop in chunks: their cells (tokenized when ``tokenize`` is given), obs, aux
+        ids and labels."""
+        for first, cells in self.iter_chunks(chunk_size, start, stop):
+            obs = self.obs.iloc[first : first + len(cells)]
+            if tokenize is not None:
+                cells = [tokenize(ids, counts, rng) for ids, counts in cells]
+            aux = aux_token_ids(self.aux_vocabs, {c: obs[c].astype(str).to_numpy() for c in self.aux_vocabs
+                                                  if c in obs.columns}, len(obs))
+            labels = None if self.labels is None else self.labels.encode(obs[self.labels.key].to_numpy(),
+                                                                          f"{self.path} (rows from {first})")
+            yield Chunk(first, cells, obs, aux, labels)
 
     def close(self) -> None:
         if self.opened and self.adata.isbacked:

@@ -3,10 +3,10 @@
     loader = ShardLoader(
         {"human": {"urls": "/data/shards/human", "weight": 3},
          "mouse": {"urls": "pipe:aws s3 cp s3://b/mouse/shard-{000000..000099}.tar -", "weight": 1}},
-        vocab, Tokenizer(seq_len=2047, order="random"), aux_vocabs={"assay": {...}},
-        token_budget=16384, max_cells=256, shuffle_buffer=2000, seed=0, num_workers=4)
-    for batch in loader: ...                 # tfx.model.TokenBatch, padded to the batch's longest cell
-    ShardLoader(..., pack_row_len=2048)      # or packed: token_budget // 2048 rows of whole cells a batch
+        vocab, Preprocessing(seq_len=2047, gene_order="random"), BatchSpec(token_budget=16384, max_cells=256),
+        aux_vocabs={"assay": {...}}, shuffle_buffer=2000, seed=0, num_workers=4)
+    for batch in loader: ...                 # tfx.tokenize.TokenBatch, padded to the batch's longest cell
+    ShardLoader(..., BatchSpec(pack_row_len=2048))  # or packed: token_budget // 2048 rows of whole cells a batch
     state = loader.state_dict()              # shards consumed so far (this rank)
     loader.load_state_dict(state)            # a resumed run skips them
 
@@ -49,11 +49,11 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from tfx.errors import InputError
+from tfx.data.labels import LabelCodec
 from tfx.data.shards import MANIFEST, ShardError, read_shard
-from tfx.model.transcriptformer import TokenBatch
-from tfx.tokenize import Tokenizer
-from tfx.tokenize.batches import BatchPlanner
+from tfx.errors import InputError
+from tfx.tokenize import Preprocessing, TokenBatch
+from tfx.tokenize.batches import BatchPlanner, BatchSpec
 from tfx.vocab import GeneVocab
 from tfx.vocab.aux import aux_token_ids
 
@@ -90,6 +90,25 @@ def resolve_urls(spec: str | list[str]) -> list[str]:
         if "{" not in spec and not os.path.exists(spec):
             raise InputError(f"{spec}: no such shard, directory or manifest; check the source's urls")
     return wds.shardlists.expand_urls(spec)
+
+
+def manifest_classes(spec: str | list[str], key: str) -> list[str]:
+    """The classes of obs ``key`` that ``tfx shard`` recorded in the manifests a source names."""
+    if not isinstance(spec, str):
+        return sorted({c for part in spec for c in manifest_classes(part, key)})
+    path = spec if spec.endswith(".json") else os.path.join(spec, MANIFEST)
+    values = None
+    if spec.endswith(".json") or os.path.exists(path):
+        try:
+            with wds.gopen(path) as f:
+                values = json.load(f).get("obs_values", {}).get(key)
+        except (OSError, ValueError, AttributeError) as err:
+            raise InputError(f"{path}: not a readable shard manifest ({type(err).__name__}); "
+                             "re-write the shards with tfx shard") from None
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise InputError(f"{spec}: no manifest lists the values of obs '{key}'; re-write the shards with "
+                         f"tfx shard --obs-keys {key}, or name the classes (task.classes=[A,B,...])")
+    return values
 
 
 def _manifest_entry(name, manifest: str) -> str:
@@ -193,7 +212,7 @@ class _CellStream(torch.utils.data.IterableDataset):
                 if not keep.any():
                     progress.skipped += 1
                     continue
-                ids, counts = ld.tokenizer(ids[keep], counts[keep], rng)
+                ids, counts = ld.preprocessing(ids[keep], counts[keep], rng)
                 progress.pending[shard] += 1
                 used += 1
                 yield shard, ids, counts, ld.aux_ids(meta), ld.label(meta, url)
@@ -228,10 +247,9 @@ class _CellStream(torch.utils.data.IterableDataset):
     def _emit(self, window, plan: list[np.ndarray], progress: _Progress):
         ld = self.loader
         aux = np.array([c[3] for c in window], dtype=np.int64) if ld.aux_vocabs else None
-        batch, idx = ld.planner.emit(plan, lambda i: (window[i][1], window[i][2]), aux, ld.vocab.pad)
+        labels = np.array([c[4] for c in window]) if ld.labels is not None else None
+        batch, idx = ld.planner.emit(plan, lambda i: (window[i][1], window[i][2]), aux, ld.vocab.pad, labels)
         progress.deliver([window[i][0] for i in idx])
-        if ld.label_key is not None:
-            batch = (batch, torch.as_tensor(np.array([window[i][4] for i in idx])))
         return batch, progress.report()
 
 
@@ -256,12 +274,12 @@ def _identity(item):
 class ShardLoader:
     """Streams TokenBatches from weighted shard sources; see the module docstring."""
 
-    def __init__(self, sources: Mapping[str, Mapping] | list[ShardSource], vocab: GeneVocab, tokenizer: Tokenizer,
-                 *, aux_vocabs: Mapping[str, Mapping[str, int]] | None = None, token_budget: int = 16384,
-                 max_cells: int = 256, shuffle_buffer: int = 2000, batch_window: int | None = None, seed: int = 0,
+    def __init__(self, sources: Mapping[str, Mapping] | list[ShardSource], vocab: GeneVocab,
+                 preprocessing: Preprocessing, batches: BatchSpec = BatchSpec(), *,
+                 aux_vocabs: Mapping[str, Mapping[str, int]] | None = None, labels: LabelCodec | None = None,
+                 shuffle_buffer: int = 2000, batch_window: int | None = None, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
-                 epochs: int | None = None, on_corrupt: str = "raise", max_corrupt_share: float = 0.1,
-                 pack_row_len: int | None = None, label_key: str | None = None, classes: list[str] | None = None):
+                 epochs: int | None = None, on_corrupt: str = "raise", max_corrupt_share: float = 0.1):
         if isinstance(sources, Mapping):
             sources = [ShardSource(name, spec["urls"], float(spec.get("weight", 1.0))) for name, spec in sources.items()]
         if not sources:
@@ -287,13 +305,12 @@ class ShardLoader:
                                  "or use fewer workers")
             self.sources.append(src)
             self.urls[src.name] = urls
-        self.vocab, self.tokenizer = vocab, tokenizer
+        self.vocab, self.preprocessing = vocab, preprocessing
         self.aux_vocabs = dict(aux_vocabs or {})
         self.shuffle_buffer = shuffle_buffer
-        self.batch_window = batch_window or 8 * max_cells
-        self.planner = BatchPlanner(tokenizer.seq_len, len(self.aux_vocabs), token_budget, max_cells, pack_row_len)
-        self.label_key, self.classes = label_key, classes
-        self._class_index = {c: i for i, c in enumerate(classes)} if classes is not None else None
+        self.batch_window = batch_window or 8 * batches.max_cells
+        self.planner = BatchPlanner(preprocessing.seq_len, len(self.aux_vocabs), batches)
+        self.labels = labels
         self.seed, self.epochs, self.on_corrupt, self.max_corrupt_share = seed, epochs, on_corrupt, max_corrupt_share
         self.epoch = {src.name: 0 for src in self.sources}  # the first epoch not yet wholly consumed
         self.consumed: dict[str, dict[int, set[str]]] = {src.name: {} for src in self.sources}
@@ -312,23 +329,14 @@ class ShardLoader:
         return aux_token_ids(self.aux_vocabs, {col: [obs.get(col)] for col in self.aux_vocabs}, 1)[0].tolist()
 
     def label(self, meta: dict, url: str):
-        """The cell's ``label_key`` value: its class index, or the number itself (regression)."""
-        if self.label_key is None:
+        """The cell's encoded label (``LabelCodec``), None without a task."""
+        if self.labels is None:
             return None
-        value = meta.get("obs", {}).get(self.label_key)
-        if value is None:
-            raise InputError(f"{url}: a cell has no obs '{self.label_key}'; re-write the shards with "
-                             f"tfx shard --obs-keys {self.label_key}")
-        if self._class_index is None:
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                raise InputError(f"{url}: obs '{self.label_key}' holds {value!r}, not a number; a regression "
-                                 "task needs a numeric column (or use task=celltype)") from None
-        if str(value) not in self._class_index:
-            raise InputError(f"{url}: label '{value}' of obs '{self.label_key}' is not one of the "
-                             f"{len(self._class_index)} classes seen in the training shards")
-        return self._class_index[str(value)]
+        obs = meta.get("obs", {})
+        if self.labels.key not in obs:
+            raise InputError(f"{url}: a cell has no obs '{self.labels.key}'; re-write the shards with "
+                             f"tfx shard --obs-keys {self.labels.key}")
+        return self.labels.encode([obs[self.labels.key]], url)[0]
 
     def __iter__(self) -> Iterator[TokenBatch]:
         self._base, self._yielded = self._shard_state(), 0
@@ -355,7 +363,7 @@ class ShardLoader:
                 continue
             self._yielded += 1
             self.stats["batches"] += 1
-            self.stats["cells"] += (batch[0] if isinstance(batch, tuple) else batch).n_cells
+            self.stats["cells"] += batch.n_cells
             yield batch
 
     def _account(self, report: dict) -> None:

@@ -8,7 +8,6 @@ continues exactly where it stopped.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -16,55 +15,39 @@ import torch
 from torch.utils.data import IterableDataset
 
 from tfx.data.anndata import CellReader
+from tfx.data.labels import LabelCodec
 from tfx.errors import InputError
-from tfx.tokenize import Tokenizer
-from tfx.tokenize.batches import BatchPlanner
-from tfx.vocab.aux import aux_token_ids
-
-log = logging.getLogger(__name__)
+from tfx.tokenize import Preprocessing
+from tfx.tokenize.batches import BatchPlanner, BatchSpec
 
 
-def obs_aux_ids(aux_vocabs: dict, obs, source: str) -> np.ndarray | None:
-    """Aux ids of an h5ad's cells; a missing column means 'unknown' (the reference crashes there)."""
-    for col in aux_vocabs:
-        if col not in obs.columns:
-            log.warning("%s: obs has no '%s' column; every cell gets the unknown %s token", source, col, col)
-    values = {col: obs[col].astype(str).to_numpy() for col in aux_vocabs if col in obs.columns}
-    return aux_token_ids(aux_vocabs, values, len(obs))
-
-
-def read_cells(files, lookup, aux_vocabs: dict, gene_col: str, label_key: str | None = None):
+def read_cells(files, lookup, aux_vocabs: dict, gene_col: str, labels: LabelCodec | None = None):
     """(cells, aux ids, labels) of every cell with an in-vocabulary gene in ``files``."""
-    cells, aux, labels = [], [], []
+    cells, aux, encoded = [], [], []
     for path in files:
-        reader = CellReader(path, lookup, gene_col=gene_col)
-        if label_key and label_key not in reader.obs.columns:
-            raise InputError(f"{path}: obs has no column '{label_key}'; set task.label_key to an obs column")
-        for start, chunk in reader.iter_chunks():
-            obs = reader.obs.iloc[start : start + len(chunk)]
-            keep = [i for i, (ids, _) in enumerate(chunk) if len(ids)]  # a cell without genes teaches nothing
-            cells += [chunk[i] for i in keep]
-            a = obs_aux_ids(aux_vocabs, obs, str(path))
-            if a is not None:
-                aux.append(a[keep])
-            if label_key:
-                labels += list(obs[label_key].to_numpy()[keep])
+        reader = CellReader(path, lookup, gene_col=gene_col, aux_vocabs=aux_vocabs, labels=labels)
+        for chunk in reader.chunks():
+            keep = [i for i, (ids, _) in enumerate(chunk.cells) if len(ids)]  # a cell without genes teaches nothing
+            cells += [chunk.cells[i] for i in keep]
+            if chunk.aux_ids is not None:
+                aux.append(chunk.aux_ids[keep])
+            if chunk.labels is not None:
+                encoded.append(chunk.labels[keep])
         reader.close()
-    return cells, (np.concatenate(aux) if aux else None), (np.array(labels) if label_key else None)
+    return cells, (np.concatenate(aux) if aux else None), (np.concatenate(encoded) if labels else None)
 
 
 class CellBatches(IterableDataset):
-    def __init__(self, cells, aux_ids, pad_id: int, tokenizer: Tokenizer, *, labels: np.ndarray | None = None,
-                 token_budget: int = 8192, max_cells: int = 64, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 window: int = 50, pack_row_len: int | None = None):
+    def __init__(self, cells, aux_ids, pad_id: int, preprocessing: Preprocessing, spec: BatchSpec, *,
+                 labels: np.ndarray | None = None, seed: int = 0, rank: int = 0, world_size: int = 1, window: int = 50):
         self.cells, self.aux_ids, self.labels = list(cells), aux_ids, labels
-        self.pad_id, self.tokenizer = pad_id, tokenizer
+        self.pad_id, self.preprocessing = pad_id, preprocessing
         n_aux = 0 if aux_ids is None else np.shape(aux_ids)[1]
-        self.planner = BatchPlanner(tokenizer.seq_len, n_aux, token_budget, max_cells, pack_row_len)
+        self.planner = BatchPlanner(preprocessing.seq_len, n_aux, spec)
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.window = window * max_cells
+        self.window = window * spec.max_cells
         self.start = 0  # batches consumed before this run (set on resume)
-        self.n_genes = np.array([min(len(ids), tokenizer.seq_len) for ids, _ in self.cells], dtype=np.int64)
+        self.n_genes = np.array([min(len(ids), preprocessing.seq_len) for ids, _ in self.cells], dtype=np.int64)
 
     def load_state_dict(self, state: dict) -> None:
         self.start = int(state["batches"])
@@ -82,9 +65,8 @@ class CellBatches(IterableDataset):
 
     def _make(self, plan, epoch: int, position: int):
         rng = np.random.default_rng([self.seed, epoch, position, 1])
-        cell: Callable = lambda i: self.tokenizer(*self.cells[i], rng=rng)  # noqa: E731
-        batch, idx = self.planner.emit(plan, cell, self.aux_ids, self.pad_id)
-        return batch if self.labels is None else (batch, torch.as_tensor(self.labels[idx]))
+        cell: Callable = lambda i: self.preprocessing(*self.cells[i], rng=rng)  # noqa: E731
+        return self.planner.emit(plan, cell, self.aux_ids, self.pad_id, self.labels)[0]
 
     def __iter__(self):
         if torch.utils.data.get_worker_info() is not None:

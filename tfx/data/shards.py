@@ -56,6 +56,7 @@ MANIFEST = "manifest.json"
 PROGRESS = ".progress"
 DEFAULT_OBS_KEYS = ("cell_type", "assay", "tissue")
 CHUNK_VALUES = 1 << 23  # dense values read at once (32 MiB of float32): bounds a writer's memory
+MAX_LISTED_VALUES = 1000  # the manifest lists an obs key's values up to this many (more: ids, no label)
 
 
 class ShardError(InputError):
@@ -63,6 +64,7 @@ class ShardError(InputError):
 
 
 # ---- the per-cell format, shared with the loader -------------------------------------------------
+
 
 def cell_key(row: int, name: str) -> str:
     """A tar-safe, unique key: the row in the source file, then the cell name with anything but
@@ -256,12 +258,17 @@ def _write_shard(opts: _Options, task: _Task) -> dict:
               "dataset": task.dataset, "rows": [task.start, task.stop], "cells": task.stop - task.start,
               "genes": table}
     chunk = max(16, min(4096, CHUNK_VALUES // len(table)))
+    seen = {k: set() for k in keys}
     with atomic_path(out / task.name) as tmp:
         with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:  # fixed mtime: identical re-runs
             tar.write({"__key__": HEADER_KEY, "json": _dumps(header)})
             for first, cells in reader.iter_chunks(chunk, task.start, task.stop):
                 obs = reader.obs.iloc[first : first + len(cells)]
                 values = [[_json_value(v) for v in obs[k].tolist()] for k in keys]
+                for k, col in zip(keys, values):
+                    if seen[k] is not None:
+                        seen[k].update(str(v) for v in col if v is not None)
+                        seen[k] = seen[k] if len(seen[k]) <= MAX_LISTED_VALUES else None
                 for i, (genes, counts) in enumerate(cells):
                     row = first + i
                     meta = {"id": str(names[row]), "species": opts.species, "dataset": task.dataset,
@@ -272,7 +279,8 @@ def _write_shard(opts: _Options, task: _Task) -> dict:
                     nonzero += len(genes)
     record = {"name": task.name, "source": task.source, "dataset": task.dataset, "rows": [task.start, task.stop],
               "cells": task.stop - task.start, "genes": int(expressed.sum()), "gene_table": len(table),
-              "nonzero": nonzero, "bytes": (out / task.name).stat().st_size}
+              "nonzero": nonzero, "bytes": (out / task.name).stat().st_size,
+              "obs_values": {k: None if v is None else sorted(v) for k, v in seen.items()}}
     with atomic_path(out / PROGRESS / f"{task.name}.json") as tmp:
         tmp.write_text(json.dumps(record, sort_keys=True))
     return record
@@ -370,22 +378,19 @@ def write_shards(inputs, species: str, output_dir: str | os.PathLike, *, cells_p
         _remove_stale_temporaries(out)  # a killed worker cannot clean up
 
     manifest = {**plan, "cells": sum(r["cells"] for r in records.values()),
-                "shards": [records[t.name] for t in tasks]}
+                "obs_values": _obs_values(records.values()), "shards": [records[t.name] for t in tasks]}
     with atomic_path(out / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return {"output": str(out), "manifest": str(out / MANIFEST), "shards": len(tasks), "written": len(todo),
             "cells": manifest["cells"], "seconds": time.perf_counter() - started}
 
 
-def label_values(urls: list[str], key: str) -> set[str]:
-    """Every value of obs ``key`` in the shards (a fine-tuning run's classes); every cell must have one."""
-    values: set[str] = set()
-    for url in urls:
-        cells = read_shard(url)
-        next(cells)
-        for _, _, meta in cells:
-            value = meta.get("obs", {}).get(key)
-            if value is None:
-                raise InputError(f"{url}: a cell has no obs '{key}'; re-write the shards with tfx shard --obs-keys {key}")
-            values.add(str(value))
-    return values
+def _obs_values(records) -> dict[str, list[str] | None]:
+    """Each stored obs key's distinct values over the shards (a fine-tuning run's classes); None
+    for a key with more than MAX_LISTED_VALUES, or that a shard written before this record lacks."""
+    union: dict[str, set | None] = {}
+    for record in records:
+        for key, values in record.get("obs_values", {}).items():
+            have = union.get(key, set())
+            union[key] = None if values is None or have is None else have | set(values)
+    return {k: None if v is None or len(v) > MAX_LISTED_VALUES else sorted(v) for k, v in union.items()}

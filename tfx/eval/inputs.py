@@ -11,7 +11,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import anndata
 import h5py
 import numpy as np
 import pandas as pd
@@ -19,6 +18,7 @@ import scipy.sparse as sp
 from anndata.io import read_elem
 from sklearn.decomposition import PCA
 
+from tfx.data.anndata import CellReader
 from tfx.errors import InputError
 
 EMBEDDINGS_KEY = "embeddings"
@@ -96,25 +96,32 @@ def _read_counts(path: Path, embeddings_path: Path, cells: pd.Index) -> tuple[sp
     """Counts reordered to the embeddings' cells, and their gene ids."""
     if not path.exists():
         raise InputError(f"{path}: no such file; pass the h5ad of counts given to `tfx infer`")
+    reader = CellReader(path, gene_col=_gene_col(path), remove_duplicate_genes=True)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # anndata's notes on older encodings
-            adata = anndata.read_h5ad(path)
-    except Exception as err:  # h5py/anndata raise many types for a bad file
-        raise InputError(f"{path}: not a readable h5ad file ({type(err).__name__}: {err})") from err
-    X, var = (adata.raw.X, adata.raw.var) if adata.raw is not None else (adata.X, adata.var)
-    if X is None:
-        raise InputError(f"{path}: the file has no expression matrix X; pass the h5ad of raw counts")
-    if not cells.is_unique or not adata.obs_names.is_unique or set(cells) != set(adata.obs_names):
-        missing = next((c for c in cells if c not in adata.obs_names), None)
-        raise InputError(
-            f"{path}: its {adata.n_obs} cells do not match the {len(cells)} cells of {embeddings_path}"
-            + (f" (e.g. '{missing}' is missing)" if missing is not None else "")
-            + "; pass the same h5ad that `tfx infer` read, with unique cell names"
-        )
-    genes = var["ensembl_id"] if "ensembl_id" in var.columns else var.index
-    rows = adata.obs_names.get_indexer(cells)
-    return sp.csr_matrix(X)[rows], np.asarray(genes, dtype=str)
+        names = reader.obs.index
+        if not cells.is_unique or not names.is_unique or set(cells) != set(names):
+            missing = next((c for c in cells if c not in names), None)
+            raise InputError(
+                f"{path}: its {len(names)} cells do not match the {len(cells)} cells of {embeddings_path}"
+                + (f" (e.g. '{missing}' is missing)" if missing is not None else "")
+                + "; pass the same h5ad that `tfx infer` read, with unique cell names"
+            )
+        counts = reader.read_rows(0, reader.n_cells)
+        reader.check_values(counts.data, 0)
+    finally:
+        reader.close()
+    kept = np.flatnonzero(reader.column_ids >= 0)  # duplicate genes: the first kept, as tfx infer reads them
+    return counts[names.get_indexer(cells)][:, kept], np.asarray(reader.genes[kept], dtype=str)
+
+
+def _gene_col(path: Path) -> str:
+    """The gene ids eval pairs across files: var['ensembl_id'] where the file has it, else the index."""
+    try:
+        with h5py.File(path, "r") as f:
+            var = f["raw/var"] if "raw/var" in f else f["var"]
+            return "ensembl_id" if "ensembl_id" in var else "index"
+    except (OSError, KeyError):
+        return "ensembl_id"  # not an h5ad: the reader names the file
 
 
 def _stack_counts(parts: list[tuple[sp.csr_matrix, np.ndarray]]) -> tuple[sp.csr_matrix, np.ndarray]:

@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+import anndata
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -24,20 +25,22 @@ import torch
 from tfx.atomic import atomic_path
 from tfx.checkpoint import Checkpoint
 from tfx.errors import InputError
-from tfx.generate.sample import Prompt, Sampled, Species, aux_ids, sample_cells
+from tfx.data.anndata import CellReader
+from tfx.data.preprocess import preprocessing
+from tfx.generate.sample import Prompt, Sampled, Species, aux_tensor, sample_cells
 
 log = logging.getLogger(__name__)
 
 
 def _prompt_hidden(ckpt: Checkpoint, prompts: list[Prompt], assay: str | None) -> torch.Tensor:
     """[P, E] the output after reading each prompt (prompts of one length), which predicts the next gene."""
-    model = ckpt.model.eval()
-    hidden, state = model.decode_start(len(prompts), aux_ids(ckpt, assay, len(prompts), "cpu"))
+    model, prep = ckpt.model.eval(), preprocessing(ckpt)
+    prep.require_causal("prompting", ckpt.path)
+    hidden, state = model.decode_start(len(prompts), aux_tensor(ckpt, assay, len(prompts), "cpu"))
     if prompts[0].ids:
         ids = torch.tensor([p.ids for p in prompts])
         counts = torch.tensor([p.counts for p in prompts], dtype=torch.float32)
-        clip = ckpt.data_cfg.clip_counts
-        hidden = model.decode_genes(state, ids, counts.clamp(max=clip) if clip else counts)
+        hidden = model.decode_genes(state, ids, prep.read_counts(counts))
     return hidden
 
 
@@ -226,17 +229,18 @@ def run_programmes(ckpt: Checkpoint, species: Species, data: str | os.PathLike, 
     """programmes.csv (cell type x candidate: p(candidate in the cell | the type's markers)), the
     markers used and the effective number of weighted cells behind each row (markers.csv) and a
     heatmap, under ``output``."""
-    import anndata
     from pathlib import Path
 
-    adata = anndata.read_h5ad(data)
-    if gene_col != "index" and gene_col not in adata.var.columns:
-        raise InputError(f"{data}: var has no column '{gene_col}'; name the gene id column with --gene-col")
-    names = adata.var_names if gene_col == "index" else adata.var[gene_col].astype(str)
     in_species = set(species.genes)
-    vocab_ids = np.array([ckpt.vocab.index[g] if g in in_species else -1 for g in names])
-    if not (vocab_ids >= 0).any():
-        raise InputError(f"{data}: no gene of var['{gene_col}'] is in species {species.name}'s vocabulary")
+    reader = CellReader(data, lambda genes: [ckpt.vocab.index[g] if g in in_species else -1 for g in genes],
+                        gene_col=gene_col)
+    try:
+        counts = reader.read_rows(0, reader.n_cells)
+        reader.check_values(counts.data, 0)
+        adata = anndata.AnnData(counts, obs=reader.obs)
+    finally:
+        reader.close()
+    vocab_ids = reader.column_ids
     markers = type_markers(adata, label, vocab_ids, n_markers)
     tokens = np.array(ckpt.vocab.tokens, dtype=object)
     scores = {t: programme_presence(ckpt, species, m, candidates, assay=assay, order=order, cells=cells, seed=seed)

@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tfx.checkpoint import Checkpoint
+from tfx.data.preprocess import preprocessing
 from tfx.errors import ConfigError, InputError
 from tfx.model.likelihoods import log_expm1
+from tfx.vocab.aux import aux_token_ids
 from tfx.vocab.species import species_for_file
 
 ORDERS = ("var", "free")
@@ -91,8 +93,9 @@ def require_gene_head(ckpt: Checkpoint) -> None:
                           "choose genes, so it cannot generate or answer prompts")
 
 
-def aux_ids(ckpt: Checkpoint, assay: str | None, n: int, device) -> Tensor | None:
-    """[n, 1] the assay token of every cell (unknown when not given); None for a model without."""
+def aux_ids(ckpt: Checkpoint, assay: str | None, n: int) -> np.ndarray | None:
+    """[n, aux columns] the aux tokens of n cells of ``assay`` (unknown when not given), as a file's
+    cells get theirs; None for a model without."""
     if not ckpt.aux_vocabs:
         if assay:
             raise InputError(f"--assay {assay}: checkpoint {ckpt.path} has no assay token; leave --assay out")
@@ -101,8 +104,12 @@ def aux_ids(ckpt: Checkpoint, assay: str | None, n: int, device) -> Tensor | Non
     if assay and assay not in vocab:
         raise InputError(f"--assay {assay}: not in the checkpoint's assay vocabulary "
                          f"({', '.join(sorted(a for a in vocab if a != 'unknown'))})")
-    ids = [v.get(assay, v["unknown"]) if col == "assay" else v["unknown"] for col, v in ckpt.aux_vocabs.items()]
-    return torch.tensor([ids] * n, dtype=torch.long, device=device)
+    return aux_token_ids(ckpt.aux_vocabs, {"assay": [assay] * n} if assay else {}, n)
+
+
+def aux_tensor(ckpt: Checkpoint, assay: str | None, n: int, device) -> Tensor | None:
+    aux = aux_ids(ckpt, assay, n)
+    return None if aux is None else torch.as_tensor(aux, device=device)
 
 
 def allowed_next(in_species: Tensor, drawn: Tensor, last: Tensor, n_read: int, order: str, limit: int,
@@ -173,9 +180,11 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
     if ckpt.model_cfg.likelihood != "ztp":
         raise ConfigError(f"checkpoint {ckpt.path}: counts are sampled for the ztp likelihood only, "
                           f"not {ckpt.model_cfg.likelihood}")
+    prep = preprocessing(ckpt)
+    prep.require_causal("sampling", ckpt.path)
     prompt = prompt or Prompt()
     generator = generator or torch.Generator(device=device)
-    eps, clip = model.cfg.log_counts_eps, ckpt.data_cfg.clip_counts
+    eps = model.cfg.log_counts_eps
     end, pad = model.special.end, model.special.pad
     limit = min(max_genes or model.cfg.seq_len, model.cfg.seq_len - 1)  # position seq_len - 1 predicts [END]
     in_species = species.mask(model.vocab_size, device)
@@ -183,7 +192,7 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
         raise InputError(f"--prompt: {len(prompt.ids)} genes, more than the {limit} a cell may have")
 
     b = n_cells
-    hidden, state = model.decode_start(b, aux_ids(ckpt, assay, b, device))
+    hidden, state = model.decode_start(b, aux_tensor(ckpt, assay, b, device))
     drawn = torch.zeros(b, model.vocab_size, dtype=torch.bool, device=device)
     last = torch.full((b,), -1, dtype=torch.long, device=device)
     genes, counts = [], []
@@ -195,7 +204,7 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
     if prompt.ids and order == "free":
         ids = torch.tensor([prompt.ids] * b, device=device)
         given = given_count[ids]
-        hidden = model.decode_genes(state, ids, given.clamp(max=clip) if clip else given)
+        hidden = model.decode_genes(state, ids, prep.read_counts(given))
         drawn[:, ids[0]] = True
         last[:] = ids[0, -1]
         genes, counts = list(ids.T), list(given.T)
@@ -237,8 +246,7 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
         counts.append(count)
         drawn[torch.arange(b, device=device), gene] |= ~done
         last = torch.where(done, last, gene)
-        read = count.clamp(max=clip) if clip else count  # the model reads counts clipped, as from a file
-        hidden = model.decode_genes(state, gene[:, None], read[:, None])
+        hidden = model.decode_genes(state, gene[:, None], prep.read_counts(count)[:, None])
     gene_rows = torch.stack(genes, 1).cpu().numpy() if genes else np.zeros((b, 0), np.int64)
     count_rows = torch.stack(counts, 1).cpu().numpy() if counts else np.zeros((b, 0), np.float32)
     keep = [row != pad for row in gene_rows]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from tfx.model.transcriptformer import TranscriptFormer
-from tfx.tokenize.batches import BatchPlanner
+from tfx.tokenize.batches import BatchPlanner, BatchSpec
 
 
 @dataclass
@@ -43,8 +43,7 @@ def run_cells(
     emb_type: str = "cell",
     scores: tuple[str, ...] = (),
     task: torch.nn.Module | None = None,
-    token_budget: int = 16384,
-    max_cells: int = 256,
+    batches: BatchSpec = BatchSpec(),
     device: torch.device | str = "cpu",
     precision: str = "32",
     model_type: str = "transcriptformer",
@@ -58,7 +57,7 @@ def run_cells(
     fine-tuned head (a TASKS entry) whose predictions are wanted."""
     device = torch.device(device)
     seq_len = model.cfg.seq_len
-    planner = BatchPlanner(seq_len, 0 if aux_ids is None else np.shape(aux_ids)[1], token_budget, max_cells)
+    planner = BatchPlanner(seq_len, 0 if aux_ids is None else np.shape(aux_ids)[1], batches)
     n = len(cells)
     out = Outputs(cells=n)
     if emb_type == "cell":

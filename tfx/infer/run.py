@@ -30,8 +30,8 @@ from tfx.checkpoint.surgery import with_species_embeddings
 from tfx.data import preprocess
 from tfx.data.anndata import CellReader
 from tfx.errors import InputError
-from tfx.infer import tokenize_file
 from tfx.infer.engine import Outputs, run_cells
+from tfx.tokenize.batches import BatchSpec
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def load_for_inference(path: str | os.PathLike, *, attention: str | None = None,
     """A checkpoint as ``tfx infer`` serves it: the recorded count preprocessing (``clip_counts``
     overrides it, with a warning) and, when given, out-of-distribution species' gene embeddings."""
     ckpt = load_checkpoint(path, attention=attention)
-    ckpt = preprocess.apply(ckpt, {"clip_counts": clip_counts}, "tfx infer", f"checkpoint {path}")
+    ckpt = preprocess.apply(ckpt, "tfx infer", f"checkpoint {path}", clip_counts=clip_counts)
     return with_species_embeddings(ckpt, species_embeddings) if species_embeddings else ckpt
 
 
@@ -112,19 +112,22 @@ def resolve_devices(name: str, count: int = 1) -> list[torch.device]:
     return [torch.device("cpu")] * max(1, count)  # several CPU processes split the cores
 
 
-def _row_results(ckpt: Checkpoint, data: Path, opts: InferOptions, device: torch.device, start: int = 0,
+def open_cells(ckpt: Checkpoint, data, opts: InferOptions) -> CellReader:
+    """The cells of an h5ad file (or an in-memory AnnData) as ``ckpt`` reads them."""
+    return CellReader(data, ckpt.vocab.lookup, gene_col=opts.gene_col, use_raw=opts.use_raw,
+                      remove_duplicate_genes=opts.remove_duplicate_genes, aux_vocabs=ckpt.aux_vocabs)
+
+
+def _row_results(ckpt: Checkpoint, reader: CellReader, opts: InferOptions, device: torch.device, start: int = 0,
                  stop: int | None = None):
     """(first row, Outputs, cells without genes) for each chunk of rows start..stop."""
     model = ckpt.model.to(device).eval()
-    for first, cells, aux, _ in tokenize_file(
-        ckpt, data, gene_col=opts.gene_col, use_raw=opts.use_raw, remove_duplicate_genes=opts.remove_duplicate_genes,
-        chunk_size=opts.chunk_size, start=start, stop=stop,
-    ):
-        res = run_cells(model, cells, aux, ckpt.vocab.pad, emb_type=opts.emb_type, scores=opts.scores,
-                        task=ckpt.task.module if opts.predictions else None, token_budget=opts.token_budget,
-                        max_cells=opts.max_cells, device=device, precision=opts.precision,
-                        model_type=opts.model_type, layer=opts.layer)
-        yield first, res, sum(len(ids) == 0 for ids, _ in cells)
+    spec = BatchSpec(opts.token_budget, opts.max_cells)
+    for chunk in reader.chunks(opts.chunk_size, start, stop, tokenize=preprocess.preprocessing(ckpt)):
+        res = run_cells(model, chunk.cells, chunk.aux_ids, ckpt.vocab.pad, emb_type=opts.emb_type, scores=opts.scores,
+                        task=ckpt.task.module if opts.predictions else None, batches=spec, device=device,
+                        precision=opts.precision, model_type=opts.model_type, layer=opts.layer)
+        yield chunk.first, res, sum(len(ids) == 0 for ids, _ in chunk.cells)
 
 
 def _per_cell(ckpt: Checkpoint, opts: InferOptions) -> dict[str, tuple[int, ...]]:
@@ -150,11 +153,13 @@ def _worker(rank: int, ckpt: Checkpoint, data: Path, opts: InferOptions, devices
     arrays = {name: np.lib.format.open_memmap(parts / f"{rank}.{name}.npy", "w+", np.float32, (stop - start, *shape))
               for name, shape in _per_cell(ckpt, opts).items()}
     cge, empty = [], 0
-    for first, res, n_empty in _row_results(ckpt, data, opts, devices[rank], start, stop):
+    reader = open_cells(ckpt, data, opts)
+    for first, res, n_empty in _row_results(ckpt, reader, opts, devices[rank], start, stop):
         for name, arr in arrays.items():
             arr[first - start : first - start + res.cells] = _array(res, name)
         cge += _cge_pieces(res, first)
         empty += n_empty
+    reader.close()
     for arr in arrays.values():
         arr.flush()
     if opts.emb_type == "cge" and opts.embeddings:
@@ -204,11 +209,11 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         raise InputError(f"--output {output}: is a directory; name the .h5ad file to write")
     opts.check(ckpt)
     devices = resolve_devices(opts.device, opts.devices)
-    reader = CellReader(data, ckpt.vocab.lookup, gene_col=opts.gene_col, use_raw=opts.use_raw,
-                        remove_duplicate_genes=opts.remove_duplicate_genes)
+    reader = open_cells(ckpt, data, opts)
     n_cells, obs = reader.n_cells, reader.obs.copy()
     _report_overlap(reader, opts.chunk_size)
-    reader.close()
+    if len(devices) > 1:
+        reader.close()  # each device's process opens its own
 
     scores = {name: np.full(n_cells, np.nan, dtype=np.float32) for name in opts.scores}
     shapes = _per_cell(ckpt, opts)
@@ -226,7 +231,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         if len(devices) > 1:
             results = _parallel_results(ckpt, data, opts, devices, n_cells, output.parent)
         else:
-            results = _row_results(ckpt, data, opts, devices[0])
+            results = _row_results(ckpt, reader, opts, devices[0])
         bar = progress(total=n_cells, unit="cell", desc="infer")
         for start, res, n_empty in results:
             n = res.cells
@@ -255,6 +260,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         if opts.embeddings and opts.emb_type == "cge":
             uns |= _cge_uns(ckpt, opts, cge)
         _write_anndata_skeleton(f, obs, uns)
+    reader.close()
     seconds = time.perf_counter() - started
     return {"cells": n_cells, "empty_cells": empty, "seconds": seconds, "output": str(output)}
 
@@ -273,13 +279,12 @@ def infer_memory(ckpt: Checkpoint, adata, opts: InferOptions) -> tuple[dict[str,
     ``_per_cell``'s names, the reference's cge ``uns`` entries when asked)."""
     opts.check(ckpt)
     device = resolve_devices(opts.device)[0]
-    reader = CellReader(adata, ckpt.vocab.lookup, gene_col=opts.gene_col, use_raw=opts.use_raw,
-                        remove_duplicate_genes=opts.remove_duplicate_genes)
+    reader = open_cells(ckpt, adata, opts)
     _report_overlap(reader, opts.chunk_size)
     arrays = {name: np.full((adata.n_obs, *shape), np.nan, np.float32) for name, shape in _per_cell(ckpt, opts).items()}
     cge = []
     empty = non_finite = 0
-    for first, res, n_empty in _row_results(ckpt, adata, opts, device):
+    for first, res, n_empty in _row_results(ckpt, reader, opts, device):
         empty += n_empty
         non_finite += _non_finite_cells(res, n_empty)
         for name, arr in arrays.items():

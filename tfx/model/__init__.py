@@ -2,6 +2,6 @@
 
 from tfx.model import attention, heads, likelihoods, tasks  # noqa: F401  (register built-in components)
 from tfx.model.config import DataConfig, ModelConfig
-from tfx.model.transcriptformer import ModelOutput, SpecialIds, TokenBatch, TranscriptFormer
+from tfx.model.transcriptformer import ModelOutput, SpecialIds, Tokens, TranscriptFormer
 
-__all__ = ["DataConfig", "ModelConfig", "ModelOutput", "SpecialIds", "TokenBatch", "TranscriptFormer"]
+__all__ = ["DataConfig", "ModelConfig", "ModelOutput", "SpecialIds", "Tokens", "TranscriptFormer"]

@@ -4,14 +4,15 @@ Inputs are right-shifted: position j reads ``[START]`` (j = 0) or gene j-1 with 
 predicts gene j and its count. Aux (assay) tokens come first, with count 1. Padding may be as
 short as the batch allows: outputs of valid positions do not depend on it.
 
-Training may pack several cells into a row (``TokenBatch.cell_ids``): each cell is laid out as it
+Training may pack several cells into a row (``Tokens.cell_ids``): each cell is laid out as it
 would be alone, attention stays within the cell, and the count head's softmax and total count are
 per cell, so every cell's outputs and losses are those of its unpacked forward.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,27 +24,15 @@ from tfx.model.layers import Encoder, GeneEmbedding, KVCache
 from tfx.registry import ATTENTION, HEADS, LIKELIHOODS
 
 
-@dataclass
-class TokenBatch:
-    """Cells as tokens: genes left-aligned, ``[PAD]`` after each cell's last gene.
-
-    Packed (``cell_ids`` set, see ``tfx.tokenize.packing``): a row holds whole cells one after
-    another, each as it would be alone (its aux tokens, then its gene positions), then padding.
-    """
+class Tokens(Protocol):
+    """What the model reads of a batch of cells (``tfx.tokenize.TokenBatch``): genes left-aligned,
+    ``[PAD]`` after each cell's last gene; packed rows also carry ``cell_ids`` and ``positions``."""
 
     gene_ids: Tensor  # [B, L] int64: the gene each position predicts, [PAD] where none
     counts: Tensor  # [B, L] float32, 0 at padding
-    aux_ids: Tensor | None = None  # [B, A] int64; packed: [cells, A]
-    cell_ids: Tensor | None = None  # [B, L] int64 packed: the cell of each position, -1 at row padding
-    positions: Tensor | None = None  # [B, L] int64 packed: aux tokens -A..-1, gene positions 0.., 0 at row padding
-
-    @property
-    def n_cells(self) -> int:
-        return self.gene_ids.shape[0] if self.cell_ids is None else int(self.cell_ids.max()) + 1
-
-    def to(self, device) -> TokenBatch:
-        moved = (getattr(self, f.name) for f in fields(self))
-        return TokenBatch(*(None if t is None else t.to(device, non_blocking=True) for t in moved))
+    aux_ids: Tensor | None  # [B, A] int64; packed: [cells, A]
+    cell_ids: Tensor | None  # [B, L] int64 packed: the cell of each position, -1 at row padding
+    positions: Tensor | None  # [B, L] int64 packed: aux tokens -A..-1, gene positions 0.., 0 at row padding
 
 
 @dataclass
@@ -128,7 +117,7 @@ class TranscriptFormer(nn.Module):
         for layer in self.transformer_encoder.encoder_layers:
             layer.self_attn.backend = backend
 
-    def forward(self, batch: TokenBatch, embed: bool = False, heads: bool = True, layer: int = -1) -> ModelOutput:
+    def forward(self, batch: Tokens, embed: bool = False, heads: bool = True, layer: int = -1) -> ModelOutput:
         """``embed=True`` is the reference's embedding forward (count bias on the diagonal too),
         which its inference uses for every output, log-likelihoods included. ``layer``: the
         transformer layer whose output is ``hidden`` (-1: the last; the heads are trained on the last)."""
@@ -167,7 +156,7 @@ class TranscriptFormer(nn.Module):
         known = torch.stack([aux[:, i] != u for i, u in enumerate(self.aux_unknown)], dim=1)
         return emb, known
 
-    def _row_inputs(self, batch: TokenBatch):
+    def _row_inputs(self, batch: Tokens):
         """One cell per row: right-shift the genes, prepend the aux tokens."""
         ids, counts = batch.gene_ids, batch.counts
         start = torch.full_like(ids[:, :1], self.special.start)
@@ -186,7 +175,7 @@ class TranscriptFormer(nn.Module):
             key_valid = torch.cat([aux_known, key_valid], dim=1)
         return x, target_emb, in_counts, key_valid, n_aux
 
-    def _packed_inputs(self, batch: TokenBatch):
+    def _packed_inputs(self, batch: Tokens):
         """Packed rows: gene position j > 0 of a cell reads gene j-1, which the row holds just before it."""
         ids, counts, pos, cells = batch.gene_ids, batch.counts, batch.positions, batch.cell_ids
         target_emb = self.gene_embeddings(ids)
@@ -203,7 +192,7 @@ class TranscriptFormer(nn.Module):
             key_valid = key_valid | (is_aux & aux_known[cell, slot])
         return x, target_emb, in_counts, key_valid
 
-    def _packed_mu(self, conditioned: Tensor, batch: TokenBatch, masked: Tensor) -> Tensor:
+    def _packed_mu(self, conditioned: Tensor, batch: Tokens, masked: Tensor) -> Tensor:
         """The count head with its softmax and the total count taken per cell, not per row."""
         logit = self.mu.logits(conditioned, batch.gene_ids)
         segment, size = _segments(batch.cell_ids)
@@ -252,7 +241,7 @@ class TranscriptFormer(nn.Module):
 
     # -- what the outputs mean ---------------------------------------------------------------
 
-    def protein_output(self, batch: TokenBatch) -> ModelOutput:
+    def protein_output(self, batch: Tokens) -> ModelOutput:
         """The ESM2-CE baseline (the reference's ESM2CE): each gene's frozen protein embedding, no
         MLP and no transformer. Its ``cell_embeddings`` are the reference's: the sum over the
         cell's genes divided by the configured seq_len."""
@@ -265,7 +254,7 @@ class TranscriptFormer(nn.Module):
         """Sum over valid positions divided by the configured seq_len (the reference's pooling)."""
         return _per_cell(out.hidden * out.valid.unsqueeze(-1), out.cell_ids) / self.cfg.seq_len
 
-    def targets(self, batch: TokenBatch) -> tuple[Tensor, Tensor]:
+    def targets(self, batch: Tokens) -> tuple[Tensor, Tensor]:
         """Gene and count targets. The reference writes [END] and a count of 1 at the last of its
         seq_len positions; a cell that reaches seq_len sees the same here."""
         ids, counts = batch.gene_ids, batch.counts
@@ -279,7 +268,7 @@ class TranscriptFormer(nn.Module):
             counts[:, last] = 1
         return ids, counts
 
-    def end_positions(self, batch: TokenBatch) -> Tensor:
+    def end_positions(self, batch: Tokens) -> Tensor:
         """[B, L] the position after each cell's last gene: it predicts [END]. (A cell that fills
         seq_len has none; its last target becomes [END] instead, see ``targets``.)"""
         pad = batch.gene_ids == self.special.pad
@@ -287,11 +276,11 @@ class TranscriptFormer(nn.Module):
             return pad & (batch.cell_ids >= 0) & (batch.positions >= 0)
         return pad & (pad.cumsum(dim=1) == 1)
 
-    def position_nll(self, out: ModelOutput, batch: TokenBatch) -> Tensor:
+    def position_nll(self, out: ModelOutput, batch: Tokens) -> Tensor:
         _, counts = self.targets(batch)
         return self.likelihood(out.mu.float(), counts.float(), batch.gene_ids).masked_fill(out.gene_masked, 0.0)
 
-    def cell_nll(self, out: ModelOutput, batch: TokenBatch) -> Tensor:
+    def cell_nll(self, out: ModelOutput, batch: Tokens) -> Tensor:
         """Mean count NLL over each cell's genes: the reference's per-cell ``llh``."""
         n = _per_cell((~out.gene_masked).long(), out.cell_ids)
         return _per_cell(self.position_nll(out, batch), out.cell_ids) / n
@@ -304,7 +293,7 @@ class TranscriptFormer(nn.Module):
             logits = logits.masked_fill(~allowed, float("-inf"))
         return torch.log_softmax(logits, dim=-1)
 
-    def position_gene_nll(self, out: ModelOutput, batch: TokenBatch, end: bool = False,
+    def position_gene_nll(self, out: ModelOutput, batch: Tokens, end: bool = False,
                           allowed: Tensor | None = None) -> Tensor:
         """[B, L] -log p of each position's gene target, 0 where there is none. ``end``: the
         position after a cell's last gene predicts [END] (the training objective); without it
@@ -318,7 +307,7 @@ class TranscriptFormer(nn.Module):
         nll = -logp.gather(-1, ids.masked_fill(~scored, 0).unsqueeze(-1)).squeeze(-1)
         return nll.masked_fill(~scored, 0.0)
 
-    def sequence_nll(self, out: ModelOutput, batch: TokenBatch, allowed: Tensor | None = None) -> Tensor:
+    def sequence_nll(self, out: ModelOutput, batch: Tokens, allowed: Tensor | None = None) -> Tensor:
         """[cells] each cell's total negative log-probability under the training factorisation:
         every gene choice, [END] included, plus every gene's count. Needs the training forward
         (``embed=False``); ``allowed`` as in ``gene_log_probs``."""
@@ -327,7 +316,7 @@ class TranscriptFormer(nn.Module):
         counts = self.position_nll(out, batch).masked_fill(ids == self.special.end, 0.0)  # [END] has no count
         return _per_cell(genes + counts, out.cell_ids)
 
-    def losses(self, out: ModelOutput, batch: TokenBatch) -> dict[str, Tensor]:
+    def losses(self, out: ModelOutput, batch: Tokens) -> dict[str, Tensor]:
         """Training objective: next-gene cross-entropy (soft-capped logits), [END] after each
         cell's last gene included, and count NLL."""
         n = (~out.gene_masked).sum().clamp(min=1)

@@ -23,10 +23,11 @@ from tfx.checkpoint.io import build_model
 from tfx.checkpoint.surgery import add_aux_values, add_species
 from tfx.data import preprocess
 from tfx.data.anndata import CellReader
-from tfx.data.loader import ShardLoader, resolve_urls
+from tfx.data.labels import LabelCodec, discover_classes
+from tfx.data.loader import ShardLoader, manifest_classes, resolve_urls
 from tfx.data.memory import CellBatches, read_cells
-from tfx.data.shards import label_values
-from tfx.errors import ConfigError, InputError, RecipeError
+from tfx.tokenize.batches import BatchSpec
+from tfx.errors import ConfigError, RecipeError
 from tfx.model.config import DataConfig
 from tfx.recipe.schema import FinetuneSchema, Recipe, TaskSchema
 from tfx.registry import LOGGERS, OBJECTIVES, STRATEGIES, TASKS
@@ -127,7 +128,7 @@ def _checkpoint(r: Recipe, src: str) -> Checkpoint:
     if r.init:
         ckpt = load_checkpoint(r.init)
         ckpt.model.train()
-        ckpt = preprocess.apply(ckpt, _requested(r), f"{src}: data", f"init checkpoint {r.init}")
+        ckpt = preprocess.apply(ckpt, f"{src}: data", f"init checkpoint {r.init}", **_requested(r))
     else:
         import torch
 
@@ -135,7 +136,7 @@ def _checkpoint(r: Recipe, src: str) -> Checkpoint:
         data_cfg = DataConfig(esm2_mappings=[os.path.basename(f) for f in files],
                               special_tokens=list(r.vocab.special_tokens), aux_cols=list(r.vocab.aux_cols),
                               gene_col_name=r.data.gene_col)
-        data_cfg = preprocess.resolve(data_cfg, _requested(r), f"{src}: data", None)
+        data_cfg = preprocess.resolve(data_cfg, f"{src}: data", None, **_requested(r))
         vocab, table = GeneVocab.from_files(data_cfg.special_tokens, files)
         aux = {col: official_assay_vocab() for col in data_cfg.aux_cols}
         model = build_model(r.model, data_cfg, vocab, torch.as_tensor(table), aux)
@@ -216,43 +217,26 @@ def _task(t: TaskSchema, r: Recipe, ckpt: Checkpoint, src: str):
     task_cls = _registered(TASKS, t.name, "task", src)
     classes = None
     if getattr(task_cls, "categorical", True):
-        if r.data.source == "shards":
-            urls = [u for spec in _shard_specs(r.data.shards, "data.shards", src).values() for u in resolve_urls(spec)]
-            classes = sorted(label_values(urls, t.label_key))
+        if t.classes:
+            values = list(t.classes)
+        elif r.data.source == "shards":
+            values = manifest_classes(list(_shard_specs(r.data.shards, "data.shards", src).values()), t.label_key)
         else:
-            labels = set()
+            values = []
             for path in r.data.files:
-                reader = CellReader(path, ckpt.vocab.lookup, gene_col=r.data.gene_col)
-                if t.label_key not in reader.obs.columns:
-                    raise InputError(f"{path}: obs has no column '{t.label_key}'; set task.label_key to an obs column")
-                labels |= set(reader.obs[t.label_key].astype(str))
+                reader = CellReader(path, ckpt.vocab.lookup, gene_col=r.data.gene_col, labels=LabelCodec(t.label_key))
+                values += list(reader.obs[t.label_key])
                 reader.close()
-            classes = sorted(labels)
-        if len(classes) < 2:
-            raise InputError(f"{src}: the training data has {len(classes)} value(s) of '{t.label_key}'; "
-                             "classification needs at least 2")
+        classes = discover_classes(values, t.label_key, src)
     return task_cls(ckpt.model_cfg.embed_dim, classes)
-
-
-def _encode(labels, classes, where: str):
-    if labels is None:
-        return None
-    if classes is None:
-        return labels.astype(np.float32)
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(labels.astype(str)) - set(index))
-    if unknown:
-        raise InputError(f"{where}: labels not seen in training: {unknown[:5]}")
-    return np.array([index[c] for c in labels.astype(str)], dtype=np.int64)
 
 
 def _sources(r: Recipe, ckpt: Checkpoint, src: str):
     d = r.data
     seq_len, n_aux = ckpt.model_cfg.seq_len, len(ckpt.aux_vocabs)
-    pack_row_len = (d.pack_row_len or seq_len + n_aux) if d.pack else None
-    label_key = ckpt.task.label_key if ckpt.task else None
-    classes = ckpt.task.module.classes if ckpt.task else None
-    tokenizer = preprocess.tokenizer(ckpt.data_cfg, seq_len)
+    spec = BatchSpec(d.token_budget, d.max_cells, (d.pack_row_len or seq_len + n_aux) if d.pack else 0)
+    labels = LabelCodec(ckpt.task.label_key, ckpt.task.module.classes) if ckpt.task else None
+    prep = preprocess.preprocessing(ckpt)
     if d.source == "shards":
         train_specs = _shard_specs(d.shards, "data.shards", src)
         if not train_specs:
@@ -261,17 +245,15 @@ def _sources(r: Recipe, ckpt: Checkpoint, src: str):
         if len(weights) != len(train_specs):
             raise RecipeError(f"{src}: data.weights has {len(weights)} entries for {len(train_specs)} data.shards sources")
         val_specs = _shard_specs(d.val_shards, "data.val_shards", src)
-        for spec in (*train_specs.values(), *val_specs.values()):
-            resolve_urls(spec)  # a missing path or a refused manifest stops the run before compute
+        for s in (*train_specs.values(), *val_specs.values()):
+            resolve_urls(s)  # a missing path or a refused manifest stops the run before compute
 
         def sources(rank: int, world: int):
-            def loader(spec: dict, seed: int) -> ShardLoader:
-                return ShardLoader(spec, ckpt.vocab, tokenizer, aux_vocabs=ckpt.aux_vocabs,
-                                   token_budget=d.token_budget, max_cells=d.max_cells, shuffle_buffer=d.shuffle_buffer,
-                                   seed=seed, rank=rank, world_size=world, num_workers=d.num_workers,
-                                   on_corrupt=d.on_corrupt, max_corrupt_share=d.max_corrupt_share,
-                                   pack_row_len=pack_row_len, label_key=label_key,
-                                   classes=classes)
+            def loader(sources: dict, seed: int) -> ShardLoader:
+                return ShardLoader(sources, ckpt.vocab, prep, spec, aux_vocabs=ckpt.aux_vocabs, labels=labels,
+                                   shuffle_buffer=d.shuffle_buffer, seed=seed, rank=rank, world_size=world,
+                                   num_workers=d.num_workers, on_corrupt=d.on_corrupt,
+                                   max_corrupt_share=d.max_corrupt_share)
 
             train = loader({n: {"urls": u, "weight": w} for (n, u), w in zip(train_specs.items(), weights)}, r.seed)
             return train, {n: loader({n: {"urls": u}}, r.seed + 1) for n, u in val_specs.items()}
@@ -282,18 +264,14 @@ def _sources(r: Recipe, ckpt: Checkpoint, src: str):
     if not d.files:
         raise RecipeError(f"{src}: data.files lists no h5ad file; set data.files=[cells.h5ad]")
 
-    def read(files):
-        cells, aux, labels = read_cells(files, ckpt.vocab.lookup, ckpt.aux_vocabs, d.gene_col, label_key)
-        return cells, aux, _encode(labels, classes, ", ".join(map(str, files)))
-
     def sources(rank: int, world: int):
-        def batches(cells, aux, labels, seed):
-            return CellBatches(cells, aux, ckpt.vocab.pad, tokenizer, labels=labels, token_budget=d.token_budget,
-                               max_cells=d.max_cells, seed=seed, rank=rank, world_size=world,
-                               pack_row_len=pack_row_len)
+        def batches(files, seed):
+            cells, aux, encoded = read_cells(files, ckpt.vocab.lookup, ckpt.aux_vocabs, d.gene_col, labels)
+            return CellBatches(cells, aux, ckpt.vocab.pad, prep, spec, labels=encoded, seed=seed, rank=rank,
+                               world_size=world)
 
-        train = batches(*read(d.files), r.seed)
-        return train, {Path(f).stem: batches(*read([f]), r.seed + 1) for f in d.val_files}
+        train = batches(d.files, r.seed)
+        return train, {Path(f).stem: batches([f], r.seed + 1) for f in d.val_files}
 
     return sources
 

@@ -94,6 +94,7 @@ class OptimSchema:
 class TaskSchema:
     name: str = "classification"  # a task registry key: classification | regression
     label_key: str = MISSING  # the obs column to predict (h5ad obs, or shard metadata)
+    classes: Optional[list[str]] = None  # a classification's classes; null: every value in the training data
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from tfx.model.transcriptformer import TokenBatch
+from tfx.tokenize import TokenBatch
 
 
 def cell_length(n_genes: int, seq_len: int, n_aux: int = 0) -> int:

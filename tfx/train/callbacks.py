@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 
-from tfx.train.module import n_tokens, tokens
+from tfx.train.module import n_tokens
 
 
 class Throughput(ThroughputMonitor):
@@ -20,12 +20,12 @@ class Throughput(ThroughputMonitor):
     devices also the totals, without ``device/``). The module reports each batch's FLOPs."""
 
     def __init__(self, peak_tflops: float | None = None, window: int = 10):
-        super().__init__(batch_size_fn=lambda b: tokens(b).n_cells, length_fn=self._length, window_size=window)
+        super().__init__(batch_size_fn=lambda b: b.n_cells, length_fn=self._length, window_size=window)
         self.peak_tflops = peak_tflops
         self._module = None
 
     def _length(self, batch) -> int:
-        return n_tokens(self._module.model, tokens(batch))
+        return n_tokens(self._module.model, batch)
 
     def setup(self, trainer, pl_module, stage):
         self._module = pl_module

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from tfx.model.lora import is_adapter
-from tfx.model.transcriptformer import TokenBatch, TranscriptFormer
+from tfx.model.transcriptformer import TranscriptFormer
+from tfx.tokenize import TokenBatch
 from tfx.recipe.schema import OptimSchema
 
 
@@ -39,10 +40,6 @@ def model_flops_per_token(model: TranscriptFormer, context: float) -> float:
     return 3 * (2 * matmul + 2 * attention)
 
 
-def tokens(batch) -> TokenBatch:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 def n_tokens(model: TranscriptFormer, batch: TokenBatch) -> int:
     """Tokens a batch feeds the model: its gene positions and each cell's aux tokens."""
     return int((batch.gene_ids != model.special.pad).sum()) + batch.n_cells * len(model.aux_unknown)
@@ -59,9 +56,8 @@ class _Module(L.LightningModule):
 
     def _count(self, batch) -> int:
         """Tokens of the batch (gene positions and aux tokens); sets this batch's FLOPs."""
-        t = tokens(batch)
-        n = n_tokens(self.model, t)
-        self.flops_per_batch = n * model_flops_per_token(self.model, t.gene_ids.shape[1])
+        n = n_tokens(self.model, batch)
+        self.flops_per_batch = n * model_flops_per_token(self.model, batch.gene_ids.shape[1])
         return n
 
     def on_train_batch_start(self, batch, batch_idx):
@@ -111,9 +107,9 @@ class TaskModule(_Module):
         out = self.model(batch, embed=True, heads=False)
         return self.task.head(self.model.cell_embeddings(out))
 
-    def _step(self, stage: str, batch):
-        cells, target = batch
-        pred = self(cells)
+    def _step(self, stage: str, batch: TokenBatch):
+        target = batch.labels
+        pred = self(batch)
         loss = self.task.loss(pred, target)
         self.log(f"{stage}/loss", loss, batch_size=len(target), prog_bar=True, sync_dist=stage == "val")
         for name, value in self.task.metrics(pred, target).items():

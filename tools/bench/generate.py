@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from teacher import build_teacher  # noqa: E402
 from tfx.checkpoint import load_checkpoint  # noqa: E402
 from tfx.generate.sample import allowed_next, restrict, sample_cells, sample_ztp, species_of  # noqa: E402
-from tfx.model.transcriptformer import TokenBatch  # noqa: E402
+from tfx.tokenize import TokenBatch  # noqa: E402
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@
    core) and the process's peak RSS. Equal peaks for both sizes = writing memory is bounded.
 3. Loads the large input's shards with tokenization (random gene order, seq_len 2047, clipping,
    assay token) into token-budget batches (ShardLoader, num_workers=0, one epoch), in a fresh
-   process; the baseline is tfx's h5ad path over the same file (CellReader -> Tokenizer ->
+   process; the baseline is tfx's h5ad path over the same file (CellReader -> Preprocessing ->
    length_batches -> collate), as `tfx infer` and the in-memory training source read cells.
 4. The same loading figures on the real mouse cells (../shared/data/mouse_val.h5ad) when present.
 Each phase runs as its own process, so every peak RSS is that phase's alone (imports included).
@@ -81,14 +81,14 @@ def make_h5ad(path: Path, n_cells: int, n_genes: int, expressed: int, seed: int 
 
 def _vocab_and_tokenizer(path: Path):
     from tfx.data.anndata import CellReader
-    from tfx.tokenize import Tokenizer
+    from tfx.tokenize import Preprocessing
     from tfx.vocab import GeneVocab
 
     reader = CellReader(path)
     genes = list(reader.genes)
     reader.close()
     assay = {"unknown": 0, "10x 3' v3": 1, "10x 5' v2": 2, "Smart-seq2": 3, "MERFISH": 4}
-    return GeneVocab(SPECIALS + genes, SPECIALS), Tokenizer(2047, order="random"), {"assay": assay}
+    return GeneVocab(SPECIALS + genes, SPECIALS), Preprocessing(2047, gene_order="random"), {"assay": assay}
 
 
 def phase_write(args) -> dict:
@@ -103,8 +103,8 @@ def phase_load(args) -> dict:
     from tfx.data.loader import ShardLoader
 
     vocab, tokenizer, aux = _vocab_and_tokenizer(args.input)
-    loader = ShardLoader({"data": {"urls": args.output}}, vocab, tokenizer, aux_vocabs=aux, token_budget=16384,
-                         max_cells=256, shuffle_buffer=2000, epochs=1)
+    loader = ShardLoader({"data": {"urls": args.output}}, vocab, tokenizer, BatchSpec(16384, 256), aux_vocabs=aux,
+                         shuffle_buffer=2000, epochs=1)
     tokens = sum(int((batch.gene_ids != vocab.pad).sum()) for batch in loader)
     return {"cells": loader.stats["cells"], "genes_per_cell": tokens / max(loader.stats["cells"], 1)}
 

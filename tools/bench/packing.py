@@ -48,7 +48,8 @@ def tiny_model(vocab_size: int, args):
 
 
 def compare(name: str, cells, vocab_size: int, args) -> None:
-    from tfx.tokenize import Tokenizer
+    from tfx.tokenize import Preprocessing
+    from tfx.tokenize.batches import BatchSpec
     from tfx.data.memory import CellBatches
     from tfx.recipe.schema import OptimSchema
     from tfx.train.module import adamw
@@ -56,11 +57,10 @@ def compare(name: str, cells, vocab_size: int, args) -> None:
     model = tiny_model(vocab_size, args).train()
     opt = adamw(model, OptimSchema(), total_steps=1000)["optimizer"]
     aux = np.ones((len(cells), 1), dtype=np.int64)
-    tokenizer = Tokenizer(2047, order="random")
+    tokenizer = Preprocessing(2047, gene_order="random")
     sources = {
-        "padded": CellBatches(cells, aux, PAD, tokenizer, token_budget=args.token_budget, max_cells=args.max_cells),
-        "packed": CellBatches(cells, aux, PAD, tokenizer, token_budget=args.token_budget, max_cells=args.max_cells,
-                              pack_row_len=args.row_len),
+        "padded": CellBatches(cells, aux, PAD, tokenizer, BatchSpec(args.token_budget, args.max_cells)),
+        "packed": CellBatches(cells, aux, PAD, tokenizer, BatchSpec(args.token_budget, args.max_cells, args.row_len)),
     }
     steps = {mode: args.epochs * len(s._epoch_batches(0)) for mode, s in sources.items()}
     streams = {mode: iter(s) for mode, s in sources.items()}

@@ -26,9 +26,8 @@ from tfx.checkpoint import load_checkpoint
 from tfx.data.anndata import CellReader
 from tfx.eval.inputs import pca_of_log_counts
 from tfx.eval.probes import label_prediction
-from tfx.data.memory import obs_aux_ids
 from tfx.synth import synth_atlas
-from tfx.tokenize import Tokenizer, collate, length_batches
+from tfx.tokenize import Preprocessing, collate, length_batches
 from tfx.recipe import compose
 from tfx.train.run import train
 
@@ -39,14 +38,12 @@ def embeddings(export: Path, files: list[Path], order: str) -> dict[str, np.ndar
     ckpt = load_checkpoint(export)
     model, seq_len = ckpt.model.eval(), ckpt.model_cfg.seq_len
     # ordered before truncation at seq_len, as training tokenizes
-    tokenizer = Tokenizer(seq_len, order=order, clip_counts=ckpt.data_cfg.clip_counts,
-                          normalize_to_scale=ckpt.data_cfg.normalize_to_scale)
+    tokenizer = Preprocessing(seq_len, order, ckpt.data_cfg.clip_counts, ckpt.data_cfg.normalize_to_scale)
     pooled = {"reference (sum / seq_len)": [], "mean over positions": []}
     for path in files:
-        reader = CellReader(path, ckpt.vocab.lookup)
-        for first, cells in reader.iter_chunks():
-            aux = obs_aux_ids(ckpt.aux_vocabs, reader.obs.iloc[first : first + len(cells)], str(path))
-            cells = [tokenizer(ids, counts) for ids, counts in cells]
+        reader = CellReader(path, ckpt.vocab.lookup, aux_vocabs=ckpt.aux_vocabs)
+        for chunk in reader.chunks(tokenize=tokenizer):
+            cells, aux = chunk.cells, chunk.aux_ids
             parts = {name: np.zeros((len(cells), ckpt.model_cfg.embed_dim), np.float32) for name in pooled}
             for idx in length_batches(np.array([len(ids) + 1 for ids, _ in cells]), 16384, 256):
                 batch = collate([cells[i] for i in idx], ckpt.vocab.pad, seq_len, None if aux is None else aux[idx])

@@ -127,7 +127,8 @@ def main() -> None:
         args.vocab, args.synth_cells, args.synth_genes = 500, 200, 400
 
     from tfx.synth import synth_atlas
-    from tfx.tokenize import Tokenizer
+    from tfx.tokenize import Preprocessing
+    from tfx.tokenize.batches import BatchSpec
     from tfx.train.callbacks import device_peak_flops
     from tfx.data.memory import CellBatches
     from tfx.recipe.schema import OptimSchema
@@ -155,11 +156,11 @@ def main() -> None:
     budget = rows * (seq_len + 1)
     print(f"batch: {rows} rows of {seq_len + 1} = {budget} positions", flush=True)
     aux = np.ones((len(cells), 1), dtype=np.int64)
-    tokenizer = Tokenizer(seq_len, order="random")
+    tokenizer = Preprocessing(seq_len, gene_order="random")
     results = []
     for mode, row_len, dynamic in (("padded", None, True), ("packed", seq_len + 1, False)):
         model.set_attention(attention(device, dynamic))
-        source = CellBatches(cells, aux, PAD, tokenizer, token_budget=budget, max_cells=budget, pack_row_len=row_len)
+        source = CellBatches(cells, aux, PAD, tokenizer, BatchSpec(budget, budget, row_len or 0))
         results.append(measure(mode, model, opt, source, device, args, mfu_per_token))
     padded, packed = results
     print(f"packed / padded: {packed['tokens_per_s'] / padded['tokens_per_s']:.2f}x useful tokens/s, "
