@@ -1,0 +1,110 @@
+"""The output policy itself, against every kind of existing target (the commands that write are
+checked against the same table in test_hostile.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from tfx.errors import InputError
+from tfx.outputs import DirOutput, FileOutput, check_output
+
+CSV = FileOutput("csv")
+REPORT = DirOutput(("summary.md", "report.json", "plots/*.png"), "report")
+
+
+def _targets(tmp_path):
+    """name -> (path, made): every kind of thing an output may already be."""
+    t = tmp_path / "targets"
+    t.mkdir()
+    (t / "ours.csv").write_text("gene,probability\nA,0.5\n")
+    (t / "user.txt").write_text("my notes, kept\n")
+    os.mkfifo(t / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(t / "sock"))
+    os.mknod(t / "dev", 0o600 | 0o020000, os.makedev(1, 7))  # a character device, as /dev/full
+    (t / "full").mkdir()
+    (t / "full" / "x").write_text("x")
+    for name in ("ours.csv", "user.txt", "fifo", "dev", "full"):
+        (t / f"link-{name}").symlink_to(t / name)
+    return t, sock
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_file_output_replaces_only_a_file_of_its_kind(tmp_path, overwrite):
+    t, sock = _targets(tmp_path)
+    before = {p.name: (p.lstat().st_mode, p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+              for p in t.iterdir()}
+    assert check_output(t / "new.csv", CSV) == t / "new.csv"
+    refused = {"user.txt", "fifo", "sock", "dev", "full", *(f"link-{n}" for n in ("ours.csv", "user.txt", "fifo", "dev", "full"))}
+    if not overwrite:
+        refused.add("ours.csv")
+    for name in sorted(before):
+        if name in refused:
+            with pytest.raises(InputError, match=rf"^--output .*{name}: .*"):
+                check_output(t / name, CSV, overwrite=overwrite)
+        else:
+            assert check_output(t / name, CSV, overwrite=overwrite) == t / name
+    after = {p.name: (p.lstat().st_mode, p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+             for p in t.iterdir()}
+    assert after == before  # checking changes nothing
+    sock.close()
+
+
+def test_an_output_inside_an_input_is_refused(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "vocabs").mkdir(parents=True)
+    for target in (ckpt / "model_weights.pt", ckpt / "vocabs" / "x_gene.h5", ckpt / "new.h5ad"):
+        with pytest.raises(InputError, match="lies in the input"):
+            check_output(target, FileOutput("h5ad"), overwrite=True, inputs=[ckpt, tmp_path / "cells.h5ad"])
+    with pytest.raises(InputError, match="lies in the input"):
+        check_output(tmp_path / "cells.h5ad", FileOutput("h5ad"), overwrite=True, inputs=[tmp_path / "cells.h5ad"])
+    assert check_output(tmp_path / "out.h5ad", FileOutput("h5ad"), inputs=[ckpt, None, "s3://b/x"])
+
+
+def test_a_directory_output_must_be_empty_or_hold_only_what_the_command_writes(tmp_path):
+    out = tmp_path / "report"
+    assert check_output(out, REPORT) == out  # absent
+    out.mkdir()
+    assert check_output(out, REPORT) == out  # empty
+    (out / "plots").mkdir()
+    (out / "plots" / "umap.png").write_bytes(b"png")
+    (out / "summary.md").write_text("# old")
+    with pytest.raises(InputError, match="is not empty; pass --overwrite"):
+        check_output(out, REPORT)
+    assert check_output(out, REPORT, overwrite=True) == out
+    for foreign in (out / "mine.txt", out / "plots" / "deeper" / "x.png", out / "plots" / "mine"):
+        foreign.parent.mkdir(parents=True, exist_ok=True)
+        if foreign.name == "mine":
+            foreign.mkdir()
+        else:
+            foreign.write_text("user")
+        with pytest.raises(InputError, match=r"holds .*which the command does not write"):
+            check_output(out, REPORT, overwrite=True)
+        (foreign.rmdir() if foreign.is_dir() else foreign.unlink())
+        if foreign.parent.name == "deeper":
+            foreign.parent.rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "plots" / "link.png").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match="link.png, which the command does not write"):
+        check_output(out, REPORT, overwrite=True)
+
+
+def test_an_unwritable_place_is_refused_before_any_work(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if not os.access(ro, os.W_OK):  # root writes anywhere but on a read-only mount
+            with pytest.raises(InputError, match="not a writable directory"):
+                check_output(ro / "out.csv", CSV)
+            with pytest.raises(InputError, match="not a writable directory"):
+                check_output(ro / "new" / "deeper" / "out.csv", CSV)
+    finally:
+        ro.chmod(0o700)
+    (tmp_path / "a-file").write_text("x")
+    for where in (tmp_path / "a-file" / "out.csv", "/proc/version/x.csv"):
+        with pytest.raises(InputError, match="not a writable directory"):
+            check_output(where, CSV)

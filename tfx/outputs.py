@@ -1,0 +1,143 @@
+"""The one output policy, for every command and Python function that writes.
+
+- A file output that exists is replaced only with ``overwrite``, and then only when it is a
+  regular file of the kind the command writes (an h5ad, a CSV, a PNG, a JSON that parses).
+- A device, FIFO, socket or directory is never replaced, nor is anything a symlink points to.
+- An output inside one of the command's inputs (a checkpoint, run or shard directory, or the
+  input file itself) is refused.
+- A directory output is written only when it is absent or empty; with ``overwrite``, only when
+  every file in it (recursively) is one the command writes itself.
+- The parent directory must exist or be creatable, and be writable: checked before any work.
+
+Each refusal is one ``InputError`` line naming the path and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import json
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from tfx.errors import InputError
+
+_SIGNATURES = {"h5ad": b"\x89HDF\r\n\x1a\n", "png": b"\x89PNG\r\n\x1a\n"}
+
+
+@dataclass(frozen=True)
+class FileOutput:
+    """A file a command writes: ``kind`` is h5ad, csv, png or json."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class DirOutput:
+    """A directory a command writes: ``writes`` are the patterns (``fnmatch``, relative paths with
+    '/') of every file it may put there; anything else found in it is the user's."""
+
+    writes: tuple[str, ...]
+    what: str = "directory"
+
+
+def _is_kind(path: Path, kind: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        if kind in _SIGNATURES:
+            return head.startswith(_SIGNATURES[kind])
+        if kind == "json":
+            json.loads(path.read_text())
+            return True
+        if kind == "csv":  # text is ambiguous: the name must say CSV, and the rows must agree
+            rows = list(csv.reader(path.read_text().splitlines()[:50]))
+            return path.suffix.lower() == ".csv" and bool(rows) and len({len(r) for r in rows if r}) == 1
+
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return False
+
+
+def _written(name: str, patterns: Iterable[str]) -> bool:
+    """``name`` (a relative path) is one of ``patterns``, part for part: 'vocabs/*.h5' is not
+    'vocabs/mine/x.h5'."""
+    parts = PurePosixPath(name).parts
+    return any(len(parts) == len(PurePosixPath(p).parts) and all(map(fnmatch.fnmatchcase, parts, PurePosixPath(p).parts))
+               for p in patterns)
+
+
+def _kind_of(mode: int) -> str | None:
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return None
+
+
+def _inside(path: Path, inputs: Iterable[str | os.PathLike]) -> Path | None:
+    real = Path(os.path.realpath(path))
+    for given in inputs:
+        if given is None or "://" in str(given):
+            continue
+        src = Path(os.path.realpath(given))
+        if real == src or (src.is_dir() and src in real.parents):
+            return Path(given)
+    return None
+
+
+def _check_parent(path: Path, option: str) -> None:
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: {parent} is not a writable directory; choose an output where you can write")
+
+
+def check_output(path: str | os.PathLike, output: FileOutput | DirOutput, *, overwrite: bool = False,
+                 inputs: Sequence[str | os.PathLike | None] = (), option: str = "--output") -> Path:
+    """``path`` if the command may write ``output`` there (see the module docstring); else InputError."""
+    path = Path(path)
+    source = _inside(path, inputs)
+    if source is not None:
+        raise InputError(f"{option} {path}: lies in the input {source}, which the command reads; choose an output "
+                         "outside it")
+    _check_parent(path, option)
+    if path.is_symlink():
+        raise InputError(f"{option} {path}: is a symbolic link; name the real path to write, or another output")
+    if not os.path.lexists(path):
+        return path
+    mode = os.stat(path).st_mode
+    if isinstance(output, FileOutput):
+        special = _kind_of(mode)
+        if special is not None:
+            raise InputError(f"{option} {path}: is {special}, which tfx never replaces; name a new .{output.kind} file")
+        if not overwrite:
+            raise InputError(f"{option} {path}: exists; pass --overwrite to replace it, or choose another {option}")
+        if not _is_kind(path, output.kind):
+            raise InputError(f"{option} {path}: exists and is not a {output.kind} file, so --overwrite does not "
+                             "replace it; choose another output")
+        if not os.access(path, os.W_OK):
+            raise InputError(f"{option} {path}: is not writable; choose another output")
+        return path
+    if not stat.S_ISDIR(mode):
+        raise InputError(f"{option} {path}: exists and is not a directory; choose another {option}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: is not a writable directory; choose another output")
+    found = sorted(str(p.relative_to(path)) for p in path.rglob("*") if not p.is_dir() or p.is_symlink())
+    if not found and not any(path.iterdir()):
+        return path
+    if not overwrite:
+        raise InputError(f"{option} {path}: is not empty; pass --overwrite to replace the {output.what} there, "
+                         f"or choose an empty or new {option}")
+    foreign = [f for f in found if not _written(f, output.writes) or (path / f).is_symlink()
+               or _kind_of(os.lstat(path / f).st_mode)]
+    foreign += [d for d in (str(p.relative_to(path)) for p in path.rglob("*") if p.is_dir() and not p.is_symlink())
+                if not any(w.startswith(d + "/") for w in output.writes)]
+    if foreign:
+        raise InputError(f"{option} {path}: holds {foreign[0]}, which the command does not write; nothing there is "
+                         f"replaced, choose another {option}")
+    return path
