@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import anndata
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -170,6 +171,50 @@ def test_bad_generate_input_is_one_line_and_exit_2(teacher, tmp_path, capsys, ar
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "x.h5ad").exists()
+
+
+G = "SYNTH_ALPHA_00001"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--prompt", f"{G}:inf"], f"--prompt: count inf of gene {G} is not a count from 1 to 1e+09"),
+    (["generate", "--prompt", f"{G}:1e300"], f"--prompt: count 1e300 of gene {G} is not a count"),
+    (["generate", "--prompt", f"{G}:nan"], f"--prompt: count nan of gene {G} is not a count"),
+    (["prompt", "next", "--prompt", f"{G}:nan"], f"--prompt: count nan of gene {G} is not a count"),
+    (["prompt", "next", "--prompt", ",".join(f"SYNTH_ALPHA_{i:05d}" for i in range(40))],
+     "--prompt: 40 genes, more than the 39 a cell of this checkpoint may have (seq_len 40)"),
+    (["generate", "--prompt", ",".join(f"SYNTH_ALPHA_{i:05d}" for i in range(40))],
+     "--prompt: 40 genes, more than the 39 a cell of this checkpoint may have"),
+    (["prompt", "gene-gene", "--genes", "", "--output", "{tmp}/gg"], "--genes: names no gene"),
+    (["prompt", "gene-gene", "--genes", ",,,", "--output", "{tmp}/gg"], "--genes: names no gene"),
+    (["prompt", "gene-gene", "--genes", f"{G}:5", "--output", "{tmp}/gg"], f"--genes: '{G}:5' gives a count"),
+    (["prompt", "programmes", "--data", "{tmp}/cells.h5ad", "--candidates", G, "--markers", "100000",
+      "--output", "{tmp}/pp"], "--markers: 100000 genes, more than the 39"),
+    (["prompt", "programmes", "--data", "{tmp}/missing.h5ad", "--candidates", G, "--output", "{tmp}/pp"],
+     "missing.h5ad: no such file"),
+    (["prompt", "programmes", "--data", "{tmp}/text.h5ad", "--candidates", G, "--output", "{tmp}/pp"],
+     "text.h5ad: not a readable h5ad file"),
+    (["prompt", "programmes", "--data", "{tmp}/zeros.h5ad", "--candidates", G, "--output", "{tmp}/pp"],
+     "zeros.h5ad: X holds no counts"),
+    (["prompt", "programmes", "--data", "{tmp}/nan.h5ad", "--candidates", G, "--output", "{tmp}/pp"],
+     "nan.h5ad: X holds NaN"),
+])
+def test_prompts_out_of_range_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    from conftest import write_h5ad
+
+    ckpt = build_teacher(tmp_path / "t", n_genes=60, seq_len=40)
+    genes = [f"SYNTH_ALPHA_{i:05d}" for i in range(60)]
+    obs = pd.DataFrame({"cell_type": ["a", "b"] * 3}, index=[f"c{i}" for i in range(6)])
+    write_h5ad(tmp_path / "cells.h5ad", genes, np.arange(360).reshape(6, 60) % 5, obs)
+    write_h5ad(tmp_path / "zeros.h5ad", genes, np.zeros((6, 60)), obs)
+    write_h5ad(tmp_path / "nan.h5ad", genes, np.where(np.eye(6, 60) > 0, np.nan, 1.0), obs)
+    (tmp_path / "text.h5ad").write_text("not hdf5")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    out = ["--output", str(tmp_path / "x.h5ad"), "--n-cells", "2"] if argv[0] == "generate" else []
+    assert main([*argv, "--checkpoint", str(ckpt), "--species", SPECIES, *out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not any(p.name in ("x.h5ad", "gg", "pp") for p in tmp_path.iterdir())
 
 
 def test_a_prompt_gene_of_another_species_is_named(tmp_path, capsys):

@@ -232,6 +232,36 @@ def test_output_of_another_run_is_refused(tmp_path):
         write_shards([data], "homo_sapiens", tmp_path / "other")
 
 
+def test_a_second_run_into_the_same_output_is_refused_while_the_first_writes(tmp_path):
+    """The lock a running tfx shard holds (taken here in another process, as a second run would)."""
+    data = write_h5ad(tmp_path / "in.h5ad", ["ENSG1", "ENSG2"], [[1, 2], [3, 0]])
+    out = tmp_path / "out"
+    write_shards([data], "homo_sapiens", out, cells_per_shard=1)
+    (out / "shard-000001.tar").unlink()  # a run that has one shard left to write
+    ctx = mp.get_context("spawn")
+    holding, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(out / shards.PROGRESS), holding, release))
+    holder.start()
+    try:
+        assert holding.wait(60)
+        with pytest.raises(InputError, match="another tfx run is writing this shard directory") as err:
+            write_shards([data], "homo_sapiens", out, cells_per_shard=1)
+        one_line(err)
+        assert not (out / "shard-000001.tar").exists()
+    finally:
+        release.set()
+        holder.join(60)
+    assert write_shards([data], "homo_sapiens", out, cells_per_shard=1)["written"] == 1  # once it is free
+
+
+def _hold_lock(directory: str, holding, release) -> None:
+    from tfx.atomic import exclusive
+
+    with exclusive(directory, "shard directory"):
+        holding.set()
+        release.wait(60)
+
+
 def test_truncated_shard_is_detected(tmp_path):
     data = write_h5ad(tmp_path / "in.h5ad", [f"ENSG{i}" for i in range(5)], np.ones((50, 5)))
     write_shards([data], "homo_sapiens", tmp_path / "out", cells_per_shard=50)

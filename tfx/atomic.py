@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+
+from tfx.errors import InputError
 
 
 @contextmanager
@@ -32,6 +35,21 @@ def atomic_path(path: str | os.PathLike):
             os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+@contextmanager
+def exclusive(directory: str | os.PathLike, what: str):
+    """Hold ``directory``'s lock (``.tfx.lock`` in it) while the block runs: a second run writing the
+    same ``what`` is refused at once instead of colliding. The lock dies with the process."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".tfx.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{directory}: another tfx run is writing this {what}; wait for it to end, "
+                             "or choose another output") from None
+        yield
 
 
 def remove_stale(path: Path) -> None:

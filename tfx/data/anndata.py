@@ -76,9 +76,16 @@ class CellReader:
         self.column_ids = self._map_columns(gene_index, remove_duplicate_genes, gene_col)
         self._warned_non_integer = False
         self.aux_vocabs, self.labels = dict(aux_vocabs or {}), labels
-        for col in self.aux_vocabs:
+        for col, vocab in self.aux_vocabs.items():
             if col not in self.obs.columns:
                 log.warning("%s: obs has no '%s' column; every cell gets the unknown %s token", self.path, col, col)
+                continue
+            counts = self.obs[col].astype(str).value_counts()
+            unknown = counts[[v not in vocab for v in counts.index]]
+            if len(unknown):
+                log.warning("%s: %d cells have %s values the checkpoint does not know, read as 'unknown': %s",
+                            self.path, int(unknown.sum()), col,
+                            ", ".join(f"{v} ({n})" for v, n in unknown.head(5).items()))
         if labels is not None:
             labels.check_column(self.obs, str(self.path))
 

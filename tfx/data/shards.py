@@ -42,7 +42,7 @@ import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 import tfx.vocab.species  # noqa: F401  (registers the built-in species)
-from tfx.atomic import atomic_path
+from tfx.atomic import atomic_path, exclusive
 from tfx.progress import progress
 from tfx.data.anndata import CellReader
 from tfx.errors import InputError
@@ -340,6 +340,11 @@ def write_shards(inputs, species: str, output_dir: str | os.PathLike, *, cells_p
     opts = _Options(str(out), species, tuple(obs_keys), gene_col, use_raw, remove_duplicate_genes)
     plan, tasks = _plan(inputs, opts, cells_per_shard)
     _prepare_output(out, plan)
+    with exclusive(out / PROGRESS, "shard directory"):
+        return _write_planned(out, opts, plan, tasks, processes, started)
+
+
+def _write_planned(out: Path, opts: _Options, plan: dict, tasks: list, processes: int | None, started: float) -> dict:
     _remove_stale_temporaries(out)
 
     records = {}

@@ -78,7 +78,7 @@ def _read_embeddings(path: Path, columns: list[str]) -> tuple[np.ndarray, pd.Dat
             obs = read_elem(f["obs"])
     except OSError as err:
         raise InputError(f"{path}: not a readable h5ad file ({err})") from err
-    if emb.ndim != 2 or len(emb) != len(obs):
+    if emb.ndim != 2 or len(emb) != len(obs) or not emb.shape[1]:
         raise InputError(f"{path}: obsm['{EMBEDDINGS_KEY}'] has shape {emb.shape} for {len(obs)} cells; "
                          "rewrite it with `tfx infer`")
     if not np.isfinite(emb).all():

@@ -27,7 +27,7 @@ from tfx.checkpoint import Checkpoint
 from tfx.errors import InputError
 from tfx.data.anndata import CellReader
 from tfx.data.preprocess import preprocessing
-from tfx.generate.sample import Prompt, Sampled, Species, aux_tensor, sample_cells
+from tfx.generate.sample import Prompt, Sampled, Species, aux_tensor, check_prompt_length, parse_genes, sample_cells
 
 log = logging.getLogger(__name__)
 
@@ -212,15 +212,13 @@ def heatmap_png(path: str | os.PathLike, matrix: np.ndarray, rows: list[str], co
 
 def gene_list(ckpt: Checkpoint, species: Species, text: str, option: str) -> list[int]:
     """Vocabulary ids of 'G1,G2,...' or of a file with one gene per line."""
-    from tfx.generate.sample import parse_prompt
-
     if os.path.isfile(text):
         with open(text) as f:
             text = ",".join(line.split()[0] for line in f if line.strip() and not line.startswith("#"))
-    try:
-        return parse_prompt(ckpt, species, text).ids
-    except InputError as err:
-        raise InputError(str(err).replace("--prompt", option)) from None
+    ids = parse_genes(ckpt, species, text, option).ids
+    if not ids:
+        raise InputError(f"{option}: names no gene; give G1,G2,... or a file with one gene per line")
+    return ids
 
 
 def run_programmes(ckpt: Checkpoint, species: Species, data: str | os.PathLike, label: str, candidates: list[int],
@@ -231,12 +229,15 @@ def run_programmes(ckpt: Checkpoint, species: Species, data: str | os.PathLike, 
     heatmap, under ``output``."""
     from pathlib import Path
 
+    check_prompt_length(ckpt, n_markers, "--markers")
     in_species = set(species.genes)
     reader = CellReader(data, lambda genes: [ckpt.vocab.index[g] if g in in_species else -1 for g in genes],
                         gene_col=gene_col)
     try:
         counts = reader.read_rows(0, reader.n_cells)
         reader.check_values(counts.data, 0)
+        if not counts.nnz:
+            raise InputError(f"{data}: X holds no counts; programmes need the raw counts of labelled cells")
         adata = anndata.AnnData(counts, obs=reader.obs)
     finally:
         reader.close()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tfx.checkpoint import Checkpoint
+from tfx.data.anndata import MAX_COUNT
 from tfx.data.preprocess import preprocessing
 from tfx.errors import ConfigError, InputError
 from tfx.model.likelihoods import log_expm1
@@ -64,27 +65,46 @@ def species_of(ckpt: Checkpoint, name: str) -> Species:
 
 def parse_prompt(ckpt: Checkpoint, species: Species, text: str | None) -> Prompt:
     """'GENE[:COUNT],...' (count 1 when left out) -> vocabulary ids in the species."""
+    prompt = parse_genes(ckpt, species, text, "--prompt", counts=True)
+    check_prompt_length(ckpt, len(prompt.ids), "--prompt")
+    return prompt
+
+
+def parse_genes(ckpt: Checkpoint, species: Species, text: str | None, option: str, counts: bool = False) -> Prompt:
+    """'GENE,...' (with ``counts``: 'GENE[:COUNT],...', count 1 when left out) -> vocabulary ids in
+    the species; ``option`` names the option in errors."""
     prompt = Prompt()
     in_species = set(species.genes)
     for item in (text or "").split(","):
         if not item.strip():
             continue
-        gene, _, count = item.strip().partition(":")
+        gene, colon, count = item.strip().partition(":")
+        if colon and not counts:
+            raise InputError(f"{option}: '{item.strip()}' gives a count; {option} lists genes only (G1,G2,...)")
         if gene not in in_species:
             others = [species_for_file(f) for f, genes in ckpt.vocab.files if gene in genes]
             where = f"it is a gene of {', '.join(others)}" if others else "no species of this checkpoint has it"
-            raise InputError(f"--prompt: gene {gene} is not in species {species.name}'s vocabulary ({where})")
+            raise InputError(f"{option}: gene {gene} is not in species {species.name}'s vocabulary ({where})")
         try:
             value = float(count) if count else 1.0
         except ValueError:
-            raise InputError(f"--prompt: count '{count}' of gene {gene} is not a number; write GENE:COUNT") from None
-        if value < 1:
-            raise InputError(f"--prompt: count {count} of gene {gene} is below 1; expressed genes have counts >= 1")
+            raise InputError(f"{option}: count '{count}' of gene {gene} is not a number; write GENE:COUNT") from None
+        if not 1 <= value <= MAX_COUNT:  # NaN fails too
+            raise InputError(f"{option}: count {count} of gene {gene} is not a count from 1 to {MAX_COUNT:.0e}; "
+                             "expressed genes have raw counts >= 1")
         prompt.ids.append(ckpt.vocab.index[gene])
         prompt.counts.append(value)
     if len(set(prompt.ids)) < len(prompt.ids):
-        raise InputError("--prompt: a gene is listed twice; list each gene once")
+        raise InputError(f"{option}: a gene is listed twice; list each gene once")
     return prompt
+
+
+def check_prompt_length(ckpt: Checkpoint, n: int, option: str) -> None:
+    """A prompt leaves room for what follows it: at most seq_len - 1 genes (the last position predicts [END])."""
+    limit = ckpt.model_cfg.seq_len - 1
+    if n > limit:
+        raise InputError(f"{option}: {n} genes, more than the {limit} a cell of this checkpoint may have "
+                         f"(seq_len {ckpt.model_cfg.seq_len}); give fewer")
 
 
 def require_gene_head(ckpt: Checkpoint) -> None:
@@ -189,7 +209,7 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
     limit = min(max_genes or model.cfg.seq_len, model.cfg.seq_len - 1)  # position seq_len - 1 predicts [END]
     in_species = species.mask(model.vocab_size, device)
     if len(prompt.ids) > limit:
-        raise InputError(f"--prompt: {len(prompt.ids)} genes, more than the {limit} a cell may have")
+        raise InputError(f"--prompt: {len(prompt.ids)} genes, more than the {limit} a cell may have (--max-genes)")
 
     b = n_cells
     hidden, state = model.decode_start(b, aux_tensor(ckpt, assay, b, device))

@@ -109,13 +109,16 @@ class GeneVocab:
         files, rows, dim = [], [], None
         for path in paths:
             genes, table = read_gene_embeddings(path, arrays=arrays)
-            keep = []
+            keep, dropped = [], []
             for i, g in enumerate(genes):
                 if g in seen:
-                    log.warning("%s: duplicate gene %s dropped (first occurrence wins)", path, g)
+                    dropped.append(g)
                     continue
                 seen.add(g)
                 keep.append(i)
+            if dropped:  # one line per file: a mismatched file can repeat thousands
+                log.warning("%s: %d duplicate genes dropped, first occurrence wins (e.g. %s)", path, len(dropped),
+                            ", ".join(dropped[:3]))
             added = [genes[i] for i in keep]
             tokens += added
             files.append((Path(path).name, added))
