@@ -25,6 +25,7 @@ import torch
 from tfx.atomic import atomic_path
 from tfx.checkpoint import Checkpoint
 from tfx.errors import InputError
+from tfx.progress import progress
 from tfx.data.anndata import CellReader
 from tfx.data.preprocess import preprocessing
 from tfx.generate.sample import Prompt, Sampled, Species, aux_tensor, check_prompt_length, parse_genes, sample_cells
@@ -244,8 +245,12 @@ def run_programmes(ckpt: Checkpoint, species: Species, data: str | os.PathLike, 
     vocab_ids = reader.column_ids
     markers = type_markers(adata, label, vocab_ids, n_markers)
     tokens = np.array(ckpt.vocab.tokens, dtype=object)
-    scores = {t: programme_presence(ckpt, species, m, candidates, assay=assay, order=order, cells=cells, seed=seed)
-              for t, m in markers.items()}
+    scores = {}
+    with progress(total=len(markers), desc="programmes", unit="type") as bar:
+        for t, m in markers.items():
+            scores[t] = programme_presence(ckpt, species, m, candidates, assay=assay, order=order, cells=cells,
+                                           seed=seed)
+            bar.update()
     for t, (_, ess) in scores.items():
         if ess < cells / 10:
             log.warning("%s: the %d sampled cells weigh as %.1f; the estimate is noisy, raise --cells", t, cells, ess)

@@ -26,6 +26,7 @@ from tfx.data.anndata import MAX_COUNT
 from tfx.data.preprocess import preprocessing
 from tfx.errors import ConfigError, InputError
 from tfx.model.likelihoods import log_expm1
+from tfx.progress import progress
 from tfx.vocab.aux import aux_token_ids
 from tfx.vocab.species import species_for_file
 
@@ -234,7 +235,9 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
     log_weight = torch.zeros(b, dtype=torch.float64, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     chance = torch.zeros(b, model.vocab_size, device=device) if inclusion else None
+    bar = progress(total=limit + 1 - len(genes), desc=f"sample {b} cells", unit="gene", leave=False)
     for n_read in range(len(genes), limit + 1):
+        bar.update()
         due = pending_ids[placed] if pending else None
         allowed = allowed_next(in_species, drawn, last, n_read, order, limit, end, due)
         if pending:  # room left only for the prompt genes still due: take them
@@ -267,6 +270,7 @@ def sample_cells(ckpt: Checkpoint, species: Species, n_cells: int, *, prompt: Pr
         drawn[torch.arange(b, device=device), gene] |= ~done
         last = torch.where(done, last, gene)
         hidden = model.decode_genes(state, gene[:, None], prep.read_counts(count)[:, None])
+    bar.close()
     gene_rows = torch.stack(genes, 1).cpu().numpy() if genes else np.zeros((b, 0), np.int64)
     count_rows = torch.stack(counts, 1).cpu().numpy() if counts else np.zeros((b, 0), np.float32)
     keep = [row != pad for row in gene_rows]
