@@ -152,25 +152,36 @@ def _tree(path: Path) -> dict:
 
 def test_export_never_replaces_what_it_did_not_write(run_dir, tmp_path, monkeypatch, cli):
     before = _tree(run_dir)
-    for target in [run_dir, run_dir / "checkpoints", run_dir.parent]:
+    for target in [run_dir, run_dir / "checkpoints", run_dir / "export" / "vocabs", run_dir.parent]:
         line = one_line_error(cli("export", run_dir, "--output", target, "--overwrite"))
-        assert "not a checkpoint directory tfx wrote" in line, line
+        assert "lies in the input" in line or "which the command does not write" in line, line
     assert _tree(run_dir) == before
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("my notes")
-    assert "not a checkpoint directory tfx wrote (notes.txt)" in one_line_error(
+    assert "holds notes.txt, which the command does not write" in one_line_error(
         cli("add-species", "--checkpoint", run_dir / "export", "--embeddings", "x.h5", "--output", mine, "--overwrite"))
     assert (mine / "notes.txt").read_text() == "my notes"
     monkeypatch.chdir(mine)
-    assert "--output .: not a checkpoint directory" in one_line_error(cli("export", run_dir, "--output", "."))
+    assert "--output .: is not empty; pass --overwrite" in one_line_error(cli("export", run_dir, "--output", "."))
+    assert "--output .: holds notes.txt" in one_line_error(cli("export", run_dir, "--output", ".", "--overwrite"))
     # an existing checkpoint is replaced only with --overwrite; a killed run's temporaries are cleaned
     assert "pass --overwrite" in one_line_error(cli("export", run_dir, "--output", run_dir / "export"))
     stale = tmp_path / f".again.tmp-{_dead_pid()}"
     stale.mkdir()
     assert cli("export", run_dir, "--output", tmp_path / "again").returncode == 0
+    assert "is not empty; pass --overwrite" in one_line_error(cli("export", run_dir, "--output", tmp_path / "again"))
     assert cli("export", run_dir, "--output", tmp_path / "again", "--overwrite").returncode == 0
     assert not stale.exists() and (tmp_path / "again" / "model_weights.pt").exists()
+    vocabs = tmp_path / "again" / "vocabs"  # --overwrite replaces a checkpoint, never a user's file inside it
+    (vocabs / "README_mine.txt").write_text("mine")
+    assert "holds vocabs/README_mine.txt, which the command does not write" in one_line_error(
+        cli("export", run_dir, "--output", tmp_path / "again", "--overwrite"))
+    (vocabs / "README_mine.txt").unlink()
+    (vocabs / "mysub").mkdir()
+    assert "holds vocabs/mysub, which the command does not write" in one_line_error(
+        cli("export", run_dir, "--output", tmp_path / "again", "--overwrite"))
+    assert (vocabs / "mysub").is_dir()
 
 
 def _dead_pid() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tfx.checkpoint.finetuned import (ADAPTER_JSON, ADAPTER_WEIGHTS, TASK_JSON, 
 from tfx.checkpoint.weights import load_weights
 from tfx.errors import CheckpointError, InputError
 from tfx.atomic import atomic_path
+from tfx.outputs import DirOutput, check_output
 from tfx.model.config import ConfigError, DataConfig, ModelConfig, config_dict, parse_config
 from tfx.model.lora import merge_adapters
 from tfx.model.transcriptformer import SpecialIds, TranscriptFormer
@@ -34,28 +36,16 @@ class Checkpoint:
     task: Task | None = None  # a fine-tuned checkpoint's task head
 
 
-LAYOUT = {"config.json", "model_weights.pt", "vocabs", TASK_JSON, TASK_WEIGHTS, ADAPTER_JSON, ADAPTER_WEIGHTS}  # what tfx writes
+# every file tfx writes into a checkpoint directory: nothing else there is ever replaced
+LAYOUT = DirOutput(("config.json", "model_weights.pt", "vocabs/*_gene.h5", "vocabs/*_vocab.json", TASK_JSON,
+                    TASK_WEIGHTS, ADAPTER_JSON, ADAPTER_WEIGHTS), "checkpoint")
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
-    """Refuse an output directory that is not empty unless ``overwrite``, and even then unless it
-    holds a checkpoint and nothing else: tfx never deletes what it did not write."""
-    path = Path(path)
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise InputError(f"{option} {path}: exists and is not a directory; choose another {option}")
-    entries = sorted(p.name for p in path.iterdir())
-    if not entries:
-        return
-    foreign = [e for e in entries if e not in LAYOUT]
-    if foreign or "config.json" not in entries:
-        what = ", ".join(foreign[:3]) if foreign else "no config.json"
-        raise InputError(f"{option} {path}: not a checkpoint directory tfx wrote ({what}); nothing there is "
-                         f"replaced, choose another {option}")
-    if not overwrite:
-        raise InputError(f"{option} {path}: holds a checkpoint; pass --overwrite to replace it, "
-                         f"or choose another {option}")
+def check_output_dir(path: str | os.PathLike, overwrite: bool, option: str = "--output",
+                     inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """The output policy (``tfx.outputs``) for a checkpoint directory: absent or empty, or with
+    ``overwrite`` holding only what tfx writes into a checkpoint."""
+    check_output(path, LAYOUT, overwrite=overwrite, inputs=inputs, option=option)
 
 
 def load_checkpoint(path: str | os.PathLike, attention: str | None = None) -> Checkpoint:

@@ -60,7 +60,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
     """``overwrite``: an existing checkpoint at ``out_dir`` may be replaced (nothing else ever is);
     ``lora_form``: merged | adapter, for a LoRA run (default: what its recipe chose)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    check_output_dir(out_dir, overwrite)
+    own = out_dir.resolve() == (run_dir / "export").resolve()  # the run's own export slot, as tfx train fills it
+    check_output_dir(out_dir, overwrite, inputs=() if own else [run_dir])
     template = run_dir / "checkpoint_template"
     if not (template / "config.json").exists():
         raise CheckpointError(f"{template}: missing; export needs a run directory written by `tfx train`")
