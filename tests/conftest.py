@@ -79,6 +79,47 @@ def file_tokens(ckpt, path, **reader_options):
     return chunk.cells, chunk.aux_ids
 
 
+def planted(species_offset: float = 0.0, classes: int = 4, per_class: int = 30, seed: int = 0):
+    """Cells of 3 species around class centres shared by the species, each species shifted by an offset."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, 16)) * 2
+    shifts = rng.normal(size=(3, 16)) * species_offset
+    labels = np.tile(np.repeat(np.arange(classes), per_class), 3)
+    species = np.repeat(np.arange(3), classes * per_class)
+    features = centres[labels] + shifts[species] + rng.normal(size=(len(labels), 16))
+    return features, np.array([f"type{i}" for i in labels]), np.array([f"sp{i}" for i in species])
+
+
+@pytest.fixture(scope="session")
+def eval_atlas(tmp_path_factory):
+    """Two synthetic species and, per species, an embeddings file like `tfx infer` writes (cells reversed,
+    so the counts must be matched by cell name): good embeddings planted from the cell types."""
+    from tfx.synth import synth_atlas
+
+    root = tmp_path_factory.mktemp("eval")
+    summary = synth_atlas(root / "atlas", species=2, cells=200, genes=200, seed=3)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 8)) * 3
+    counts, embeddings = [], []
+    for name, s in summary["species"].items():
+        adata = anndata.read_h5ad(s["h5ad"])[::-1]
+        planted_emb = centres[adata.obs["cell_type"].cat.codes] + rng.normal(size=(adata.n_obs, 8))
+        path = root / f"{name}_emb.h5ad"
+        anndata.AnnData(obs=adata.obs, obsm={"embeddings": planted_emb.astype(np.float32)}).write_h5ad(path)
+        counts.append(s["h5ad"])
+        embeddings.append(path)
+    return {"root": root, "counts": counts, "embeddings": embeddings}
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """Small matrices (modules opt in with usefixtures): on a shared machine, BLAS threads cost far more than they give."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 def tiny_model(vocab_size: int = 40, emb_dim: int = 12, seed: int = 0, **cfg):
     """A small random TranscriptFormer (special ids: pad 1, start 2, end 3) and its config."""
     import torch

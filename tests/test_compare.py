@@ -11,9 +11,9 @@ import pandas as pd
 from sklearn.metrics import f1_score
 from threadpoolctl import threadpool_limits
 
+from conftest import planted
 from tfx.cli import main
 from tfx.eval.compare import macro_f1
-from test_eval import planted
 
 
 def _write(path, features, obs):

@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_eval import atlas, one_blas_thread, planted  # noqa: F401 (fixtures)
+from conftest import planted
 from tfx.eval import czbench, evaluate
 from tfx.eval.probes import label_prediction
 
-pytestmark = pytest.mark.skipif(czbench.version() is None, reason="the cz extra is not installed")
+pytestmark = [pytest.mark.skipif(czbench.version() is None, reason="the cz extra is not installed"),
+              pytest.mark.usefixtures("one_blas_thread")]
 
 
 def _metric(results: list[dict], metric: str, classifier: str) -> float:
@@ -43,9 +44,10 @@ def test_label_prediction_agrees_with_the_light_probes_on_the_same_folds():
     assert _metric(other_folds, "mean_fold_f1", "knn") != pytest.approx(light["knn"]["macro_f1"], abs=1e-9)
 
 
-def test_eval_reports_every_task_with_the_package_baselines_and_version(atlas, tmp_path):  # noqa: F811
+def test_eval_reports_every_task_with_the_package_baselines_and_version(eval_atlas, tmp_path):
     out = tmp_path / "report"
-    report = evaluate(atlas["embeddings"], "cell_type", batch="species", counts_path=atlas["counts"], output_dir=out)
+    report = evaluate(eval_atlas["embeddings"], "cell_type", batch="species", counts_path=eval_atlas["counts"],
+                      output_dir=out)
     cz = report["cz_benchmarks"]
     assert cz["version"] == importlib.metadata.version("cz-benchmarks") and cz["seed"] == 0
     tasks = cz["tasks"]
@@ -107,10 +109,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_without_the_package_the_light_probes_run_and_the_report_says_so(atlas, tmp_path):  # noqa: F811
+def test_without_the_package_the_light_probes_run_and_the_report_says_so(eval_atlas, tmp_path):
     """A machine without the extra, made by hiding the installed package from the import system."""
     out = tmp_path / "report"
-    run = subprocess.run([sys.executable, "-c", BLOCK_CZ, "eval", "--embeddings", *map(str, atlas["embeddings"]),
+    run = subprocess.run([sys.executable, "-c", BLOCK_CZ, "eval", "--embeddings", *map(str, eval_atlas["embeddings"]),
                           "--label", "cell_type", "--output", str(out)],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
     assert run.returncode == 0, run.stderr

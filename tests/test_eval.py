@@ -9,32 +9,15 @@ import logging
 import anndata
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
+from conftest import planted
 from tfx.errors import InputError
 from tfx.eval import evaluate
 from tfx.eval.mixing import neighbourhood_entropy, silhouette
 from tfx.eval.plots import layout_2d
 from tfx.eval.probes import label_prediction, label_transfer, large_classes
-from tfx.synth import synth_atlas
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """The matrices here are small: on a shared machine, BLAS threads cost far more than they give."""
-    with threadpool_limits(1):
-        yield
-
-
-def planted(species_offset: float = 0.0, classes: int = 4, per_class: int = 30, seed: int = 0):
-    """Cells of 3 species around class centres shared by the species, each species shifted by an offset."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, 16)) * 2
-    shifts = rng.normal(size=(3, 16)) * species_offset
-    labels = np.tile(np.repeat(np.arange(classes), per_class), 3)
-    species = np.repeat(np.arange(3), classes * per_class)
-    features = centres[labels] + shifts[species] + rng.normal(size=(len(labels), 16))
-    return features, np.array([f"type{i}" for i in labels]), np.array([f"sp{i}" for i in species])
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def test_probes_find_planted_labels_and_nothing_in_shuffled_ones():
@@ -67,28 +50,10 @@ def test_mixing_metrics_tell_mixed_from_separated_species():
     assert transfer_separated["knn_macro_f1"] < transfer_mixed["knn_macro_f1"] - 0.2
 
 
-@pytest.fixture(scope="module")
-def atlas(tmp_path_factory):
-    """Two synthetic species and, per species, an embeddings file like `tfx infer` writes (cells reversed,
-    so the counts must be matched by cell name): good embeddings planted from the cell types."""
-    root = tmp_path_factory.mktemp("eval")
-    summary = synth_atlas(root / "atlas", species=2, cells=200, genes=200, seed=3)
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(20, 8)) * 3
-    counts, embeddings = [], []
-    for name, s in summary["species"].items():
-        adata = anndata.read_h5ad(s["h5ad"])[::-1]
-        planted_emb = centres[adata.obs["cell_type"].cat.codes] + rng.normal(size=(adata.n_obs, 8))
-        path = root / f"{name}_emb.h5ad"
-        anndata.AnnData(obs=adata.obs, obsm={"embeddings": planted_emb.astype(np.float32)}).write_h5ad(path)
-        counts.append(s["h5ad"])
-        embeddings.append(path)
-    return {"root": root, "counts": counts, "embeddings": embeddings}
-
-
-def test_evaluate_writes_the_report_summary_and_plots(atlas, tmp_path):
+def test_evaluate_writes_the_report_summary_and_plots(eval_atlas, tmp_path):
     out = tmp_path / "report"
-    report = evaluate(atlas["embeddings"], "cell_type", batch="species", counts_path=atlas["counts"], output_dir=out,
+    report = evaluate(eval_atlas["embeddings"], "cell_type", batch="species", counts_path=eval_atlas["counts"],
+                      output_dir=out,
                       cz_benchmarks=False)  # tests/test_czbench.py runs the package's tasks on these cells
 
     headline = report["headline"]
@@ -109,9 +74,9 @@ def test_evaluate_writes_the_report_summary_and_plots(atlas, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(["report.json", "summary.md", *report["plots"]])
 
 
-def test_bad_input_gets_a_one_line_error_naming_the_file(atlas, tmp_path):
-    emb, counts = atlas["embeddings"], atlas["counts"]
-    few = atlas["root"] / "few.h5ad"
+def test_bad_input_gets_a_one_line_error_naming_the_file(eval_atlas, tmp_path):
+    emb, counts = eval_atlas["embeddings"], eval_atlas["counts"]
+    few = eval_atlas["root"] / "few.h5ad"
     adata = anndata.read_h5ad(emb[0])
     adata[adata.obs["cell_type"].isin(adata.obs["cell_type"].cat.categories[:1])].write_h5ad(few)
     cases = [

@@ -12,7 +12,6 @@ import anndata
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
 from tfx.checkpoint import load_checkpoint, save_checkpoint
 from tfx.cli import build_parser, main
@@ -24,11 +23,7 @@ from tfx.recipe.build import build
 from tfx.synth import synth_atlas
 from tfx.vocab import write_gene_embeddings
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from tfx.eval.inputs import pca_of_log_counts
 from tfx.eval.probes import label_prediction
@@ -21,12 +20,7 @@ from tfx.registry import SPECIES
 from tfx.synth import ASSAY_DEPTH, CELL_TYPES, SPECIES_NAMES, synth_atlas
 from tfx.vocab import GeneVocab, read_gene_embeddings
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """The matrices here are small: on a shared machine, BLAS threads cost far more than they give."""
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")
