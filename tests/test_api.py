@@ -88,7 +88,7 @@ def test_api_refusals_name_the_argument(ckpt, data, tmp_path):
     model = tfx.load(ckpt)
     with pytest.raises(InputError, match=r"^rep: adata.obsm has no 'X_tfx' .*run tfx.embed"):
         tfx.evaluate(adata, rep="X_tfx")
-    with pytest.raises(InputError, match=r"^outputs: unknown \['lhh'\]"):
+    with pytest.raises(InputError, match=r"^outputs: lhh is not a comma list of embeddings, llh, gene_llh, nll"):
         tfx.embed(adata, model, outputs=("embeddings", "lhh"))
     with pytest.raises(InputError, match=r"^--model-type esm2ce has no transformer"):
         tfx.embed(adata, model, model_type="esm2ce", outputs=("llh",))
@@ -129,6 +129,12 @@ def test_eval_with_the_checkpoint_scores_esm2ce_as_tfx_infer_computes_it(ckpt, d
     assert report["representations"]["esm2ce"] == alone["representations"]["embeddings"]
     assert report["headline"]["esm2ce_knn_macro_f1"] == alone["headline"]["knn_macro_f1"]
     assert "ESM2-CE" in (tmp_path / "with" / "summary.md").read_text()
+    # tfx.evaluate computes the same baseline from the counts in memory
+    model = tfx.load(ckpt)
+    cells = tfx.embed(anndata.read_h5ad(data), model, device="cpu")
+    api = tfx.evaluate(cells, label="cell_type", counts="X", model=model, cz_benchmarks=False)
+    assert api["representations"]["esm2ce"] == report["representations"]["esm2ce"]
+    assert api["headline"]["esm2ce_knn_macro_f1"] == report["headline"]["esm2ce_knn_macro_f1"]
 
 
 def test_eval_checkpoint_without_counts_is_one_line(ckpt, tmp_path, capsys):

@@ -75,6 +75,19 @@ def test_sampled_log_prob_is_minus_the_scored_nll(teacher, tmp_path, order):
         assert (unrestricted > nll - 1e-4).all()  # renormalising over fewer genes only raises probability
 
 
+def test_the_python_entry_samples_the_cells_tfx_generate_writes(teacher, tmp_path):
+    import tfx
+
+    out = tmp_path / "cells.h5ad"
+    args = ["--species", SPECIES, "--n-cells", "6", "--order", "free", "--seed", "5", "--prompt", "", "--top-k", "9"]
+    assert main(["generate", "--checkpoint", str(teacher), "--output", str(out), "--device", "cpu", *args]) == 0
+    written = anndata.read_h5ad(out)
+    cells = tfx.generate_cells(tfx.load(teacher), SPECIES, 6, order="free", seed=5, top_k=9, device="cpu")
+    np.testing.assert_array_equal(cells.X.toarray(), written.X.toarray())
+    np.testing.assert_array_equal(cells.obs["log_prob"].to_numpy(), written.obs["log_prob"].to_numpy())
+    assert cells.uns["generation"]["seed"] == 5 and list(cells.var_names) == list(written.var_names)
+
+
 def test_top_k_1_draws_the_same_genes_whatever_the_seed(teacher, tmp_path):
     runs = []
     for seed in ("1", "2"):
@@ -155,8 +168,8 @@ def test_outputs_of_the_wrong_kind_are_refused_before_any_work(teacher, tmp_path
 
 @pytest.mark.parametrize("args, message", [
     (["--species", "danio_rerio"], "--species danio_rerio: not in checkpoint"),
-    (["--n-cells", "0"], "--n-cells 0: ask for at least 1 cell"),
-    (["--temperature", "0"], "--temperature 0.0: must be > 0"),
+    (["--n-cells", "0"], "argument --n-cells: 0 is not an integer >= 1"),
+    (["--temperature", "0"], "argument --temperature: 0 is not a number > 0"),
     (["--prompt", "NOT_A_GENE:3"], "gene NOT_A_GENE is not in species synth_alpha's vocabulary (no species"),
     (["--assay", "nanopore"], "--assay nanopore: not in the checkpoint's assay vocabulary"),
 ])

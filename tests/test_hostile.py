@@ -4,6 +4,7 @@ See docs/security.md for the promises these tests hold tfx to."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -377,13 +378,17 @@ def test_numeric_options_are_checked_when_parsed(cli, option, value):
 
 
 def test_every_option_has_help_and_numeric_ones_their_range():
-    from tfx.cli import Range, build_parser
+    from tfx.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    for name, parser in sub.choices.items():
+    parsers = dict(sub.choices)
+    questions = next(a for a in parsers.pop("prompt")._actions if a.dest == "query")
+    parsers |= {f"prompt {q}": p for q, p in questions.choices.items()}
+    for name, parser in parsers.items():
         for action in parser._actions:
             assert action.help, (name, action.option_strings or action.dest)
-            if isinstance(action.type, Range):
+            spec = getattr(action.type, "spec", None)  # the option's declaration (tfx.options.Spec)
+            if spec is not None and spec.range is not None and action.help != argparse.SUPPRESS:
                 assert "%(type)s" in action.help, (name, action.option_strings)
     text = sub.choices["infer"].format_help()
     assert "an integer >= 1 (the reference's default is 8) (default: 256)" in " ".join(text.split())
@@ -493,7 +498,7 @@ def test_training_output_carries_no_adverts_or_deprecations(run_dir):
 
 
 def test_exit_codes_agree_across_commands(cli, tmp_path):
-    assert "--outputs: unknown ['umap']" in one_line_error(
+    assert "argument --outputs: umap is not a comma list of" in one_line_error(
         cli("infer", "--checkpoint", "c", "--data", "d.h5ad", "--output", "o.h5ad", "--outputs", "umap"))
     assert "tfx synth: error:" in one_line_error(cli("synth", "--output", tmp_path / "s", "--genes", "3"))
     assert "name a recipe" in one_line_error(cli("train"))

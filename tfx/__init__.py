@@ -1,10 +1,11 @@
 """tfx: train, fine-tune and serve TranscriptFormer-style single-cell foundation models.
 
-``tfx.load``, ``tfx.embed`` and ``tfx.evaluate`` (the notebook API, tfx/api.py) are imported on
-first use, so ``import tfx`` stays light.
+``tfx.load``, ``tfx.embed``, ``tfx.generate_cells`` and ``tfx.evaluate`` (the notebook API,
+tfx/api.py) are imported on first use, so ``import tfx`` stays light. (``tfx.generate`` is the
+package of sampling code, so the function that samples cells is ``tfx.generate_cells``.)
 """
 
-API = ("load", "embed", "evaluate")
+API = ("load", "embed", "generate_cells", "evaluate")
 
 
 def __getattr__(name: str):

@@ -26,6 +26,13 @@ class RecipeError(TfxError):
     """A recipe that does not compose, validate or build."""
 
 
+class RegistryError(TfxError, KeyError):
+    """A component name that no registry holds (from a recipe, a checkpoint or an option); the
+    message lists the registered names. Also a KeyError, for callers that look names up."""
+
+    __str__ = TfxError.__str__  # KeyError's would quote the message
+
+
 class Interrupted(Exception):
     """A run stopped by a signal after saving what it needs to resume; ``code`` is the exit code
     (128 + the signal's number: 130 for Ctrl-C, 143 for SIGTERM)."""

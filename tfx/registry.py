@@ -4,8 +4,8 @@ Configs only ever hold registry names, never import paths, so loading a config c
 Third-party packages add components through the entry-point group ``tfx.plugins``: each entry
 point names a module (or a callable) whose import registers its components.
 
-This module imports nothing from tfx; built-in components register themselves when their own
-module is imported (see ``tfx.components``).
+This module imports nothing from tfx but its error type; built-in components register themselves
+when their own module is imported (see ``tfx.components``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Iterator
 from typing import Any
+
+from tfx.errors import RegistryError
 
 PLUGIN_GROUP = "tfx.plugins"
 
@@ -45,7 +47,7 @@ class Registry:
             load_plugins()
         if name not in self._entries:
             known = ", ".join(sorted(self._entries)) or "none"
-            raise KeyError(f"unknown {self.kind} '{name}' (registered: {known})")
+            raise RegistryError(f"unknown {self.kind} '{name}' (registered: {known})")
         return self._entries[name][0]
 
     def build(self, name: str, /, **kwargs) -> Any:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import anndata
 import numpy as np
@@ -17,6 +19,7 @@ from tfx.atomic import atomic_path
 from tfx.checkpoint import Checkpoint
 from tfx.errors import InputError
 from tfx.generate.sample import ORDERS, parse_prompt, sample_cells, species_of
+from tfx.options import Device, Input, Options, Output, PositiveFloat, PositiveInt, Seed, group, option
 
 log = logging.getLogger(__name__)
 
@@ -25,33 +28,61 @@ APPROXIMATE = ("approximate: the softmax count head's logit read as a per-positi
                "whole cell and the cell's total count are not known while the cell is drawn)")
 
 
-def check_options(n_cells: int, temperature: float, top_k: int | None, max_genes: int | None, order: str) -> None:
-    if n_cells < 1:
-        raise InputError(f"--n-cells {n_cells}: ask for at least 1 cell")
-    if not temperature > 0:
-        raise InputError(f"--temperature {temperature}: must be > 0 (1 samples the model as it is)")
-    if top_k is not None and top_k < 1:
-        raise InputError(f"--top-k {top_k}: must be at least 1 (leave it out to keep every gene)")
-    if max_genes is not None and max_genes < 1:
-        raise InputError(f"--max-genes {max_genes}: must be at least 1")
-    if order not in ORDERS:
-        raise InputError(f"--order {order}: choose var or free")
+@dataclass(frozen=True, kw_only=True)
+class GenerateOptions(Options):
+    """What is sampled: `tfx generate`'s options and ``tfx.generate``'s arguments."""
+
+    species: str = option(help="a species of the checkpoint's vocabulary")
+    n_cells: PositiveInt = option(help="cells to sample, %(type)s")
+    assay: str | None = option(None, help="assay token (default: unknown)")
+    prompt: str | None = option(None, help="GENE[:COUNT],... that every cell starts with")
+    order: Literal[ORDERS] = option(  # type: ignore[valid-type]
+        "var", help="var: genes in vocabulary (var) order, as cells are read; free: any order the model prefers "
+                    "(kept in obsm['generation_order'])")
+    temperature: PositiveFloat = option(1.0, help="softmax temperature of each gene draw, %(type)s")
+    top_k: PositiveInt | None = option(None, help="draw among the k likeliest genes only, %(type)s")
+    max_genes: PositiveInt | None = option(None, help="most genes per cell, %(type)s (default: seq_len - 1)")
+    seed: Seed = option(0, help="random seed, %(type)s")
+    batch_size: PositiveInt = option(64, help="cells sampled at once, %(type)s")
+    device: Device = option("auto", help="auto: CUDA when present")
 
 
-def generate_file(ckpt: Checkpoint, species: str, n_cells: int, output: str | os.PathLike, *,
-                  prompt: str | None = None, assay: str | None = None, order: str = "var", temperature: float = 1.0,
-                  top_k: int | None = None, max_genes: int | None = None, seed: int = 0, batch_size: int = 64,
-                  device: str = "cpu") -> dict:
-    check_options(n_cells, temperature, top_k, max_genes, order)
+@dataclass(frozen=True, kw_only=True)
+class GenerateCommand(Options):
+    """`tfx generate`: the checkpoint read and the h5ad written, then what is sampled. In Python the
+    checkpoint is ``tfx.load(path, attention=...)``'s and ``tfx.generate(model, ...)`` returns the cells."""
+
+    checkpoint: Annotated[str, Input("dir")] = option(python=("path", "model"),
+                                                      help="checkpoint directory (official release or tfx export)")
+    output: Annotated[str, Output("file", "the .h5ad file")] = option(python=None, help="output h5ad")
+    attention: str | None = option(None, help="attention backend of the full forward (registry name)")
+    options: GenerateOptions = group(GenerateOptions)
+
+
+def generate_file(ckpt: Checkpoint, output: str | os.PathLike, opts: GenerateOptions, device: torch.device) -> dict:
+    """``generate_cells`` written to ``output`` (whole, then renamed); returns a small summary."""
     if Path(output).is_dir():
         raise InputError(f"--output {output}: is a directory; name the .h5ad file to write")
+    adata = generate_cells(ckpt, opts, device)
+    output = Path(output)
+    with atomic_path(output) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata.write_h5ad(tmp)
+    return {"output": str(output), "cells": adata.n_obs, "ended": int(adata.obs["ended"].sum()),
+            "mean_genes": float(adata.obs["n_genes"].mean()), "counts": adata.uns["generation"]["counts"]}
+
+
+def generate_cells(ckpt: Checkpoint, opts: GenerateOptions, device: torch.device) -> anndata.AnnData:
+    """``opts.n_cells`` cells sampled on ``device``: raw counts in X, obs log_prob, n_genes, ended and
+    clipped_counts, obsm["generation_order"] and how they were drawn in uns["generation"]."""
+    n_cells, species, prompt, assay, order = opts.n_cells, opts.species, opts.prompt, opts.assay, opts.order
     sp_info = species_of(ckpt, species)
     given = parse_prompt(ckpt, sp_info, prompt)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(opts.seed)
     genes, counts, log_prob, ended = [], [], [], []
-    for start in range(0, n_cells, batch_size):
-        s = sample_cells(ckpt, sp_info, min(batch_size, n_cells - start), prompt=given, assay=assay, order=order,
-                         temperature=temperature, top_k=top_k, max_genes=max_genes, generator=generator,
+    for start in range(0, n_cells, opts.batch_size):
+        s = sample_cells(ckpt, sp_info, min(opts.batch_size, n_cells - start), prompt=given, assay=assay, order=order,
+                         temperature=opts.temperature, top_k=opts.top_k, max_genes=opts.max_genes, generator=generator,
                          device=device)
         genes += s.genes
         counts += s.counts
@@ -70,29 +101,22 @@ def generate_file(ckpt: Checkpoint, species: str, n_cells: int, output: str | os
     sampled = [c[~np.isin(g, given.ids)] for g, c in zip(genes, counts)]  # the prompt's counts are given
     clipped = np.array([int((c > clip).sum()) if clip else 0 for c in sampled])
     obs = pd.DataFrame({
-        "species": species, "assay": assay or "unknown", "seed": seed,
+        "species": species, "assay": assay or "unknown", "seed": opts.seed,
         "log_prob": np.concatenate(log_prob), "n_genes": [len(g) for g in genes],
         "ended": np.concatenate(ended), "clipped_counts": clipped,
     }, index=[f"generated_{i}" for i in range(n_cells)])
     var = pd.DataFrame({"ensembl_id": sp_info.genes}, index=sp_info.genes)
     counts_model = EXACT if ckpt.model.causal_counts else APPROXIMATE
     uns = {"generation": {
-        "checkpoint": str(ckpt.path), "order": order, "temperature": temperature, "top_k": top_k or 0,
-        "max_genes": max_genes or 0, "prompt": prompt or "", "seed": seed,
+        "checkpoint": str(ckpt.path), "order": order, "temperature": opts.temperature, "top_k": opts.top_k or 0,
+        "max_genes": opts.max_genes or 0, "prompt": prompt or "", "seed": opts.seed,
         "genes": "exact: drawn from the gene-id head, given the counts drawn before them",
         "counts": counts_model,
         "log_prob": "of the sampled positions (the prompt is given), under the distribution sampled: order "
                     "restriction, temperature and top-k renormalised, counts exact ZTP",
         "clip": f"counts above {clip} are kept raw in X; the model read them clipped (obs clipped_counts)",
     }}
-    adata = anndata.AnnData(X=X.tocsr(), obs=obs, var=var, uns=uns,
-                            obsm={"generation_order": generation_order})
-    output = Path(output)
-    with atomic_path(output) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adata.write_h5ad(tmp)
     if clipped.any():
         log.warning("%d sampled counts exceed the checkpoint's clip of %s (kept raw in X; obs clipped_counts)",
                     int(clipped.sum()), clip)
-    return {"output": str(output), "cells": n_cells, "ended": int(obs["ended"].sum()),
-            "mean_genes": float(obs["n_genes"].mean()), "counts": counts_model}
+    return anndata.AnnData(X=X.tocsr(), obs=obs, var=var, uns=uns, obsm={"generation_order": generation_order})

@@ -14,8 +14,9 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated, Literal
 
 import h5py
 import numpy as np
@@ -31,30 +32,72 @@ from tfx.data import preprocess
 from tfx.data.anndata import CellReader
 from tfx.errors import InputError
 from tfx.infer.engine import Outputs, run_cells
+from tfx.options import Device, Input, Options, Output, PositiveInt, Range, group, option
 from tfx.tokenize.batches import BatchSpec
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class InferOptions:
-    emb_type: str = "cell"
-    embeddings: bool = True  # cell embeddings (emb_type cell) or contextual gene embeddings (cge)
-    llh: bool = False
-    gene_llh: bool = False  # the reference's per-position gene-id NLL (obsm) and its per-cell mean (obs)
-    nll: bool = False  # each cell's total negative log-probability under the training factorisation
-    predictions: bool = False  # the fine-tuned task head's (ckpt.task)
-    gene_col: str = "ensembl_id"
-    use_raw: bool | None = None
-    remove_duplicate_genes: bool = False
-    device: str = "auto"
-    precision: str = "32"
-    token_budget: int = 16384
-    max_cells: int = 256
-    chunk_size: int = 4096
-    devices: int = 1  # processes, one per device (GPU); -1: every GPU
-    model_type: str = "transcriptformer"  # or "esm2ce": the frozen protein embeddings, no transformer
-    layer: int = -1  # the transformer layer embeddings come from (-1: the last)
+OUTPUTS = ("embeddings", "llh", "gene_llh", "nll", "predictions")
+REFERENCE_FLAGS = {  # `transcriptformer inference` flags -> tfx's
+    "--checkpoint-path": "--checkpoint", "--data-file": "--data", "--output-path": "--output (a directory there)",
+    "--output-filename": "--output (its file name)", "--gene-col-name": "--gene-col",
+    "--pretrained-embedding": "--species-embedding", "--num-gpus": "--devices",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadOptions(Options):
+    """How a checkpoint is served: `tfx infer`'s options of these names and ``tfx.load``'s arguments."""
+
+    attention: str | None = option(None, help="attention backend (registry name); default: the checkpoint's")
+    clip_counts: Annotated[float, Range(float, above=0)] | None = option(
+        None, help="clip counts at this value, %(type)s; default: what the checkpoint records (30 for official releases)")
+    species_embeddings: list[Annotated[str, Input("file")]] | None = option(
+        None, flags=("--species-embedding", "--pretrained-embedding"),
+        help="gene embedding h5 files of out-of-distribution species: their genes replace the checkpoint's "
+             "vocabulary (tfx add-species adds a species instead)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferOptions(Options):
+    """What inference computes and how: `tfx infer`'s options and ``tfx.embed``'s arguments."""
+
+    emb_type: Literal["cell", "cge"] = option("cell", help="cell embeddings, or contextual gene embeddings (cge)")
+    outputs: tuple[Literal[OUTPUTS], ...] = option(  # type: ignore[valid-type]
+        ("embeddings",), help=f"comma list of: {', '.join(OUTPUTS)} (predictions: a fine-tuned checkpoint's task head)")
+    batch_size: PositiveInt = option(256, help="most cells per batch, %(type)s (the reference's default is 8)")
+    token_budget: PositiveInt = option(16384, help="most cells x padded length per batch, %(type)s")
+    device: Device = option("auto", help="auto: CUDA when present")
+    devices: Annotated[int, Range(int, lo=1, also=(-1,))] = option(
+        1, flags=("--devices", "--num-gpus"), python=None,  # a file is split across processes; memory is one
+        help="processes, one per GPU (-1: every GPU), %(type)s")
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = option(
+        "32", help="the reference's default is 16-mixed; 32 is exact on any device")
+    gene_col: str | None = option(None, flags=("--gene-col", "--gene-col-name"),
+                                  help="var column of gene ids ('index' for the var index); default: the "
+                                       "checkpoint's (ensembl_id)")
+    use_raw: bool | None = option(None, help="auto (default), true or false")
+    remove_duplicate_genes: bool = option(False, help="keep the first of genes listed twice")
+    chunk_size: PositiveInt = option(4096, help="cells read from the file at a time, %(type)s")
+    model_type: Literal["transcriptformer", "esm2ce"] = option(
+        "transcriptformer", help="esm2ce: the ESM2-CE baseline, each cell the pooled frozen protein embeddings of "
+                                 "its genes (no transformer; embeddings only)")
+    layer: int = option(-1, flags=("--embedding-layer-index",),
+                        help="transformer layer the embeddings come from (-1: the last; embeddings only otherwise)")
+
+    # what the engine reads: each output asked for, and the batch's most cells
+    embeddings = property(lambda self: "embeddings" in self.outputs)
+    llh = property(lambda self: "llh" in self.outputs)
+    gene_llh = property(lambda self: "gene_llh" in self.outputs)  # the reference's per-position gene-id NLL and its mean
+    nll = property(lambda self: "nll" in self.outputs)  # total negative log-probability under the training factorisation
+    predictions = property(lambda self: "predictions" in self.outputs)  # the fine-tuned task head's (ckpt.task)
+    max_cells = property(lambda self: self.batch_size)
+
+    def for_checkpoint(self, ckpt: Checkpoint) -> InferOptions:
+        """These options checked against ``ckpt`` (``check``), with its gene column where none is given."""
+        self.check(ckpt)
+        return self if self.gene_col else replace(self, gene_col=ckpt.data_cfg.gene_col_name)
 
     @property
     def scores(self) -> tuple[str, ...]:
@@ -64,8 +107,6 @@ class InferOptions:
     def check(self, ckpt: Checkpoint) -> None:
         """Refuse options this checkpoint cannot serve together (one line naming the option)."""
         heads = [name for name in (*self.scores, "predictions") if getattr(self, name)]
-        if self.model_type not in ("transcriptformer", "esm2ce"):
-            raise InputError(f"--model-type {self.model_type}: choose transcriptformer or esm2ce")
         if self.predictions and ckpt.task is None:
             raise InputError(f"{ckpt.path}: has no task head (task.json); --outputs predictions needs a "
                              "checkpoint exported by a finetune recipe")
@@ -89,13 +130,43 @@ class InferOptions:
             else ckpt.model_cfg.embed_dim
 
 
-def load_for_inference(path: str | os.PathLike, *, attention: str | None = None, clip_counts: float | None = None,
-                       species_embeddings: list | None = None) -> Checkpoint:
+@dataclass(frozen=True, kw_only=True)
+class InferCommand(Options):
+    """`tfx infer`: the files it reads and writes, then how the checkpoint is served and what is computed.
+    In Python the checkpoint is ``tfx.load(path)``'s and ``tfx.embed(adata, model, key)``'s ``model``."""
+
+    checkpoint: Annotated[str, Input("dir")] = option(
+        flags=("--checkpoint", "--checkpoint-path"), python=("path", "model"),
+        help="checkpoint directory (official release or tfx export)")
+    data: Annotated[str, Input("file")] = option(flags=("--data", "--data-file"), python="adata",
+                                                 help="input h5ad (raw counts)")
+    output: Annotated[str, Output("file", "the .h5ad file")] | None = option(None, python="key",
+                                                                             help="output h5ad (required)")
+    output_path: Annotated[str, Output("dir", "the output")] | None = option(None, hidden=True, python=None,
+                                                                            help="the reference's output directory")
+    output_filename: str = option("embeddings.h5ad", hidden=True, python=None,
+                                  help="the reference's output file name")
+    load: LoadOptions = group(LoadOptions)
+    options: InferOptions = group(InferOptions)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.output is None and self.output_path is None:
+            raise InputError("--output: name the output h5ad (or the reference's --output-path DIR)")
+
+    @property
+    def output_file(self) -> str:
+        return self.output or os.path.join(self.output_path, self.output_filename)
+
+
+def load_for_inference(path: str | os.PathLike, opts: LoadOptions | None = None, **options) -> Checkpoint:
     """A checkpoint as ``tfx infer`` serves it: the recorded count preprocessing (``clip_counts``
-    overrides it, with a warning) and, when given, out-of-distribution species' gene embeddings."""
-    ckpt = load_checkpoint(path, attention=attention)
-    ckpt = preprocess.apply(ckpt, "tfx infer", f"checkpoint {path}", clip_counts=clip_counts)
-    return with_species_embeddings(ckpt, species_embeddings) if species_embeddings else ckpt
+    overrides it, with a warning) and, when given, out-of-distribution species' gene embeddings.
+    ``opts`` or ``options``: ``LoadOptions`` (attention, clip_counts, species_embeddings)."""
+    opts = opts or LoadOptions(**options)
+    ckpt = load_checkpoint(path, attention=opts.attention)
+    ckpt = preprocess.apply(ckpt, "tfx infer", f"checkpoint {path}", clip_counts=opts.clip_counts)
+    return with_species_embeddings(ckpt, opts.species_embeddings) if opts.species_embeddings else ckpt
 
 
 def resolve_devices(name: str, count: int = 1) -> list[torch.device]:
@@ -207,7 +278,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         raise InputError(f"{output}: the output would overwrite the input; choose another --output")
     if output.is_dir():
         raise InputError(f"--output {output}: is a directory; name the .h5ad file to write")
-    opts.check(ckpt)
+    opts = opts.for_checkpoint(ckpt)
     devices = resolve_devices(opts.device, opts.devices)
     reader = open_cells(ckpt, data, opts)
     n_cells, obs = reader.n_cells, reader.obs.copy()
@@ -277,7 +348,7 @@ def _warn_cells(data, empty: int, output, non_finite: int, n_cells: int) -> None
 def infer_memory(ckpt: Checkpoint, adata, opts: InferOptions) -> tuple[dict[str, np.ndarray], dict]:
     """``infer_file``'s engine over an in-memory AnnData, on one device: ({name: per-cell array} of
     ``_per_cell``'s names, the reference's cge ``uns`` entries when asked)."""
-    opts.check(ckpt)
+    opts = opts.for_checkpoint(ckpt)
     device = resolve_devices(opts.device)[0]
     reader = open_cells(ckpt, adata, opts)
     _report_overlap(reader, opts.chunk_size)
