@@ -384,10 +384,17 @@ def cmd_train(args) -> int:
         print("tfx train: error: name a recipe (tfx train --list shows them) or a recipe YAML file", file=sys.stderr)
         return 2
     from tfx.recipe import compose, recipe_path
-    from tfx.train.run import train
 
     cfg = compose(args.recipe, args.overrides, args.recipes)
-    print(f"exported {train(cfg, str(recipe_path(args.recipe, args.recipes)))}")
+    recipe_file = str(recipe_path(args.recipe, args.recipes))
+    if args.check:
+        from tfx.train.run import check
+
+        print(check(cfg, recipe_file))
+        return 0
+    from tfx.train.run import train
+
+    print(f"exported {train(cfg, recipe_file)}")
     return 0
 
 
@@ -593,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="a packaged recipe (e.g. pretrain/tiny; see --list) or a YAML file")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.shards=DIR output_dir=runs/x")
     p.add_argument("--list", action="store_true", help="list the recipes with their descriptions")
+    p.add_argument("--check", action="store_true",
+                   help="compose and build the recipe, print it resolved and the parameter count; train nothing, "
+                        "write nothing")
     p.add_argument("--recipes", default=None, metavar="DIR",
                    help="a directory of your own recipes, searched before the packaged ones (or set TFX_RECIPES)")
     p.set_defaults(func=cmd_train)
