@@ -107,8 +107,8 @@ def test_every_packaged_recipe_is_covered():
 
 
 def _parameters(check_output: str) -> tuple[int, int]:
-    total, trainable = re.search(r"^objective \w+: ([\d,]+) parameters, ([\d,]+) trainable$", check_output, re.M).groups()
-    return int(total.replace(",", "")), int(trainable.replace(",", ""))
+    counts = re.search(r"^objective \w+: ([\d,]+) parameters, ([\d,]+) trainable$", check_output, re.M).groups()
+    return tuple(int(n.replace(",", "")) for n in counts)
 
 
 @pytest.mark.parametrize("name", sorted(available()))
@@ -174,7 +174,7 @@ def test_a_preset_names_the_species_it_lacks(data, tmp_path):
     ("strategy=deepspeed_zero9", r"tiny\.yaml: .*Could not find 'strategy/deepspeed_zero9'"),
     # choices are Enums: Hydra refuses a value outside them while it composes, naming the choices
     ("data.source=zarr", r"tiny\.yaml: data\.source: Invalid value 'zarr', expected one of \[shards, h5ad\]"),
-    ("data.on_corrupt=ignore", r"tiny\.yaml: data\.on_corrupt: Invalid value 'ignore', expected one of \[skip, raise\]"),
+    ("data.on_corrupt=ignore", r"data\.on_corrupt: Invalid value 'ignore', expected one of \[skip, raise\]"),
     ("finetune.backbone=half", r"finetune\.backbone: Invalid value 'half', expected one of \[frozen, partial, full\]"),
     ("finetune.adapter=qlora", r"finetune\.adapter: Invalid value 'qlora', expected one of \[none, lora\]"),
     ("finetune.export=zip", r"finetune\.export: Invalid value 'zip', expected one of \[merged, adapter\]"),

@@ -7,8 +7,8 @@ recipe directory joins the search with ``--recipes DIR`` (or ``TFX_RECIPES``).
 
 Composing checks the whole recipe (types, choices and bounds) before anything runs, and settles the
 settings that depend on what the user typed: a GPU recipe run on CPU trains in fp32 (in one
-process) unless ``trainer.precision`` (``trainer.devices``) was given on the command line. This is also the one module that reads a
-config by key (``.get``); everything else reads the typed ``Recipe``.
+process) unless ``trainer.precision`` (``trainer.devices``) was given on the command line. This is
+also the one module that reads a config by key (``.get``); everything else reads the typed ``Recipe``.
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ class DataSchema:
     shuffle_buffer: int = bounded(2000, ge=0)  # 0 or 1: no shuffling
     num_workers: int = bounded(0, ge=0)
     on_corrupt: OnCorrupt = OnCorrupt.skip  # a shard that does not read: skip (log and count) or raise
-    max_corrupt_share: float = bounded(0.1, ge=0, le=1)  # skip: the run stops when more of a source's shards are corrupt
+    max_corrupt_share: float = bounded(0.1, ge=0, le=1)  # skip: stop when more of a source's shards are corrupt
 
 
 @dataclass
