@@ -89,7 +89,7 @@ def _check_number(path: str, value: Any, bounds: dict) -> None:
     rules = (("ge", ">=", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b), ("lt", "<", lambda a, b: a < b),
              ("le", "<=", lambda a, b: a <= b))
     for key, sign, ok in rules:
-        if bounds.get(key) is not None and not ok(value, bounds[key]):
+        if key in bounds and bounds[key] is not None and not ok(value, bounds[key]):
             raise RecipeError(f"{path}={value} must be {sign} {bounds[key]}")
 
 
