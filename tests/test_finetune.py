@@ -18,7 +18,7 @@ from conftest import file_tokens
 from test_train import TYPES, _metrics, atlas, pretrained  # noqa: F401  (module fixtures, rebuilt here)
 from tfx.checkpoint import CheckpointError, load_checkpoint
 from tfx.cli import main
-from tfx.errors import InputError
+from tfx.errors import InputError, RecipeError
 from tfx.model import ModelConfig, SpecialIds, TranscriptFormer
 from tfx.model.lora import LORA_TARGETS, add_lora, is_adapter
 from tfx.recipe import build, compose
@@ -211,15 +211,17 @@ def test_finetuning_on_a_missing_label_column_is_one_line(pretrained, atlas, tmp
 
 
 @pytest.mark.parametrize("override, message", [
-    ("finetune.backbone=half", "finetune.backbone=half is not one of frozen, partial, full"),
-    ("finetune.adapter=qlora", "finetune.adapter=qlora is not one of none, lora"),
+    ("finetune.backbone=half", r"finetune\.backbone: Invalid value 'half', expected one of \[frozen, partial, full\]"),
+    ("finetune.adapter=qlora", r"finetune\.adapter: Invalid value 'qlora', expected one of \[none, lora\]"),
     ("finetune.export=adapter", "finetune.export=adapter keeps LoRA adapters; set finetune.adapter=lora"),
-    ("finetune.lora.rank=0", "finetune.lora needs rank >= 1"),
-    ("finetune.trainable_layers=0", "finetune.trainable_layers=0 must be at least 1"),
+    ("finetune.lora.rank=0", r"finetune\.lora\.rank=0 must be >= 1"),
+    ("finetune.lora.alpha=0", r"finetune\.lora\.alpha=0\.0 must be > 0"),
+    ("finetune.trainable_layers=0", r"finetune\.trainable_layers=0 must be >= 1"),
 ])
 def test_bad_finetune_settings_are_one_line_before_compute(pretrained, atlas, tmp_path, override, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(RecipeError, match=message) as err:
         build(compose("finetune/tiny", _finetune(pretrained, atlas, tmp_path / "x", 2, override)))
+    assert "\n" not in str(err.value)
     assert not (tmp_path / "x").exists()
 
 

@@ -22,9 +22,9 @@ from conftest import ROOT, file_tokens, write_h5ad
 from tfx.checkpoint import load_checkpoint
 from tfx.cli import main
 from tfx.data.shards import write_shards
-from tfx.errors import RecipeError
+from tfx.errors import RecipeError, TfxError
 from tfx.recipe import available, build, compose
-from tfx.train.run import train
+from tfx.train.run import check, train
 from tfx.vocab import write_gene_embeddings
 
 METAZOA = ["drosophila_melanogaster", "lytechinus_variegatus", "plasmodium_falciparum", "xenopus_laevis",
@@ -106,13 +106,24 @@ def test_every_packaged_recipe_is_covered():
     assert all(description for _, description in available().values())
 
 
+def _parameters(check_output: str) -> tuple[int, int]:
+    counts = re.search(r"^objective \w+: ([\d,]+) parameters, ([\d,]+) trainable$", check_output, re.M).groups()
+    return tuple(int(n.replace(",", "")) for n in counts)
+
+
 @pytest.mark.parametrize("name", sorted(available()))
 def test_recipe_composes_and_builds_as_shipped(name, data, base, tmp_path):
-    """Shipped sizes (no shrinking): the builder reads every key, the TF-sized model included."""
+    """Shipped sizes (no shrinking): the builder reads every key, the TF-sized model included; and
+    `--check`'s parameter count (a new model built on the meta device) is the real model's."""
     overrides = [o for o in _recipe_overrides(name, data, base, tmp_path / "run") if not o.startswith(("model.",))]
     cfg = compose(name, overrides)
     run = build(cfg)
-    assert type(run.objective).__name__.lower() == cfg.objective
+    assert run.objective.name == cfg.objective
+    run.objective.prepare(run.checkpoint.model)
+    params = [p for m in (run.checkpoint.model, *([run.checkpoint.task.module] if run.checkpoint.task else []))
+              for p in m.parameters()]
+    assert _parameters(check(cfg)) == (sum(p.numel() for p in params),
+                                       sum(p.numel() for p in params if p.requires_grad))
     if name.startswith("pretrain/") and name != "pretrain/tiny":
         cfg = run.checkpoint.model_cfg
         assert (cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.seq_len) == (2048, 12, 16, 2047)
@@ -161,6 +172,24 @@ def test_a_preset_names_the_species_it_lacks(data, tmp_path):
     ("trainer.max_steps=[1]", r"tiny\.yaml: trainer\.max_steps: "),
     ("+optim.momentum=0.9", r"tiny\.yaml: optim\.momentum: Key 'momentum' not in 'OptimSchema'"),
     ("strategy=deepspeed_zero9", r"tiny\.yaml: .*Could not find 'strategy/deepspeed_zero9'"),
+    # choices are Enums: Hydra refuses a value outside them while it composes, naming the choices
+    ("data.source=zarr", r"tiny\.yaml: data\.source: Invalid value 'zarr', expected one of \[shards, h5ad\]"),
+    ("data.on_corrupt=ignore", r"data\.on_corrupt: Invalid value 'ignore', expected one of \[skip, raise\]"),
+    ("finetune.backbone=half", r"finetune\.backbone: Invalid value 'half', expected one of \[frozen, partial, full\]"),
+    ("finetune.adapter=qlora", r"finetune\.adapter: Invalid value 'qlora', expected one of \[none, lora\]"),
+    ("finetune.export=zip", r"finetune\.export: Invalid value 'zip', expected one of \[merged, adapter\]"),
+    ("trainer.precision=bf17", r"trainer\.precision: Invalid value 'bf17', expected one of \[32, 64, "),
+    ("trainer.accelerator=tpu9", r"trainer\.accelerator: Invalid value 'tpu9', expected one of \[cpu, gpu, "),
+    ("logger.mode=loud", r"logger\.mode: Invalid value 'loud', expected one of \[online, offline, disabled\]"),
+    # bounds sit beside the types: checked when the recipe is composed, before anything is built
+    ("trainer.max_steps=-5", r"tiny\.yaml: trainer\.max_steps=-5 must be >= 1$"),
+    ("optim.lr=nan", r"tiny\.yaml: optim\.lr=nan must be a finite number$"),
+    ("data.token_budget=0", r"tiny\.yaml: data\.token_budget=0 must be >= 1$"),
+    ("finetune.lora.dropout=1.0", r"tiny\.yaml: finetune\.lora\.dropout=1\.0 must be < 1$"),
+    ("optim.betas=[0.9,1.5]", r"tiny\.yaml: optim\.betas\[1\]=1\.5 must be < 1$"),
+    ("data.weights=[1,-1]", r"tiny\.yaml: data\.weights\[1\]=-1\.0 must be >= 0$"),
+    ("trainer.devices=0", r"tiny\.yaml: trainer\.devices=0 must be a count \(at least 1\), -1 \(all\) or auto$"),
+    ("model.embed_dim=31", r"tiny\.yaml: model: embed_dim 31 is not divisible by num_heads 4$"),
 ])
 def test_schema_errors_are_one_line_with_key_and_recipe_file(override, message, data, tmp_path, capsys):
     with pytest.raises(RecipeError, match=message) as err:
@@ -168,23 +197,37 @@ def test_schema_errors_are_one_line_with_key_and_recipe_file(override, message, 
     assert "\n" not in str(err.value)
     assert main(["train", "pretrain/tiny", f"output_dir={tmp_path / 'run'}", override]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run").exists()  # refused before any run directory is made
+
+
+def test_an_invalid_recipe_leaves_no_run_directory(data, tmp_path, capsys):
+    """A value only the schema's bounds catch, given to a complete recipe that would otherwise train."""
+    args = ["train", "pretrain/tiny", *SHRINK, f"data.shards={data['shards']['homo_sapiens', 'train']}",
+            _embeddings(data, ["homo_sapiens"]), f"output_dir={tmp_path / 'run'}"]
+    for bad in ("trainer.max_steps=-5", "optim.lr=nan", "data.token_budget=0"):
+        assert main([*args, bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and bad.split("=")[0] in err[0], err
+        assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.likelihood=zinb", "unknown likelihood 'zinb'"),
+    ("model.likelihood=zinb", r"^recipe: model: unknown likelihood 'zinb' \(registered: .*ztp"),
     ("model.embed_dim=31", "not divisible by num_heads"),
-    ("objective=distill", "unknown objective 'distill'"),
-    ("logger=wandb logger.name=mlflow", "unknown logger 'mlflow'"),
+    ("objective=distill", r"^recipe: unknown objective 'distill' \(registered: continue, finetune, pretrain"),
+    ("logger=wandb logger.name=mlflow", r"^recipe: unknown logger 'mlflow' \(registered: csv, wandb"),
+    ("strategy.name=fsdp9", r"^recipe: unknown strategy 'fsdp9' \(registered: auto, ddp, deepspeed_zero1"),
     ("data.pack=true data.pack_row_len=8", "pack_row_len 8 is shorter"),
     ("data.clip_counts=-1", "clip_counts -1.0 must be a positive number"),
 ])
 def test_build_errors_before_compute(override, message, data, tmp_path):
-    with pytest.raises((KeyError, ValueError), match=message):
+    """Registry misses included: a tfx error naming the recipe file, never a KeyError."""
+    with pytest.raises(TfxError, match=message) as err:
         train(compose("pretrain/tiny", [*SHRINK, f"data.shards={data['shards']['homo_sapiens', 'train']}",
                                         _embeddings(data, ["homo_sapiens"]), f"output_dir={tmp_path / 'run'}",
                                         *override.split()]))
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not isinstance(err.value, KeyError)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_plugin_head_is_chosen_by_the_model_config(data, tmp_path):
@@ -292,3 +335,61 @@ def test_finetuning_on_a_label_column_the_shards_lack_is_one_line(data, base, tm
         build(compose("finetune/tiny", [*SHRINK, f"init={base}", "data=shards", "task.label_key=tissue_type",
                                         f"data.shards={data['shards']['homo_sapiens', 'train']}",
                                         f"output_dir={tmp_path}"]))
+
+
+def test_check_prints_the_resolved_recipe_and_parameters_and_writes_nothing(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = [f"data.shards={data['shards']['homo_sapiens', 'train']}", _embeddings(data, ["homo_sapiens"]),
+              f"output_dir={tmp_path / 'run'}"]
+    assert main(["train", "pretrain/tiny", *common, "trainer.max_steps=7", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "objective: pretrain" in out and "max_steps: 7" in out  # the recipe as resolved
+    real = build(compose("pretrain/tiny", common)).checkpoint.model
+    assert _parameters(out)[0] == sum(p.numel() for p in real.parameters())
+    assert main(["train", "--check", "pretrain/sapiens", *common]) == 0
+    out = capsys.readouterr().out
+    assert "embed_dim: 2048" in out and "precision: bf16-mixed" in out
+    assert _parameters(out)[0] > 300_000_000
+    assert list(tmp_path.iterdir()) == []  # no run directory, no log, nothing
+    # the TF-sized model --check counts takes no memory: its weights are on the meta device
+    meta = build(compose("pretrain/sapiens", common), device="meta").checkpoint.model
+    table = meta.gene_embeddings.embedding.weight
+    assert all(p.is_meta for p in meta.parameters() if p is not table)
+
+
+def test_build_loads_its_own_registries(data, tmp_path):
+    """`from tfx.recipe import build` on its own (nothing has imported tfx.train) builds a recipe; its
+    objective comes from the registry, and Lightning is still not imported."""
+    overrides = [f"data.shards={data['shards']['homo_sapiens', 'train']}", _embeddings(data, ["homo_sapiens"]),
+                 f"output_dir={tmp_path / 'run'}"]
+    code = ("import sys; from tfx.recipe import build, compose; "
+            f"run = build(compose('pretrain/tiny', {overrides!r})); "
+            "print(type(run.objective).__module__, run.objective.name, "
+            "sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'deepspeed')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "tfx.train.objectives.pretrain pretrain []"
+
+
+def test_a_gpu_recipe_on_cpu_trains_in_fp32_and_says_so(data, base, tmp_path, caplog):
+    """`trainer.accelerator=cpu` on a bf16 recipe: fp32 and one line saying so; an explicit
+    trainer.precision on the command line is kept."""
+    from tfx.train.run import lightning_trainer
+
+    common = [f"init={base}", f"data.shards={data['shards']['homo_sapiens', 'train']}", f"output_dir={tmp_path}",
+              "logger=csv", "trainer.accelerator=cpu"]
+    with caplog.at_level("INFO", logger="tfx.recipe.compose"):
+        cfg = compose("finetune/celltype", common)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tfx.recipe.compose"]
+    assert lines == ["trainer.accelerator=cpu: precision bf16-mixed -> 32 (fp32; half precision is slow on CPU), "
+                     "devices -1 -> 1 (one process); set them on the command line to keep the recipe's"]
+    assert lightning_trainer(build(cfg), []).precision == "32-true"
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tfx.recipe.compose"):
+        cfg = compose("finetune/celltype", [*common, "trainer.precision=bf16-mixed", "trainer.devices=1"])
+    assert not [r for r in caplog.records if r.name == "tfx.recipe.compose"]
+    assert lightning_trainer(build(cfg), []).precision == "bf16-mixed"
+    assert compose("finetune/celltype", [*common[:-1]]).trainer.precision == "bf16-mixed"  # on GPUs, as written
+    with pytest.raises(RecipeError, match=r"trainer\.devices=-1 \(every GPU\) has no meaning with "
+                                          r"trainer\.accelerator=cpu"):
+        compose("finetune/celltype", [*common, "trainer.devices=-1"])

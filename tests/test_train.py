@@ -18,6 +18,7 @@ import torch
 from conftest import write_h5ad
 from tfx.checkpoint import load_checkpoint
 from tfx.cli import main
+from tfx.errors import RecipeError
 from tfx.recipe import build, compose
 from tfx.train.run import train
 from tfx.vocab import write_gene_embeddings
@@ -184,6 +185,17 @@ def test_finetuning_classifies_cell_types(pretrained, atlas, tmp_path):
     ("strategy=deepspeed_zero9", "Could not find 'strategy/deepspeed_zero9'"),
 ])
 def test_recipe_errors_before_compute(atlas, tmp_path, override, message):
-    with pytest.raises((KeyError, ValueError), match=message):
+    with pytest.raises(RecipeError, match=message):
         train(compose("pretrain/tiny", _overrides(atlas, tmp_path / "bad", 5, override)))
-    assert not (tmp_path / "bad" / "checkpoints").exists()
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_directory_of_another_objective_is_refused(pretrained, atlas):
+    """The objective compared is the one the build holds; the run directory is left as it was."""
+    _, cells, _ = atlas["alpha"]
+    before = sorted(p.relative_to(pretrained) for p in pretrained.rglob("*"))
+    with pytest.raises(RecipeError, match=r"holds a run of another model or objective \(objective 'pretrain' -> "
+                                          r"'continue'\)"):
+        train(compose("continue/tiny", [f"init={pretrained / 'export'}", "data=h5ad", f"data.files=[{cells}]",
+                                        f"output_dir={pretrained}", "trainer.max_steps=1"]))
+    assert sorted(p.relative_to(pretrained) for p in pretrained.rglob("*")) == before

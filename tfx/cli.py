@@ -187,10 +187,17 @@ def cmd_train(opts) -> None:
             print(f"  {name:<24} {description}")
         return
     from tfx.recipe import compose, recipe_path
-    from tfx.train.run import train
 
     cfg = compose(opts.recipe, opts.overrides, opts.recipes)
-    print(f"exported {train(cfg, str(recipe_path(opts.recipe, opts.recipes)))}")
+    recipe_file = str(recipe_path(opts.recipe, opts.recipes))
+    if opts.check:
+        from tfx.train.run import check
+
+        print(check(cfg, recipe_file))
+        return
+    from tfx.train.run import train
+
+    print(f"exported {train(cfg, recipe_file)}")
 
 
 def cmd_export(opts) -> None:

@@ -111,6 +111,8 @@ class TrainCommand(Options):
     list_recipes: bool = option(False, flags=("--list",), help="list the recipes with their descriptions")
     recipes: str | None = option(None, metavar="DIR", help="a directory of your own recipes, searched before the "
                                                            "packaged ones (or set TFX_RECIPES)")
+    check: bool = option(False, help="compose and build the recipe, print it and the model's parameter count; "
+                                     "train nothing, write nothing")
 
     def __post_init__(self) -> None:
         super().__post_init__()

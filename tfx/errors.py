@@ -26,7 +26,7 @@ class RecipeError(TfxError):
     """A recipe that does not compose, validate or build."""
 
 
-class RegistryError(TfxError, KeyError):
+class RegistryError(ConfigError, KeyError):
     """A component name that no registry holds (from a recipe, a checkpoint or an option); the
     message lists the registered names. Also a KeyError, for callers that look names up."""
 

@@ -1,15 +1,18 @@
 """The component registries: recipes and checkpoints name components, the registry builds them.
 
 Configs only ever hold registry names, never import paths, so loading a config cannot run code.
-Third-party packages add components through the entry-point group ``tfx.plugins``: each entry
-point names a module (or a callable) whose import registers its components.
+Each registry knows the tfx modules that hold its built-in entries and imports them the first time
+it is asked for a name (as it loads plugins), so a registry answers for every built-in component
+whoever asks, and no layer has to import a higher one for its side effects. Third-party packages add
+components through the entry-point group ``tfx.plugins``: each entry point names a module (or a
+callable) whose import registers its components.
 
-This module imports nothing from tfx but its error type; built-in components register themselves
-when their own module is imported (see ``tfx.components``).
+A name nobody registered is a ``RegistryError`` (one line, exit 2) that names what is registered.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 from collections.abc import Iterator
 from typing import Any
@@ -23,10 +26,13 @@ _plugins_loaded = False
 
 
 class Registry:
-    """A named set of components of one kind (likelihoods, attention backends, ...)."""
+    """A named set of components of one kind (likelihoods, attention backends, ...).
 
-    def __init__(self, kind: str):
+    ``builtins``: the modules whose import registers tfx's own entries, imported on first use."""
+
+    def __init__(self, kind: str, builtins: tuple[str, ...] = ()):
         self.kind = kind
+        self.builtins = builtins
         self._entries: dict[str, tuple[Any, str]] = {}
 
     def register(self, name: str, obj: Any = None, *, override: bool = False):
@@ -42,9 +48,15 @@ class Registry:
         self._entries[name] = (obj, origin)
         return obj
 
+    def load(self) -> None:
+        """Import the built-in modules (Python keeps them: a second call costs nothing), then the plugins."""
+        for module in self.builtins:
+            importlib.import_module(module)
+        load_plugins()
+
     def get(self, name: str) -> Any:
         if name not in self._entries:
-            load_plugins()
+            self.load()
         if name not in self._entries:
             known = ", ".join(sorted(self._entries)) or "none"
             raise RegistryError(f"unknown {self.kind} '{name}' (registered: {known})")
@@ -55,28 +67,29 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         if name not in self._entries:
-            load_plugins()
+            self.load()
         return name in self._entries
 
     def names(self) -> list[str]:
-        load_plugins()
+        self.load()
         return sorted(self._entries)
 
     def items(self) -> Iterator[tuple[str, Any, str]]:
+        self.load()
         for name in sorted(self._entries):
             obj, origin = self._entries[name]
             yield name, obj, origin
 
 
-SPECIES = Registry("species")
-TOKENIZERS = Registry("tokenizer")
-ATTENTION = Registry("attention backend")
-HEADS = Registry("head")
-LIKELIHOODS = Registry("likelihood")
-TASKS = Registry("task")
-OBJECTIVES = Registry("objective")
-STRATEGIES = Registry("strategy")
-LOGGERS = Registry("logger")
+SPECIES = Registry("species", ("tfx.vocab.species", "tfx.synth"))
+TOKENIZERS = Registry("tokenizer", ("tfx.tokenize",))
+ATTENTION = Registry("attention backend", ("tfx.model.attention",))
+HEADS = Registry("head", ("tfx.model.heads",))
+LIKELIHOODS = Registry("likelihood", ("tfx.model.likelihoods",))
+TASKS = Registry("task", ("tfx.model.tasks",))
+OBJECTIVES = Registry("objective", ("tfx.train.objectives",))
+STRATEGIES = Registry("strategy", ("tfx.train.strategies",))
+LOGGERS = Registry("logger", ("tfx.train.loggers",))
 
 REGISTRIES: dict[str, Registry] = {
     "species": SPECIES,
@@ -97,6 +110,9 @@ def load_plugins(force: bool = False) -> list[str]:
     if _plugins_loaded and not force:
         return []
     _plugins_loaded = True
+    for registry in REGISTRIES.values():  # tfx's own entries first: a plugin may override one of them
+        for module in registry.builtins:
+            importlib.import_module(module)
     loaded = []
     for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
         dist = ep.dist.name if ep.dist is not None else "?"
@@ -118,4 +134,3 @@ def describe() -> Iterator[tuple[str, str, str]]:
     for kind, registry in REGISTRIES.items():
         for name, _, origin in registry.items():
             yield kind, name, origin
-

@@ -4,10 +4,16 @@ Recipes (``recipes/``) and the config groups they compose (``conf/``) sit at the
 repository and ship in the wheel as ``tfx/recipes`` and ``tfx/conf``. A recipe is named by its
 path under ``recipes/`` (``pretrain/tiny``) or given as a YAML file of the user's own; a user's
 recipe directory joins the search with ``--recipes DIR`` (or ``TFX_RECIPES``).
+
+Composing checks the whole recipe (types, choices and bounds) before anything runs, and settles the
+settings that depend on what the user typed: a GPU recipe run on CPU trains in fp32 (in one
+process) unless ``trainer.precision`` (``trainer.devices``) was given on the command line. This is
+also the one module that reads a config by key (``.get``); everything else reads the typed ``Recipe``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,8 +21,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tfx.errors import RecipeError
-from tfx.recipe.schema import Recipe, register
+from tfx.errors import ConfigError, RecipeError
+from tfx.recipe.schema import HALF_PRECISIONS, Accelerator, Precision, Recipe, register
+
+log = logging.getLogger(__name__)
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -104,4 +112,47 @@ def compose(recipe: str, overrides: list[str] = (), extra: str | os.PathLike | N
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise RecipeError(f"{path}: set {', '.join(missing)} (e.g. {missing[0]}=...)")
+    _on_cpu(cfg, overrides)
+    typed(cfg, str(path))  # bounds and the model's own checks, before anything is built or written
     return cfg
+
+
+def typed(cfg: DictConfig, src: str = "recipe") -> Recipe:
+    """The composed recipe as its dataclasses, every bound checked; one line naming ``src`` if not."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except RecipeError as err:
+        raise RecipeError(f"{src}: {err}") from None
+    except ConfigError as err:  # ModelConfig checks itself as it is built
+        raise RecipeError(f"{src}: model: {err}") from None
+    except OmegaConfBaseException as err:
+        raise RecipeError(f"{src}: {_one_line(err)}") from None
+
+
+def _given(overrides: list[str], key: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return any(o.key_or_group == key for o in OverridesParser.create().parse_overrides(list(overrides)))
+
+
+def _on_cpu(cfg: DictConfig, overrides: list[str]) -> None:
+    """A recipe written for GPUs run with ``trainer.accelerator=cpu``: bf16 (or fp16) is several times
+    slower than fp32 on CPU, so it trains in fp32, and "every device" (devices=-1) is one process;
+    each unless the command line set it."""
+    t, changed = cfg.trainer, []
+    if t.accelerator != Accelerator.cpu:
+        return
+    if t.precision in HALF_PRECISIONS and not _given(overrides, "trainer.precision"):
+        changed.append(f"precision {t.precision.value} -> 32 (fp32; half precision is slow on CPU)")
+        t.precision = Precision["32"]
+    if t.devices == -1 and not _given(overrides, "trainer.devices"):
+        changed.append("devices -1 -> 1 (one process)")
+        t.devices = 1
+    if changed and int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+        log.info("trainer.accelerator=cpu: %s; set them on the command line to keep the recipe's", ", ".join(changed))
+
+
+def recorded_objective(run_dir: Path) -> str | None:
+    """The objective a run directory's ``config.yaml`` records; None if it has none."""
+    path = Path(run_dir) / "config.yaml"
+    return OmegaConf.load(path).get("objective") if path.exists() else None

@@ -8,7 +8,6 @@ import lightning as L
 import torch
 from torch import nn
 
-from tfx.model.lora import is_adapter
 from tfx.model.transcriptformer import TranscriptFormer
 from tfx.tokenize import TokenBatch
 from tfx.recipe.schema import OptimSchema
@@ -83,19 +82,6 @@ class PretrainModule(_Module):
         for name, value in losses.items():
             self.log(f"{stage}/{name}", value, batch_size=max(n, 1), sync_dist=stage == "val",
                      prog_bar=name == "loss")
-
-
-def freeze_backbone(model: TranscriptFormer, policy: str, trainable_layers: int = 2) -> None:
-    """``frozen``: only the task head (and LoRA adapters) train; ``partial``: also the last layers;
-    ``full``: all. The protein table never trains."""
-    if policy not in ("frozen", "partial", "full"):
-        raise KeyError(f"unknown backbone policy '{policy}' (frozen, partial, full)")
-    layers = model.transformer_encoder.encoder_layers
-    trained = {id(p) for layer in layers[len(layers) - trainable_layers:] for p in layer.parameters()}
-    table = model.gene_embeddings.embedding.weight
-    for name, p in model.named_parameters():
-        if not is_adapter(name):
-            p.requires_grad = p is not table and (policy == "full" or (policy == "partial" and id(p) in trained))
 
 
 class TaskModule(_Module):

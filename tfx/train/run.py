@@ -1,4 +1,4 @@
-"""`tfx train RECIPE [overrides]`: compose -> build -> fit -> export.
+"""`tfx train RECIPE [overrides]`: compose -> build -> fit -> export; ``--check`` stops after build.
 
 A run directory holds ``config.yaml`` (the composed recipe), ``checkpoint_template/`` (config.json,
 vocabs/ and, for fine-tuning, task.json and adapter.json of the model being trained), ``checkpoints/`` (Lightning /
@@ -15,16 +15,15 @@ import pickle
 import signal
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-import tfx.train.loggers  # noqa: F401  (registers the loggers)
-import tfx.train.objectives  # noqa: F401  (registers the objectives)
-import tfx.train.strategies  # noqa: F401  (registers the strategies)
 from tfx.atomic import atomic_path
 from tfx.checkpoint import check_output_dir
 from tfx.errors import CheckpointError, Interrupted, RecipeError
 from tfx.model.config import config_dict
 from tfx.recipe import Build, build
+from tfx.recipe.compose import recorded_objective
+from tfx.registry import LOGGERS, STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,19 @@ def train(cfg: DictConfig, recipe_file: str = "recipe") -> Path:
     before compute), fit, export; returns the export directory."""
     run = build(cfg, recipe_file)
     return fit(run)
+
+
+def check(cfg: DictConfig, recipe_file: str = "recipe") -> str:
+    """`tfx train RECIPE --check`: build everything the recipe names (a new model on the meta device,
+    so a TF-sized one takes seconds and no memory), set up the objective; fit nothing, write nothing.
+    Returns the resolved recipe and the parameter count."""
+    run = build(cfg, recipe_file, device="meta")
+    modules = [run.checkpoint.model, *([run.checkpoint.task.module] if run.checkpoint.task else [])]
+    run.objective.prepare(run.checkpoint.model)
+    params = [p for m in modules for p in m.parameters()]
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return (f"{run.config_yaml.rstrip()}\n\nobjective {run.objective.name}: {sum(p.numel() for p in params):,} "
+            f"parameters, {trainable:,} trainable")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -61,9 +73,9 @@ def check_run_dir(run: Build) -> None:
                           "nothing there is changed, choose another output_dir")
     old = _flat(json.loads(template.read_text()))
     new = _flat(json.loads(json.dumps(config_dict(run.checkpoint.model_cfg, run.checkpoint.data_cfg))))
-    old["objective"] = OmegaConf.load(out / "config.yaml").get("objective") if (out / "config.yaml").exists() else None
-    new["objective"] = OmegaConf.create(run.config_yaml).get("objective")
-    diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    old["objective"], new["objective"] = recorded_objective(out), run.objective.name
+    old, new = {**dict.fromkeys(new), **old}, {**dict.fromkeys(old), **new}  # a key one side lacks: None
+    diffs = [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(old) if old[k] != new[k]]
     if diffs:
         raise RecipeError(f"output_dir={out}: holds a run of another model or objective ({'; '.join(diffs[:3])}); "
                           "nothing there is changed, choose another output_dir (or delete it to start over)")
@@ -81,6 +93,28 @@ def _check_readable(checkpoint: Path) -> None:
                               "earlier checkpoint (resume=PATH) or start over (resume=null)") from None
 
 
+def lightning_trainer(run: Build, callbacks: list):
+    """``run.trainer`` as Lightning's Trainer: the strategy and loggers built from their registry names."""
+    import lightning as L
+
+    t, out = run.trainer, run.output_dir
+    attempt = len(list((out / "logs").glob("*/metrics.csv")))  # one CSV per (re)start
+    loggers = [LOGGERS.get("csv")(save_dir=out, version=attempt)]
+    if t.logger.name != "csv":
+        loggers.append(LOGGERS.get(t.logger.name)(save_dir=out, version=attempt, project=t.logger.project,
+                                                  mode=t.logger.mode.value))
+    validate = run.has_validation
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=STRATEGIES.get(t.strategy)(accelerator=t.accelerator), precision=t.precision,
+        max_steps=t.max_steps, gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps, val_check_interval=t.val_check_interval if validate else None,
+        limit_val_batches=t.limit_val_batches if validate else 0, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, logger=loggers, default_root_dir=str(out), use_distributed_sampler=False,
+        enable_model_summary=False, callbacks=callbacks,
+    )
+
+
 def fit(run: Build) -> Path:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -93,15 +127,15 @@ def fit(run: Build) -> Path:
     L.seed_everything(run.seed, workers=True, verbose=False)
     module = run.objective.module(run.checkpoint.model)
     out = run.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"),
+                                  every_n_train_steps=run.trainer.checkpoint_every_n_steps, save_last=True, save_top_k=1)
+    stop = StopOnSignal()
+    trainer = lightning_trainer(run, [checkpoints, Throughput(run.trainer.peak_tflops), GradNorm(), stop])
+    out.mkdir(parents=True, exist_ok=True)  # the run directory is made once Lightning has taken the settings
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and _rank() == 0:
         write_template(run.checkpoint, out / "checkpoint_template", run.adapter)
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(run.config_yaml)
-    checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=run.checkpoint_every_n_steps,
-                                  save_last=True, save_top_k=1)
-    stop = StopOnSignal()
-    trainer = L.Trainer(**run.trainer, callbacks=[checkpoints, Throughput(run.peak_tflops), GradNorm(), stop])
     run.objective.before_fit(run, _rank())
     resume_file = run.resume is not None and Path(run.resume).is_file()
     if resume_file:
