@@ -103,7 +103,7 @@ def test_api_refusals_name_the_argument(ckpt, data, tmp_path):
     with pytest.raises(InputError, match=r"^compare: \['X_b', 'X_b'\] names a key twice"):
         tfx.evaluate(adata, compare=["X_b", "X_b"])
     (tmp_path / "report").write_text("kept")
-    with pytest.raises(InputError, match=r"^--output .*report: is a file; name a directory for the report"):
+    with pytest.raises(InputError, match=r"^output_dir .*report: exists and is not a directory"):
         tfx.evaluate(adata, output_dir=tmp_path / "report")
     assert (tmp_path / "report").read_text() == "kept"
 

@@ -49,7 +49,8 @@ def test_flags_fields_and_python_parameters_are_one_set(command):
             if spec.name == name and p.default is not inspect.Parameter.empty:
                 assert p.default == spec.default, (fn, name)
     cli_only = [s.name for s in specs.values() if not s.python]
-    assert cli_only == {"infer": ["output_path", "output_filename", "devices"], "generate": ["output"],
+    assert cli_only == {"infer": ["output_path", "output_filename", "overwrite", "devices"],
+                        "generate": ["output", "overwrite"],
                         "eval": ["homology", "homology_threshold"]}[command]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,62 @@ def test_an_unwritable_place_is_refused_before_any_work(tmp_path):
     for where in (tmp_path / "a-file" / "out.csv", "/proc/version/x.csv"):
         with pytest.raises(InputError, match="not a writable directory"):
             check_output(where, CSV)
+
+
+WRITERS = {  # command line with {out}, the kind of output, and a path inside one of its inputs
+    "infer": (["infer", "--checkpoint", "{ckpt}", "--data", "{cells}", "--output", "{out}"], "file", "{ckpt}/x.h5ad"),
+    "generate": (["generate", "--checkpoint", "{ckpt}", "--species", "synth_alpha", "--n-cells", "1", "--output",
+                  "{out}"], "file", "{ckpt}/config.json"),
+    "prompt next": (["prompt", "next", "--checkpoint", "{ckpt}", "--species", "synth_alpha", "--output", "{out}"],
+                    "file", "{ckpt}/next.csv"),
+    "prompt gene-gene": (["prompt", "gene-gene", "--checkpoint", "{ckpt}", "--species", "synth_alpha", "--genes",
+                          "SYNTH_ALPHA_00001", "--output", "{out}"], "dir", "{ckpt}/vocabs"),
+    "prompt programmes": (["prompt", "programmes", "--checkpoint", "{ckpt}", "--species", "synth_alpha", "--data",
+                           "{cells}", "--candidates", "SYNTH_ALPHA_00001", "--output", "{out}"], "dir", "{ckpt}/vocabs"),
+    "eval": (["eval", "--embeddings", "{cells}", "--counts", "{cells}", "--checkpoint", "{ckpt}", "--label",
+              "cell_type", "--output", "{out}"], "dir", "{ckpt}/report"),
+    "synth": (["synth", "--output", "{out}"], "dir", None),
+    "quickstart": (["quickstart", "--output", "{out}"], "dir", None),
+    "export": (["export", "{ckpt}", "--output", "{out}"], "dir", "{ckpt}/inside"),
+    "add-species": (["add-species", "--checkpoint", "{ckpt}", "--embeddings", "{gene_file}", "--output", "{out}"],
+                    "dir", "{ckpt}/vocabs"),
+    "embed-proteins": (["embed-proteins", "--fasta", "{gene_file}", "--output", "{out}"], "file", "{gene_file}"),
+}
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.lstat().st_mode, p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("command", list(WRITERS))
+def test_every_writing_command_refuses_what_it_must_not_replace(tmp_path, capsys, command):
+    """The same table of existing targets for every command that writes: each one refused in one line
+    with exit 2, before any work, even with --overwrite, and nothing changed."""
+    from conftest import write_h5ad
+    from teacher import build_teacher
+    from tfx.cli import main
+
+    ckpt = build_teacher(tmp_path / "ckpt", n_genes=10)
+    cells_dir = tmp_path / "data"
+    cells_dir.mkdir()
+    cells = write_h5ad(cells_dir / "cells.h5ad", [f"SYNTH_ALPHA_{i:05d}" for i in range(10)], [[1] * 10])
+    gene_file = tmp_path / ".ckpt_vocab" / "synth_alpha_gene.h5"
+    t, sock = _targets(tmp_path)
+    (t / "full" / "mine.txt").write_text("a user's file")
+    argv, kind, inside = WRITERS[command]
+    fill = dict(ckpt=ckpt, cells=cells, cells_dir=cells_dir, gene_file=gene_file)
+    targets = ["fifo", "sock", "dev", "link-fifo", "link-dev", "link-user.txt", "full", "link-full"]
+    targets += ["user.txt", "ours.csv"] if kind == "file" else ["user.txt", "link-ours.csv"]
+    paths = [t / name for name in targets] + ([Path(inside.format(**fill))] if inside else [])
+    before = _snapshot(tmp_path)
+    for path in paths:
+        for overwrite in ([], ["--overwrite"]):
+            if overwrite and path.name == "ours.csv" and command == "prompt next":
+                continue  # a CSV of its own kind: --overwrite may replace it
+            code = main([a.format(out=path, **fill) for a in argv] + overwrite)
+            err = capsys.readouterr().err.strip()
+            assert code == 2 and len(err.splitlines()) == 1, (command, path, overwrite, err)
+            assert str(path).split("/")[-1] in err, (command, path, err)
+    assert _snapshot(tmp_path) == before
+    sock.close()

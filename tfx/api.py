@@ -98,7 +98,8 @@ def generate_cells(model: Checkpoint, species: str, n_cells: int, *, assay: str 
 
 def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type", *, batch: str | None = None,
              counts: str | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None,
-             compare: list[str] | None = None, cz_benchmarks: bool = True, model: Checkpoint | None = None) -> dict:
+             compare: list[str] | None = None, cz_benchmarks: bool = True, model: Checkpoint | None = None,
+             overwrite: bool = False) -> dict:
     """``tfx eval``'s report on ``adata.obsm[rep]`` for ``adata.obs[label]``, as a dict: label
     probes, silhouettes and, with ``batch`` (an obs column such as species), mixing and transfer.
     ``counts``: ``"X"`` or a layer of raw counts, for the PCA-of-log-counts baseline beside it.
@@ -107,8 +108,13 @@ def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type
     (per-fold paired differences and a bootstrap CI, ``report["compare"]``). ``cz_benchmarks``: also
     run the cz-benchmarks tasks and their baselines (``report["cz_benchmarks"]``) where installed.
     ``model``: the checkpoint the embeddings came from (``tfx.load``): adds its ESM2-CE baseline
-    (pooled protein embeddings of the ``counts``), as ``tfx eval --checkpoint`` does."""
-    from tfx.eval.report import evaluate_cells
+    (pooled protein embeddings of the ``counts``), as ``tfx eval --checkpoint`` does. ``overwrite``:
+    replace a report already in ``output_dir`` (nothing else there is ever replaced)."""
+    from tfx.eval.report import REPORT, evaluate_cells
+    from tfx.outputs import check_output
+
+    if output_dir is not None:
+        check_output(output_dir, REPORT, overwrite=overwrite, option="output_dir")
 
     opts = EvalOptions(label=label, batch=batch, seed=seed, cz_benchmarks=cz_benchmarks)
     adata = _adata(adata)

@@ -119,7 +119,7 @@ def cmd_add_species(opts) -> None:
     from tfx.checkpoint import check_output_dir, load_checkpoint, save_checkpoint
     from tfx.checkpoint.surgery import add_species
 
-    check_output_dir(opts.output, opts.overwrite)
+    check_output_dir(opts.output, opts.overwrite, inputs=[opts.checkpoint, *opts.embeddings])
     ckpt = add_species(load_checkpoint(opts.checkpoint), opts.embeddings)
     save_checkpoint(ckpt, opts.output)
     print(f"wrote {opts.output}: vocabulary of {len(ckpt.vocab)} tokens ({', '.join(f for f, _ in ckpt.vocab.files)})")

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from tfx.errors import InputError
 from tfx.options import Count, Device, Input, Options, Output, PositiveInt, Range, Seed, option
+from tfx.outputs import DirOutput, FileOutput
 from tfx.quickstart import STEPS  # light: its heavy imports are inside the function
 
 SpeciesCount = Annotated[int, Range(int, 1, 8)]
@@ -38,7 +39,9 @@ class EmbedProteinsCommand(Options):
         help="protein FASTA (.fa or .fa.gz); Ensembl peptide headers carry gene:ID")
     model: str = option("esm2_t36_3B_UR50D",
                         help="fair-esm model name (read from the torch hub cache) or a local .pt file")
-    output: Annotated[str, Output("file", "the SPECIES_gene.h5 file")] = option(help="output SPECIES_gene.h5")
+    output: Annotated[str, Output("file", "the SPECIES_gene.h5 file", FileOutput("h5"))] = option(
+        help="output SPECIES_gene.h5")
+    overwrite: bool = option(False, help="replace an existing gene embedding file at --output")
     gene_map: Annotated[str, Input("file")] | None = option(
         None, help="TSV of protein_id<TAB>gene_id, for headers without gene:ID")
     layer: int = option(33, help="representation layer (0 = token embeddings, -1 = the last)")
@@ -83,8 +86,9 @@ class DownloadDataCommand(Options):
 
 @dataclass(frozen=True, kw_only=True)
 class SynthCommand(Options):
-    output: Annotated[str, Output("dir", "the atlas")] = option(
+    output: Annotated[str, Output("dir", "the atlas", DirOutput(("*.h5ad", "*_gene.h5")))] = option(
         help="directory for <species>.h5ad and <species>_gene.h5")
+    overwrite: bool = option(False, help="replace an atlas already in --output (nothing else there)")
     species: SpeciesCount = option(3, help="number of species: synth_alpha, synth_beta, ..., %(type)s")
     cells: PositiveInt = option(600, help="cells per species, %(type)s")
     genes: Annotated[int, Range(int, lo=54)] = option(
@@ -94,8 +98,11 @@ class SynthCommand(Options):
 
 @dataclass(frozen=True, kw_only=True)
 class QuickstartCommand(Options):
-    output: Annotated[str, Output("dir", "every step's output")] = option(
+    output: Annotated[str, Output("dir", "every step's output", DirOutput(tuple(
+        f"{step}/**" for step in ("atlas", "shards", "run", "embeddings", "report")), "quickstart"))] = option(
         "quickstart", help="directory for every step's output")
+    overwrite: bool = option(False, help="write into a quickstart directory that holds an earlier run "
+                                         "(nothing else there)")
     species: SpeciesCount = option(3, help="number of species, %(type)s")
     cells: PositiveInt = option(600, help="cells per species, %(type)s")
     steps: PositiveInt = option(STEPS, help="pretraining steps (of 1,024 tokens), %(type)s")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from tfx.errors import InputError
+from tfx.outputs import DirOutput, FileOutput, check_output
 
 REQUIRED = dataclasses.MISSING
 _SAME = object()  # a field's Python name is its own
@@ -77,10 +78,13 @@ class Input:
 @dataclasses.dataclass(frozen=True)
 class Output:
     """A path the command writes: a ``file`` (``what``: "the .h5ad file") or a ``dir`` (``what``:
-    "the report"). The wrong kind already there is refused before any work."""
+    "the report"). The wrong kind already there is refused before any work; ``writes`` (what the
+    command puts there) puts the path under the output policy of ``tfx.outputs``, with the options'
+    ``overwrite`` and their ``Input`` paths."""
 
     kind: Literal["file", "dir"]
     what: str
+    writes: FileOutput | DirOutput | None = None
 
     def problem(self, path: str) -> str | None:
         p = Path(path)
@@ -285,15 +289,22 @@ def flat_specs(cls: type) -> list[Spec]:
 
 
 class Options:
-    """Base of the option dataclasses: every field is checked when the object is made."""
+    """Base of the option dataclasses: every field is checked when the object is made, and every
+    output under the output policy (``Output.writes``), before any work."""
 
     def __post_init__(self) -> None:
-        for name, spec in specs(type(self)).items():
-            if isinstance(spec, Spec):
-                try:
-                    object.__setattr__(self, name, spec.check(getattr(self, name)))
-                except ValueError as err:
-                    raise InputError(f"{name}: {err}") from None
+        fields = {name: spec for name, spec in specs(type(self)).items() if isinstance(spec, Spec)}
+        for name, spec in fields.items():
+            try:
+                object.__setattr__(self, name, spec.check(getattr(self, name)))
+            except ValueError as err:
+                raise InputError(f"{name}: {err}") from None
+        inputs = [v for name, spec in fields.items() if isinstance(spec.path, Input)
+                  for v in (getattr(self, name) or [] if spec.many else [getattr(self, name)]) if v is not None]
+        for name, spec in fields.items():
+            if isinstance(spec.path, Output) and spec.path.writes and getattr(self, name) is not None:
+                check_output(getattr(self, name), spec.path.writes, overwrite=getattr(self, "overwrite", False),
+                             inputs=inputs, option=(spec.flags or (f"--{name.replace('_', '-')}",))[0])
 
 
 # ---- the command line --------------------------------------------------------------------------

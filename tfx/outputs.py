@@ -25,20 +25,21 @@ from pathlib import Path, PurePosixPath
 
 from tfx.errors import InputError
 
-_SIGNATURES = {"h5ad": b"\x89HDF\r\n\x1a\n", "png": b"\x89PNG\r\n\x1a\n"}
+_SIGNATURES = {"h5ad": b"\x89HDF\r\n\x1a\n", "h5": b"\x89HDF\r\n\x1a\n", "png": b"\x89PNG\r\n\x1a\n"}
 
 
 @dataclass(frozen=True)
 class FileOutput:
-    """A file a command writes: ``kind`` is h5ad, csv, png or json."""
+    """A file a command writes: ``kind`` is h5ad, h5, csv, png or json."""
 
     kind: str
 
 
 @dataclass(frozen=True)
 class DirOutput:
-    """A directory a command writes: ``writes`` are the patterns (``fnmatch``, relative paths with
-    '/') of every file it may put there; anything else found in it is the user's."""
+    """A directory a command writes: ``writes`` are the patterns (``fnmatch`` part by part, relative
+    paths with '/'; ``DIR/**``: anything under DIR) of every file it may put there; anything else
+    found in it is the user's."""
 
     writes: tuple[str, ...]
     what: str = "directory"
@@ -66,8 +67,13 @@ def _written(name: str, patterns: Iterable[str]) -> bool:
     """``name`` (a relative path) is one of ``patterns``, part for part: 'vocabs/*.h5' is not
     'vocabs/mine/x.h5'."""
     parts = PurePosixPath(name).parts
-    return any(len(parts) == len(PurePosixPath(p).parts) and all(map(fnmatch.fnmatchcase, parts, PurePosixPath(p).parts))
-               for p in patterns)
+    for pattern in patterns:
+        want = PurePosixPath(pattern).parts
+        if want[-1] == "**" and parts[: len(want) - 1] == want[:-1] and len(parts) >= len(want):
+            return True
+        if len(parts) == len(want) and all(map(fnmatch.fnmatchcase, parts, want)):
+            return True
+    return False
 
 
 def _kind_of(mode: int) -> str | None:
@@ -136,7 +142,7 @@ def check_output(path: str | os.PathLike, output: FileOutput | DirOutput, *, ove
     foreign = [f for f in found if not _written(f, output.writes) or (path / f).is_symlink()
                or _kind_of(os.lstat(path / f).st_mode)]
     foreign += [d for d in (str(p.relative_to(path)) for p in path.rglob("*") if p.is_dir() and not p.is_symlink())
-                if not any(w.startswith(d + "/") for w in output.writes)]
+                if not any(w.startswith(d + "/") for w in output.writes) and not _written(d, output.writes)]
     if foreign:
         raise InputError(f"{option} {path}: holds {foreign[0]}, which the command does not write; nothing there is "
                          f"replaced, choose another {option}")

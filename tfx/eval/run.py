@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from tfx.errors import InputError
-from tfx.eval.report import evaluate
+from tfx.eval.report import REPORT, evaluate
 from tfx.options import Input, Options, Output, Range, Seed, group, option
 
 Files = list[Annotated[str, Input("file")]]
@@ -46,7 +46,8 @@ class EvalCommand(Options):
              "counts on genes with a close homolog among the checkpoint's genes; needs --checkpoint and --counts")
     homology_threshold: Annotated[float, Range(float, above=0, hi=1)] = option(
         0.8, python=None, help="cosine similarity to the nearest training gene that makes a close homolog, %(type)s")
-    output: Annotated[str, Output("dir", "the report")] = option(python="output_dir", help="report directory")
+    output: Annotated[str, Output("dir", "the report", REPORT)] = option(python="output_dir", help="report directory")
+    overwrite: bool = option(False, help="replace a report already in --output (nothing else there)")
     options: EvalOptions = group(EvalOptions)
 
     def __post_init__(self) -> None:

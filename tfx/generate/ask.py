@@ -14,6 +14,7 @@ from tfx.checkpoint import Checkpoint, load_checkpoint
 from tfx.generate import prompt as queries
 from tfx.generate.sample import ORDERS, Species, parse_prompt, require_gene_head, species_of
 from tfx.options import Input, Options, Output, PositiveFloat, PositiveInt, Seed, option
+from tfx.outputs import DirOutput, FileOutput
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,7 +32,10 @@ class NextOptions(PromptOptions):
 
     prompt: str = option("", help="GENE[:COUNT],... (empty: what a cell starts with)")
     top_k: PositiveInt = option(20, help="genes listed, %(type)s")
-    output: Annotated[str, Output("file", "the .csv file")] | None = option(None, help="also write the table as CSV")
+    output: Annotated[str, Output("file", "the .csv file", FileOutput("csv"))] | None = option(
+        None, help="also write the table as CSV")
+    overwrite: bool = option(False, python=None, help="replace an existing output of the kind this command writes "
+                                                       "(never anything else)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +44,10 @@ class GeneGeneOptions(PromptOptions):
 
     genes: str = option(help="G1,G2,... or a file with one gene per line")
     count: PositiveFloat = option(1.0, help="count of the prompt gene, %(type)s")
-    output: Annotated[str, Output("dir", "the outputs")] = option(help="directory for gene_gene.csv and gene_gene.png")
+    output: Annotated[str, Output("dir", "the outputs", DirOutput(("gene_gene.csv", "gene_gene.png")))] = option(
+        help="directory for gene_gene.csv and gene_gene.png")
+    overwrite: bool = option(False, python=None, help="replace an existing output of the kind this command writes "
+                                                       "(never anything else)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,8 +63,10 @@ class ProgrammesOptions(PromptOptions):
     order: Literal[ORDERS] = option("var", help="generation order (see tfx generate)")  # type: ignore[valid-type]
     gene_col: str = option("ensembl_id", help="var column of gene ids ('index' for the var index)")
     seed: Seed = option(0, help="random seed, %(type)s")
-    output: Annotated[str, Output("dir", "the outputs")] = option(
-        help="directory for programmes.csv, markers.csv, programmes.png")
+    output: Annotated[str, Output("dir", "the outputs", DirOutput(("programmes.csv", "markers.csv", "programmes.png")))
+                      ] = option(help="directory for programmes.csv, markers.csv, programmes.png")
+    overwrite: bool = option(False, python=None, help="replace an existing output of the kind this command writes "
+                                                       "(never anything else)")
 
 
 QUESTIONS = {  # tfx prompt QUESTION: its options (the docstring after ": " is its help)

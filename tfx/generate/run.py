@@ -20,6 +20,7 @@ from tfx.checkpoint import Checkpoint
 from tfx.errors import InputError
 from tfx.generate.sample import ORDERS, parse_prompt, sample_cells, species_of
 from tfx.options import Device, Input, Options, Output, PositiveFloat, PositiveInt, Seed, group, option
+from tfx.outputs import FileOutput
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ class GenerateCommand(Options):
 
     checkpoint: Annotated[str, Input("dir")] = option(python=("path", "model"),
                                                       help="checkpoint directory (official release or tfx export)")
-    output: Annotated[str, Output("file", "the .h5ad file")] = option(python=None, help="output h5ad")
+    output: Annotated[str, Output("file", "the .h5ad file", FileOutput("h5ad"))] = option(python=None, help="output h5ad")
+    overwrite: bool = option(False, python=None, help="replace an existing output of the kind this command writes "
+                                                       "(never anything else)")
     attention: str | None = option(None, help="attention backend of the full forward (registry name)")
     options: GenerateOptions = group(GenerateOptions)
 

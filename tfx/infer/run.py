@@ -33,6 +33,7 @@ from tfx.data.anndata import CellReader
 from tfx.errors import InputError
 from tfx.infer.engine import Outputs, run_cells
 from tfx.options import Device, Input, Options, Output, PositiveInt, Range, group, option
+from tfx.outputs import FileOutput, check_output
 from tfx.tokenize.batches import BatchSpec
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ class InferCommand(Options):
                                                                             help="the reference's output directory")
     output_filename: str = option("embeddings.h5ad", hidden=True, python=None,
                                   help="the reference's output file name")
+    overwrite: bool = option(False, python=None, help="replace an existing output of the kind this command writes "
+                                                       "(never anything else)")
     load: LoadOptions = group(LoadOptions)
     options: InferOptions = group(InferOptions)
 
@@ -153,6 +156,8 @@ class InferCommand(Options):
         super().__post_init__()
         if self.output is None and self.output_path is None:
             raise InputError("--output: name the output h5ad (or the reference's --output-path DIR)")
+        check_output(self.output_file, FileOutput("h5ad"), overwrite=self.overwrite,
+                     inputs=[self.checkpoint, self.data, *(self.load.species_embeddings or [])], option="--output")
 
     @property
     def output_file(self) -> str:
