@@ -168,3 +168,32 @@ def test_every_writing_command_refuses_what_it_must_not_replace(tmp_path, capsys
             assert str(path).split("/")[-1] in err, (command, path, err)
     assert _snapshot(tmp_path) == before
     sock.close()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 192 KiB file system (tmpfs), as a disk that fills up; needs root, as CI has."""
+    import subprocess
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_exit_1_and_leaves_nothing_half_written(tiny_disk, tmp_path, capsys):
+    from conftest import write_h5ad
+    from teacher import build_teacher
+    from tfx.cli import main
+
+    ckpt = build_teacher(tmp_path / "ckpt", n_genes=10)
+    cells = write_h5ad(tmp_path / "cells.h5ad", [f"SYNTH_ALPHA_{i:05d}" for i in range(10)], [[1] * 10] * 2000)
+    for argv in (["synth", "--output", tiny_disk / "atlas"],
+                 ["infer", "--checkpoint", ckpt, "--data", cells, "--output", tiny_disk / "emb.h5ad"]):
+        assert main(list(map(str, argv))) == 1
+        err = capsys.readouterr().err.strip().splitlines()  # h5py's C layer may print its own notes before it
+        assert err[-1].startswith(f"tfx {argv[0]}: failed: No space left on device")
+        assert "run the same command again" in err[-1] and not any("tfx/" in line for line in err)
+        assert not [p for p in tiny_disk.rglob("*") if p.is_file()]  # no half-written file, no temporary

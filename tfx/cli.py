@@ -4,7 +4,9 @@ generated from it; only the command being run imports its module."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 import warnings
 from importlib import import_module
@@ -246,6 +248,7 @@ def _quiet_third_parties() -> None:
         logging.getLogger(name).addFilter(lambda record: "💡 Tip" not in str(record.msg))
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(lightning|pytorch_lightning|torch|deepspeed)\b")
+    logging.getLogger("anndata").setLevel(logging.WARNING)  # "... storing 'x' as categorical" on every write
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,11 +277,18 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         print(f"tfx {args.command}: interrupted: {err}", file=sys.stderr)
         return err.code
+    except OSError as err:  # the machine failed, not the input: writes are atomic, so nothing half-written stays
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+            raise
+        failure = os.strerror(err.errno) + (f" ({err.filename})" if err.filename else "")
     except KeyboardInterrupt:
         kept = INTERRUPTED.get(args.command, "nothing half-written is kept, run the same command again")
         print(f"tfx {args.command}: interrupted (Ctrl-C); {kept.format(output=getattr(args, 'output', ''))}",
               file=sys.stderr)
         return 130
+    print(f"tfx {args.command}: failed: {failure}; nothing half-written is kept: free the space and run the same "
+          "command again", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
