@@ -97,7 +97,7 @@ def generate_cells(model: Checkpoint, species: str, n_cells: int, *, assay: str 
 
 
 def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type", *, batch: str | None = None,
-             counts: str | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None,
+             counts: str | None = None, seed: int = 42, output_dir: str | os.PathLike | None = None,
              compare: list[str] | None = None, cz_benchmarks: bool = True, model: Checkpoint | None = None,
              overwrite: bool = False) -> dict:
     """``tfx eval``'s report on ``adata.obsm[rep]`` for ``adata.obs[label]``, as a dict: label

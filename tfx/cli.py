@@ -80,7 +80,7 @@ def cmd_prompt(opts) -> None:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     elif isinstance(opts, ask.GeneGeneOptions):
         csv, png, genes = ask.ask_gene_gene(opts)
-        print(f"wrote {csv} and {png} ({len(genes)} genes)")
+        print(f"wrote {csv}{f' and {png}' if png else ''} ({len(genes)} genes)")
     else:
         table = ask.ask_programmes(opts)
         for cell_type, row in table.iterrows():
@@ -249,6 +249,7 @@ def _quiet_third_parties() -> None:
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(lightning|pytorch_lightning|torch|deepspeed)\b")
     logging.getLogger("anndata").setLevel(logging.WARNING)  # "... storing 'x' as categorical" on every write
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # every resume
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,7 @@ def _input(model, organisms_valid: bool, **fields):
 
 
 def run_tasks(embeddings: np.ndarray, obs: pd.DataFrame, label: str, *, batch: str | None = None,
-              counts: sp.csr_matrix | None = None, seed: int = 0) -> dict:
+              counts: sp.csr_matrix | None = None, seed: int = 42) -> dict:
     """{package, version, seed, tasks: {task: {"embeddings": [metrics], "<baseline>": [metrics]}}}
     on cells whose ``label`` is known. ``counts`` (cells x genes, raw) adds the baselines."""
     with _quiet():

@@ -26,7 +26,7 @@ PathOrPaths = str | os.PathLike | list[str | os.PathLike]
 REPORT = DirOutput(("report.json", "summary.md", "umap_*.png", "homology.png"), "report")  # what eval writes
 
 def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.PathLike,
-             batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 0,
+             batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 42,
              compare_paths: list[str | os.PathLike] | None = None, esm2ce: list[pd.DataFrame] | None = None,
              homology: homology_.HomologyGenes | None = None, cz_benchmarks: bool = True) -> dict:
     """Score obsm["embeddings"] of one or more `tfx infer` outputs (stacked in order; counts files,
@@ -57,7 +57,7 @@ def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.P
 
 
 def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs: dict, *, batch: str | None = None,
-                   counts: sp.csr_matrix | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None,
+                   counts: sp.csr_matrix | None = None, seed: int = 42, output_dir: str | os.PathLike | None = None,
                    source: str = "", compared: dict[str, np.ndarray] | None = None,
                    baselines: dict[str, np.ndarray] | None = None, homology: dict | None = None,
                    cz_benchmarks: bool = True) -> dict:

@@ -18,7 +18,8 @@ class EvalOptions(Options):
 
     label: str = option("cell_type", help="obs column to predict")
     batch: str | None = option(None, help="obs column for mixing metrics, e.g. species")
-    seed: Seed = option(0, help="%(type)s")
+    seed: Seed = option(42, help="the cz-benchmarks package's random_seed and the probes' folds (its default: 42), "
+                                 "%(type)s")
     cz_benchmarks: bool = option(
         True, flags=("--no-cz-benchmarks",),
         help="skip the cz-benchmarks tasks (run when the package is installed); the light probes still run")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,6 +16,9 @@ from tfx.generate import prompt as queries
 from tfx.generate.sample import ORDERS, Species, parse_prompt, require_gene_head, species_of
 from tfx.options import Input, Options, Output, PositiveFloat, PositiveInt, Seed, option
 from tfx.outputs import DirOutput, FileOutput
+
+log = logging.getLogger(__name__)
+HEATMAP_GENES = 300  # past this a heatmap is unreadable (and its figure takes gigabytes)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,8 +94,9 @@ def ask_next(opts: NextOptions) -> pd.DataFrame:
     return table
 
 
-def ask_gene_gene(opts: GeneGeneOptions) -> tuple[Path, Path, list[str]]:
-    """gene_gene.csv and gene_gene.png under ``opts.output``; returns their paths and the genes."""
+def ask_gene_gene(opts: GeneGeneOptions) -> tuple[Path, Path | None, list[str]]:
+    """gene_gene.csv and gene_gene.png (up to HEATMAP_GENES genes) under ``opts.output``; returns their
+    paths and the genes."""
     ckpt, species = _open(opts)
     genes = queries.gene_list(ckpt, species, opts.genes, "--genes")
     names = [ckpt.vocab.tokens[g] for g in genes]
@@ -100,6 +105,10 @@ def ask_gene_gene(opts: GeneGeneOptions) -> tuple[Path, Path, list[str]]:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "gene_gene.csv") as tmp:
         pd.DataFrame(matrix, index=names, columns=names).to_csv(tmp, index_label="prompt")
+    if len(names) > HEATMAP_GENES:
+        log.warning("%d genes: the table is in %s; no heatmap is drawn past %d genes", len(names),
+                    out / "gene_gene.csv", HEATMAP_GENES)
+        return out / "gene_gene.csv", None, names
     queries.heatmap_png(out / "gene_gene.png", matrix, names, names,
                         "log p(column next | row) - log p(column next | nothing)")
     return out / "gene_gene.csv", out / "gene_gene.png", names

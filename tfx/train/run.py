@@ -13,11 +13,13 @@ import logging
 import os
 import pickle
 import signal
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from tfx.atomic import atomic_path
+from tfx.atomic import atomic_path, exclusive
 from tfx.checkpoint import check_output_dir
 from tfx.errors import CheckpointError, Interrupted, RecipeError
 from tfx.model.config import config_dict
@@ -88,7 +90,13 @@ def _check_readable(checkpoint: Path) -> None:
 
     try:
         torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise CheckpointError(f"{checkpoint}: unreadable (UnpicklingError), perhaps cut short; resume from an "
+                                  "earlier checkpoint (resume=PATH) or start over (resume=null)") from None
+        raise CheckpointError(f"{checkpoint}: holds Python objects besides weights (it is not weights-only), which "
+                              "tfx never loads; resume from a checkpoint tfx wrote, or start over (resume=null)") from None
+    except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{checkpoint}: unreadable ({type(err).__name__}), perhaps cut short; resume from an "
                               "earlier checkpoint (resume=PATH) or start over (resume=null)") from None
 
@@ -111,27 +119,37 @@ def lightning_trainer(run: Build, callbacks: list):
         log_every_n_steps=t.log_every_n_steps, val_check_interval=t.val_check_interval if validate else None,
         limit_val_batches=t.limit_val_batches if validate else 0, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=loggers, default_root_dir=str(out), use_distributed_sampler=False,
-        enable_model_summary=False, callbacks=callbacks,
+        enable_model_summary=False, callbacks=callbacks, enable_progress_bar=sys.stderr.isatty(),
     )
 
 
 def fit(run: Build) -> Path:
+    """Train ``run``, export it; the export directory. A second run into the same output_dir is
+    refused while this one holds it."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from tfx.train.callbacks import GradNorm, StopOnSignal, Throughput
-    from tfx.train.datamodule import RecipeData
-    from tfx.train.export import export_run, write_template
+    from tfx.train.callbacks import GradNorm, LogProgress, StepBar, StopOnNonFiniteLoss, StopOnSignal, Throughput
 
     check_run_dir(run)
     L.seed_everything(run.seed, workers=True, verbose=False)
     module = run.objective.module(run.checkpoint.model)
-    out = run.output_dir
-    checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"),
+    checkpoints = ModelCheckpoint(dirpath=str(run.output_dir / "checkpoints"),
                                   every_n_train_steps=run.trainer.checkpoint_every_n_steps, save_last=True, save_top_k=1)
     stop = StopOnSignal()
-    trainer = lightning_trainer(run, [checkpoints, Throughput(run.trainer.peak_tflops), GradNorm(), stop])
-    out.mkdir(parents=True, exist_ok=True)  # the run directory is made once Lightning has taken the settings
+    shown = StepBar() if sys.stderr.isatty() else LogProgress()
+    trainer = lightning_trainer(run, [checkpoints, Throughput(run.trainer.peak_tflops), GradNorm(), stop,
+                                      StopOnNonFiniteLoss(), shown])
+    first = int(os.environ.get("LOCAL_RANK", 0)) == 0 and _rank() == 0
+    with exclusive(run.output_dir, "run directory") if first else nullcontext():  # made once Lightning took the settings
+        return _fit(run, trainer, module, stop)
+
+
+def _fit(run: Build, trainer, module, stop) -> Path:
+    from tfx.train.datamodule import RecipeData
+    from tfx.train.export import export_run, write_template
+
+    out = run.output_dir
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and _rank() == 0:
         write_template(run.checkpoint, out / "checkpoint_template", run.adapter)
         with atomic_path(out / "config.yaml") as tmp:
