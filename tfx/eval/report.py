@@ -13,6 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from tfx.atomic import atomic_path
+from tfx.progress import progress
 from tfx.outputs import DirOutput
 from tfx.errors import InputError
 from tfx.eval import czbench, mixing, plots, probes
@@ -84,15 +85,25 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
     batches = obs[batch].astype(str).to_numpy()[keep] if batch else None
 
     representations = {"embeddings": np.asarray(embeddings)[keep]}
+    n_reps = 1 + (counts is not None) + len(baselines or {})
+    bar = progress(total=n_reps * (1 + (output_dir is not None)) + 1 + bool(compared), desc="eval", unit="step")
+
+    def step(what: str, result):
+        bar.set_postfix_str(what, refresh=False)
+        bar.update()
+        return result
+
     if counts is not None:
         representations["pca_log_counts"] = pca_of_log_counts(counts[keep], seed=seed)
     representations |= {name: np.asarray(f)[keep] for name, f in (baselines or {}).items()}
-    scores = {name: _score(features, labels, batches, seed) for name, features in representations.items()}
+    scores = {name: step(f"probes {name}", _score(features, labels, batches, seed))
+              for name, features in representations.items()}
 
     plot_files = []
     if output_dir is not None:
         output_dir = Path(output_dir)
-        layouts = {name: plots.layout_2d(features, seed) for name, features in representations.items()}
+        layouts = {name: step(f"layout {name}", plots.layout_2d(features, seed))
+                   for name, features in representations.items()}
         for column, colours in [(label, labels)] + ([(batch, batches)] if batch else []):
             path = output_dir / f"umap_{re.sub(r'[^A-Za-z0-9_.-]+', '_', column)}.png"
             plots.scatter_png(path, layouts, colours, f"coloured by {column}")
@@ -113,11 +124,14 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
         "headline": _headline(scores),
         "plots": plot_files,
     }
-    report["cz_benchmarks"] = _cz_benchmarks(cz_benchmarks, embeddings, obs, label, batch, counts, seed)
+    report["cz_benchmarks"] = step("cz-benchmarks",
+                                   _cz_benchmarks(cz_benchmarks, embeddings, obs, label, batch, counts, seed))
     if homology is not None:
         report["homology"] = homology
     if compared:
-        report["compare"] = compare({name: np.asarray(f)[keep] for name, f in compared.items()}, labels, seed)
+        report["compare"] = step("compare", compare({name: np.asarray(f)[keep] for name, f in compared.items()},
+                                                    labels, seed))
+    bar.close()
     if output_dir is not None:
         with atomic_path(output_dir / "summary.md") as tmp:
             tmp.write_text(_markdown(report))
