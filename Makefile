@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch first, so no other requirement pulls a different build (CPU wheel here, CUDA elsewhere).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-fast demo clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the everyday loop: everything but the tests marked slow (multi-process, end-to-end, TF-sized builds)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/tfx quickstart --output quickstart
