@@ -110,7 +110,8 @@ def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type
     ``model``: the checkpoint the embeddings came from (``tfx.load``): adds its ESM2-CE baseline
     (pooled protein embeddings of the ``counts``), as ``tfx eval --checkpoint`` does. ``overwrite``:
     replace a report already in ``output_dir`` (nothing else there is ever replaced)."""
-    from tfx.eval.report import REPORT, evaluate_cells
+    from tfx.eval.report import evaluate_cells
+    from tfx.eval.run import REPORT
     from tfx.outputs import check_output
 
     if output_dir is not None:

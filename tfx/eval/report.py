@@ -14,7 +14,6 @@ import scipy.sparse as sp
 
 from tfx.atomic import atomic_path
 from tfx.progress import progress
-from tfx.outputs import DirOutput
 from tfx.errors import InputError
 from tfx.eval import czbench, mixing, plots, probes
 from tfx.eval import homology as homology_
@@ -23,8 +22,6 @@ from tfx.eval.inputs import load_cells, pca_of_log_counts, read_aligned
 
 PathOrPaths = str | os.PathLike | list[str | os.PathLike]
 
-
-REPORT = DirOutput(("report.json", "summary.md", "umap_*.png", "homology.png"), "report")  # what eval writes
 
 def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.PathLike,
              batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 42,

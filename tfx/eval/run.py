@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from tfx.errors import InputError
-from tfx.eval.report import REPORT, evaluate
 from tfx.options import Input, Options, Output, Range, Seed, group, option
+from tfx.outputs import DirOutput
+
+REPORT = DirOutput(("report.json", "summary.md", "umap_*.png", "homology.png"), "report")  # what eval writes
 
 Files = list[Annotated[str, Input("file")]]
 
@@ -76,6 +78,8 @@ def eval_files(cmd: EvalCommand) -> dict:
             homology = load_genes(ckpt, cmd.homology, cmd.homology_threshold)
         esm2ce = esm2ce_frames(ckpt, cmd.counts, cmd.homology)
     o = cmd.options
+    from tfx.eval.report import evaluate
+
     return evaluate(cmd.embeddings, o.label, batch=o.batch, counts_path=cmd.counts, output_dir=cmd.output,
                     seed=o.seed, compare_paths=cmd.compare, esm2ce=esm2ce, homology=homology,
                     cz_benchmarks=o.cz_benchmarks)
