@@ -16,7 +16,7 @@ COMMANDS = {  # name: (help, its options dataclass: "module:Class", or a class o
     "infer": ("cell / contextual-gene embeddings and log-likelihoods for an h5ad", "tfx.infer.run:InferCommand"),
     "generate": ("sample cells from a checkpoint (an h5ad of raw counts)", "tfx.generate.run:GenerateCommand"),
     "prompt": ("ask a checkpoint: next gene, gene-gene effects, cell-type programmes", None),
-    "shard": ("h5ad files of one species -> WebDataset shards for any model", "ShardCommand"),
+    "shard": ("h5ad files or SOMA experiments of one species -> WebDataset shards for any model", "ShardCommand"),
     "embed-proteins": ("per-gene ESM-2 embeddings of a protein FASTA, as a species gene h5", "EmbedProteinsCommand"),
     "add-species": ("a checkpoint whose vocabulary also holds new species' genes", "AddSpeciesCommand"),
     "download": ("fetch an official release (tf-sapiens, ...) or the species embeddings", "DownloadCommand"),
@@ -93,7 +93,8 @@ def cmd_shard(opts) -> None:
     load_all()  # species may come from tfx.synth or a plugin
     summary = write_shards(opts.input, opts.species, opts.output, cells_per_shard=opts.cells_per_shard,
                            obs_keys=opts.obs_keys, processes=opts.processes, gene_col=opts.gene_col,
-                           use_raw=opts.use_raw, remove_duplicate_genes=opts.remove_duplicate_genes)
+                           use_raw=opts.use_raw, remove_duplicate_genes=opts.remove_duplicate_genes,
+                           measurement=opts.measurement, obs_filter=opts.obs_filter)
     print(f"wrote {summary['manifest']}: {summary['cells']} cells in {summary['shards']} shards "
           f"({summary['written']} written by this run) in {summary['seconds']:.1f} s")
 

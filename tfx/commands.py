@@ -20,10 +20,14 @@ class RegistryCommand(Options):
 
 @dataclass(frozen=True, kw_only=True)
 class ShardCommand(Options):
-    input: list[Annotated[str, Input("file")]] = option(help="h5ad files (raw counts)")
+    input: list[Annotated[str, Input("file")]] = option(
+        help="h5ad files (raw counts), or TileDB-SOMA experiments (a directory or URI)")
     species: str = option(help="species name, e.g. homo_sapiens (see tfx registry)")
     output: Annotated[str, Output("dir", "the shards")] = option(
-        help="output directory (a re-run completes an interrupted one)")
+        help="output directory or object-store URL, e.g. s3://bucket/prefix (a re-run completes an interrupted one)")
+    measurement: str = option("RNA", help="a SOMA experiment's measurement to read")
+    obs_filter: str | None = option(
+        None, help="a SOMA experiment's cells to read, e.g. \"is_primary_data == True and tissue_general == 'lung'\"")
     cells_per_shard: PositiveInt = option(10000, help="cells per shard, %(type)s")
     obs_keys: list[str] = option([], help="obs columns to store besides cell_type, assay, tissue")
     processes: PositiveInt | None = option(None, help="writer processes, %(type)s (default: one per CPU)")
