@@ -122,7 +122,9 @@ def test_shard_to_the_store_equals_local_and_reads_back(aws, atlas):
     assert write_shards([atlas["h5ad"]], SPECIES, f"{bucket}/run/cells", cells_per_shard=20)["written"] == 1
     assert _digests(fs, "shards/run/cells") == local
 
-    vocab = GeneVocab.from_files([str(atlas["genes"])])
+    from tfx.model.config import DataConfig
+
+    vocab, _ = GeneVocab.from_files(DataConfig().special_tokens, [atlas["genes"]], arrays=False)
     cells = [b.n_cells for b in ShardLoader({"s3": {"urls": f"{bucket}/run/cells"}}, vocab, Preprocessing(seq_len=63),
                                              shuffle_buffer=1, epochs=1)]
     assert sum(cells) == 160
@@ -187,7 +189,8 @@ def test_missing_credentials_and_unreachable_endpoint_are_one_line(aws, atlas, t
     dead = {**aws, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_MAX_ATTEMPTS": "2"}
     cases = [
         (shard + ["s3://guarded/cells"], no_credentials, "no credentials"),
-        (["train", "pretrain/tiny", "data.shards=s3://guarded/cells", f"output_dir={tmp_path / 'run'}"],
+        (["train", "pretrain/tiny", "data.shards=s3://guarded/cells", f"vocab.embeddings=[{atlas['genes']}]",
+          f"output_dir={tmp_path / 'run'}"],
          no_credentials, "no credentials"),
         (shard + ["s3://guarded/cells"], dead, "cannot reach the object store"),
     ]

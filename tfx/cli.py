@@ -238,6 +238,8 @@ def _quiet_third_parties() -> None:
     """Normal output without libraries' adverts and deprecation notices (-v shows them)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(lambda record: "💡 Tip" not in str(record.msg))
+    for name in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3"):  # object-store clients: chatty at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(lightning|pytorch_lightning|torch|deepspeed)\b")
 
