@@ -166,3 +166,49 @@ def test_bad_soma_input_is_one_line_exit_2_and_writes_nothing(atlas, ckpt, tmp_p
         assert main(args) == 2, args
         assert message in _one_line(capsys), args
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_an_experiment"]  # nothing written
+
+
+class StandInCensus:
+    """The Census client interface `tfx download-data --from-census` drives, over a local experiment
+    laid out as the Census's is (Ensembl ids in var feature_id, counts in the X layer "raw"); only
+    the network call of the real client (CensusPortal.experiment) is left out."""
+
+    def __init__(self, uris: dict[str, str]):
+        self.uris = uris
+        self.asked: list[str] = []
+
+    def experiment(self, species):
+        from tfx.data.soma import SomaSource
+
+        self.asked.append(species)
+        return SomaSource(self.uris[species])
+
+
+def test_download_data_streams_a_species_from_the_census_into_shards(atlas, tmp_path):
+    from tfx.artifacts import shard_from_census
+    from tfx.data.shards import read_shard
+
+    adata = atlas["adata"].copy()
+    adata.var = adata.var.rename(columns={"ensembl_id": "feature_id"})
+    adata.obs_names = [str(i) for i in range(adata.n_obs)]  # the Census names cells by soma_joinid
+    uri = tiledbsoma.io.from_anndata(str(tmp_path / "census" / SPECIES), adata, measurement_name="RNA",
+                                     X_layer_name="raw")
+    client = StandInCensus({SPECIES: uri})
+    summary = shard_from_census(client, ["synth alpha"], tmp_path / "out", cells_per_shard=50, processes=1)
+    primary = adata.obs.query("is_primary_data == True")
+    assert client.asked == [SPECIES] and summary["species"][SPECIES]["cells"] == len(primary)
+    shard_dir = tmp_path / "out" / "shards" / SPECIES / "census"
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    ids, x = [], adata.X.tocsr()
+    genes = np.asarray(adata.var["feature_id"])
+    for shard in manifest["shards"]:
+        header, *cells = read_shard(str(shard_dir / shard["name"]))
+        for g, counts, meta in cells:
+            row = int(meta["id"])
+            ids.append(meta["id"])
+            np.testing.assert_array_equal(np.asarray(header["genes"])[g], genes[x[row].indices])
+            np.testing.assert_array_equal(counts, x[row].data)
+    assert ids == list(primary.index)
+
+    lung = shard_from_census(client, [SPECIES], tmp_path / "lung", obs_filter=LUNG, processes=1)
+    assert lung["species"][SPECIES]["cells"] == len(adata.obs.query(LUNG))

@@ -139,7 +139,18 @@ def cmd_download(opts) -> None:
 
 
 def cmd_download_data(opts) -> None:
-    from tfx.artifacts import CensusPortal, download_data
+    from tfx.artifacts import CensusPortal, download_data, shard_from_census
+
+    if opts.from_census:
+        from tfx.components import load_all
+
+        load_all()
+        summary = shard_from_census(CensusPortal(opts.census_version), opts.species, opts.output_dir,
+                                    obs_filter=opts.obs_filter, cells_per_shard=opts.cells_per_shard,
+                                    processes=opts.processes)
+        for species, s in summary["species"].items():
+            print(f"{species}: {s['cells']} cells ({summary['obs_filter']}) in {s['shards']} shards, {s['manifest']}")
+        return
 
     summary = download_data(CensusPortal(opts.census_version), opts.species, opts.output_dir,
                             processes=opts.processes, max_retries=opts.max_retries, save_metadata=not opts.no_metadata,

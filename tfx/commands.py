@@ -83,6 +83,17 @@ class DownloadDataCommand(Options):
     no_metadata: bool = option(False, help="skip OUTPUT/dataset_metadata.json")
     shard: bool = option(False, help="also write WebDataset shards to OUTPUT/shards/<species>/<dataset_id>/")
     cells_per_shard: PositiveInt = option(10_000, help="with --shard, %(type)s")
+    from_census: bool = option(False, help="with --shard: stream each species' cells from the Census's TileDB-SOMA "
+                                           "store into OUTPUT/shards/<species>/census/, downloading no h5ad")
+    obs_filter: str | None = option(None, help="with --from-census: the cells to shard, e.g. \"is_primary_data == "
+                                               "True and tissue_general == 'lung'\" (default: primary cells)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.from_census and not self.shard:
+            raise InputError("--from-census streams cells into shards; add --shard")
+        if self.obs_filter and not self.from_census:
+            raise InputError("--obs-filter selects the cells --from-census streams; add --shard --from-census")
 
 
 @dataclass(frozen=True, kw_only=True)
