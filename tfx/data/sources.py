@@ -42,7 +42,7 @@ def open_reader(data, gene_index=None, *, measurement: str = "RNA", obs_filter: 
     if is_soma(data):
         return SomaReader(soma_source(data, measurement, obs_filter), gene_index, **options)
     if obs_filter:
-        raise InputError(f"--obs-filter selects cells of a TileDB-SOMA experiment; {_name(data)} is an h5ad "
+        raise InputError(f"--obs-filter selects cells of a TileDB-SOMA experiment; {_name(data)} is not one "
                          "(subset it with anndata, or convert it with tiledbsoma.io.from_anndata)")
     return CellReader(data, gene_index, **options)
 
