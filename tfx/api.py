@@ -26,7 +26,8 @@ from tfx.checkpoint import Checkpoint
 from tfx.errors import InputError
 from tfx.eval.run import EvalOptions
 from tfx.generate import run as generation
-from tfx.infer.run import InferOptions, LoadOptions, infer_memory, load_for_inference, resolve_devices
+from tfx.data.sources import is_soma
+from tfx.infer.run import InferOptions, LoadOptions, infer_cells, infer_memory, load_for_inference, resolve_devices
 
 
 def load(path: str | os.PathLike, *, attention: str | None = None, clip_counts: float | None = None,
@@ -56,22 +57,28 @@ def embed(adata: anndata.AnnData, model: Checkpoint, key: str = "X_tfx", *, emb_
           outputs: tuple[str, ...] = ("embeddings",), batch_size: int = 256, token_budget: int = 16384,
           device: str = "auto", precision: str = "32", gene_col: str | None = None, use_raw: bool | None = None,
           remove_duplicate_genes: bool = False, chunk_size: int = 4096, model_type: str = "transcriptformer",
-          layer: int = -1) -> anndata.AnnData:
+          layer: int = -1, measurement: str = "RNA", obs_filter: str | None = None) -> anndata.AnnData:
     """Cell embeddings in ``adata.obsm[key]`` (cells x dim, float32); with ``emb_type="cge"`` the
     reference's ``uns["cge_embeddings"]``, ``uns["cge_cell_indices"]``, ``uns["cge_gene_names"]``
     instead. ``outputs`` may add ``llh``, ``gene_llh`` (also ``obsm["gene_llh"]``) and ``nll`` as obs
     columns. The other arguments are ``tfx infer``'s options of the same names (``layer``:
-    --embedding-layer-index). Returns ``adata``."""
+    --embedding-layer-index). ``adata`` may also be a TileDB-SOMA experiment (a directory or URI):
+    its ``measurement``'s cells that ``obs_filter`` selects are embedded into a new AnnData of their
+    obs, which is returned. Returns ``adata``."""
     opts = InferOptions(emb_type=emb_type, outputs=outputs, batch_size=batch_size, token_budget=token_budget,
                         device=device, precision=precision, gene_col=gene_col, use_raw=use_raw,
                         remove_duplicate_genes=remove_duplicate_genes, chunk_size=chunk_size, model_type=model_type,
-                        layer=layer)
+                        layer=layer, measurement=measurement, obs_filter=obs_filter)
     if opts.predictions:
         raise InputError("outputs: predictions are written by tfx infer only (obs <label>_pred, <label>_prob); "
                          "run it on a file, or ask embeddings, llh, gene_llh or nll")
     if not isinstance(key, str):
         raise InputError(f"key: {key!r} is not a string (the obsm key of the embeddings)")
-    arrays, uns = infer_memory(_model(model), _adata(adata), opts)
+    if is_soma(adata):
+        obs, arrays, uns = infer_cells(_model(model), adata, opts)
+        adata = anndata.AnnData(obs=obs)
+    else:
+        arrays, uns = infer_memory(_model(model), _adata(adata), opts)
     if "embeddings" in arrays:
         adata.obsm[key] = arrays["embeddings"]
     if "gene_llh_positions" in arrays:

@@ -18,7 +18,7 @@ COMMANDS = {  # name: (help, its options dataclass: "module:Class", or a class o
     "infer": ("cell / contextual-gene embeddings and log-likelihoods for an h5ad", "tfx.infer.run:InferCommand"),
     "generate": ("sample cells from a checkpoint (an h5ad of raw counts)", "tfx.generate.run:GenerateCommand"),
     "prompt": ("ask a checkpoint: next gene, gene-gene effects, cell-type programmes", None),
-    "shard": ("h5ad files of one species -> WebDataset shards for any model", "ShardCommand"),
+    "shard": ("h5ad files or SOMA experiments of one species -> WebDataset shards for any model", "ShardCommand"),
     "embed-proteins": ("per-gene ESM-2 embeddings of a protein FASTA, as a species gene h5", "EmbedProteinsCommand"),
     "add-species": ("a checkpoint whose vocabulary also holds new species' genes", "AddSpeciesCommand"),
     "download": ("fetch an official release (tf-sapiens, ...) or the species embeddings", "DownloadCommand"),
@@ -95,7 +95,8 @@ def cmd_shard(opts) -> None:
     load_all()  # species may come from tfx.synth or a plugin
     summary = write_shards(opts.input, opts.species, opts.output, cells_per_shard=opts.cells_per_shard,
                            obs_keys=opts.obs_keys, processes=opts.processes, gene_col=opts.gene_col,
-                           use_raw=opts.use_raw, remove_duplicate_genes=opts.remove_duplicate_genes)
+                           use_raw=opts.use_raw, remove_duplicate_genes=opts.remove_duplicate_genes,
+                           measurement=opts.measurement, obs_filter=opts.obs_filter)
     print(f"wrote {summary['manifest']}: {summary['cells']} cells in {summary['shards']} shards "
           f"({summary['written']} written by this run) in {summary['seconds']:.1f} s")
 
@@ -140,7 +141,18 @@ def cmd_download(opts) -> None:
 
 
 def cmd_download_data(opts) -> None:
-    from tfx.artifacts import CensusPortal, download_data
+    from tfx.artifacts import CensusPortal, download_data, shard_from_census
+
+    if opts.from_census:
+        from tfx.components import load_all
+
+        load_all()
+        summary = shard_from_census(CensusPortal(opts.census_version), opts.species, opts.output_dir,
+                                    obs_filter=opts.obs_filter, cells_per_shard=opts.cells_per_shard,
+                                    processes=opts.processes)
+        for species, s in summary["species"].items():
+            print(f"{species}: {s['cells']} cells ({summary['obs_filter']}) in {s['shards']} shards, {s['manifest']}")
+        return
 
     summary = download_data(CensusPortal(opts.census_version), opts.species, opts.output_dir,
                             processes=opts.processes, max_retries=opts.max_retries, save_metadata=not opts.no_metadata,
@@ -246,6 +258,8 @@ def _quiet_third_parties() -> None:
     """Normal output without libraries' adverts and deprecation notices (-v shows them)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(lambda record: "💡 Tip" not in str(record.msg))
+    for name in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3"):  # object-store clients: chatty at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(lightning|pytorch_lightning|torch|deepspeed)\b")
     logging.getLogger("anndata").setLevel(logging.WARNING)  # "... storing 'x' as categorical" on every write

@@ -21,10 +21,14 @@ class RegistryCommand(Options):
 
 @dataclass(frozen=True, kw_only=True)
 class ShardCommand(Options):
-    input: list[Annotated[str, Input("file")]] = option(help="h5ad files (raw counts)")
+    input: list[Annotated[str, Input("file")]] = option(
+        help="h5ad files (raw counts), or TileDB-SOMA experiments (a directory or URI)")
     species: str = option(help="species name, e.g. homo_sapiens (see tfx registry)")
     output: Annotated[str, Output("dir", "the shards")] = option(
-        help="output directory (a re-run completes an interrupted one)")
+        help="output directory or object-store URL, e.g. s3://bucket/prefix (a re-run completes an interrupted one)")
+    measurement: str = option("RNA", help="a SOMA experiment's measurement to read")
+    obs_filter: str | None = option(
+        None, help="a SOMA experiment's cells to read, e.g. \"is_primary_data == True and tissue_general == 'lung'\"")
     cells_per_shard: PositiveInt = option(10000, help="cells per shard, %(type)s")
     obs_keys: list[str] = option([], help="obs columns to store besides cell_type, assay, tissue")
     processes: PositiveInt | None = option(None, help="writer processes, %(type)s (default: one per CPU)")
@@ -82,6 +86,17 @@ class DownloadDataCommand(Options):
     no_metadata: bool = option(False, help="skip OUTPUT/dataset_metadata.json")
     shard: bool = option(False, help="also write WebDataset shards to OUTPUT/shards/<species>/<dataset_id>/")
     cells_per_shard: PositiveInt = option(10_000, help="with --shard, %(type)s")
+    from_census: bool = option(False, help="with --shard: stream each species' cells from the Census's TileDB-SOMA "
+                                           "store into OUTPUT/shards/<species>/census/, downloading no h5ad")
+    obs_filter: str | None = option(None, help="with --from-census: the cells to shard, e.g. \"is_primary_data == "
+                                               "True and tissue_general == 'lung'\" (default: primary cells)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.from_census and not self.shard:
+            raise InputError("--from-census streams cells into shards; add --shard")
+        if self.obs_filter and not self.from_census:
+            raise InputError("--obs-filter selects the cells --from-census streams; add --shard --from-census")
 
 
 @dataclass(frozen=True, kw_only=True)

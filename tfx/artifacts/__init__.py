@@ -9,9 +9,10 @@ from tfx.artifacts.download import (
     UnsafeArchiveError,
     download_artifacts,
 )
-from tfx.artifacts.portal import CensusPortal, Dataset, PortalClient, PortalError, download_data
+from tfx.artifacts.portal import CensusPortal, Dataset, PortalClient, PortalError, download_data, shard_from_census
 
 __all__ = [
     "ARCHIVES", "DEFAULT_BASE_URL", "CensusPortal", "Dataset", "DownloadError", "DownloadInterrupted",
     "PortalClient", "PortalError", "UnsafeArchiveError", "download_artifacts", "download_data",
+    "shard_from_census",
 ]

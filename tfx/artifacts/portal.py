@@ -4,6 +4,8 @@
     OUTPUT/<dataset_id>/full.h5ad         the dataset's source h5ad
     OUTPUT/<dataset_id>/__success__       written last: the dataset is complete
     OUTPUT/shards/<species>/<dataset_id>/ with --shard: tfx shards (complete once manifest.json exists)
+    OUTPUT/shards/<species>/census/       with --shard --from-census: the species' cells streamed from the
+                                          Census's TileDB-SOMA store (primary cells, or an obs filter's)
 
 The portal is reached through a ``PortalClient``; ``CensusPortal`` wraps the field's client library
 (``cellxgene-census``, the ``tfx[data]`` extra). Selection, retries, markers and sharding live here,
@@ -54,6 +56,9 @@ class PortalClient(Protocol):
     def download(self, dataset_id: str, path: Path) -> None:
         """Write the dataset's h5ad to ``path``, which does not exist yet."""
 
+    def experiment(self, species: str):
+        """The species' TileDB-SOMA experiment, as a ``tfx.data.soma.SomaSource`` (for --from-census)."""
+
 
 class CensusPortal:
     """The CZ CELLxGENE Census as a PortalClient: datasets with primary cells of each species, and
@@ -86,6 +91,20 @@ class CensusPortal:
 
     def download(self, dataset_id: str, path: Path) -> None:
         self.census.download_source_h5ad(dataset_id, str(path), census_version=self.version, progress_bar=False)
+
+    def experiment(self, species: str):
+        """Where the species' experiment lives and how to open it (the client's S3 settings), so that
+        tfx's SOMA reader, in any process, reads it as the client does."""
+        from tfx.data.soma import SomaSource
+
+        with self.census.open_soma(census_version=self.version) as census:
+            available = set(census["census_data"].keys())
+            if species not in available:
+                raise PortalError(f"--species {species}: not in the CELLxGENE Census {self.version} "
+                                  f"(it holds {', '.join(sorted(available))})")
+            uri = census["census_data"][species].uri
+            config = tuple(sorted((str(k), str(v)) for k, v in census.context.tiledb_config.items()))
+        return SomaSource(uri, "RNA", None, config)
 
 
 def parse_species(values: list[str]) -> list[str]:
@@ -197,3 +216,33 @@ def _shard(ds: Dataset, out: Path, cells_per_shard: int) -> bool:
         link.unlink()
     log.info("%s: sharded into %s", ds.dataset_id, shard_dir)
     return True
+
+
+PRIMARY = "is_primary_data == True"
+CENSUS_GENE_COL = "feature_id"  # the Census's var column of Ensembl ids
+
+
+def shard_from_census(client: PortalClient, species: list[str], output_dir: str | os.PathLike, *,
+                      obs_filter: str | None = None, cells_per_shard: int = 10_000,
+                      processes: int | None = None) -> dict:
+    """Stream each species' cells from the client's TileDB-SOMA experiment straight into shards at
+    OUTPUT/shards/<species>/census/, with no source h5ad downloaded. The cells are the primary ones
+    (``is_primary_data == True``), or those ``obs_filter`` selects. A re-run completes what an
+    interrupted one left (tfx shard's resume)."""
+    from tfx.data.shards import MANIFEST, write_shards
+    from tfx.data.soma import SomaSource
+
+    species = parse_species(species)
+    _check_shard_species(species)
+    out = Path(output_dir)
+    value_filter = obs_filter if obs_filter and obs_filter.strip() else PRIMARY
+    written = {}
+    for sp in species:
+        source = client.experiment(sp)
+        source = SomaSource(source.uri, source.measurement, value_filter, source.config)
+        shard_dir = out / SHARDS / sp / "census"
+        summary = write_shards([source], sp, shard_dir, cells_per_shard=cells_per_shard, processes=processes,
+                               gene_col=CENSUS_GENE_COL, measurement=source.measurement, obs_filter=value_filter)
+        written[sp] = {"cells": summary["cells"], "shards": summary["shards"], "manifest": str(shard_dir / MANIFEST)}
+        log.info("%s: %d cells in %d shards at %s", sp, summary["cells"], summary["shards"], shard_dir)
+    return {"output": str(out), "obs_filter": value_filter, "species": written}

@@ -62,7 +62,6 @@ class CellReader:
         else:
             self.path = Path(path)
             self.adata = open_backed(self.path)
-        self.obs = self.adata.obs
         has_raw = self.adata.raw is not None
         if use_raw and not has_raw:
             raise InputError(f"{self.path}: --use-raw true but the file has no .raw; use --use-raw false or auto")
@@ -71,7 +70,13 @@ class CellReader:
         self.X = self.adata.raw.X if self.using_raw else self.adata.X
         if self.X is None:
             raise InputError(f"{self.path}: the file has no expression matrix X")
+        self._setup(self.adata.obs, var, gene_index, gene_col, remove_duplicate_genes, aux_vocabs, labels)
 
+    def _setup(self, obs: pd.DataFrame, var: pd.DataFrame, gene_index, gene_col: str, remove_duplicate_genes: bool,
+               aux_vocabs: Mapping[str, Mapping[str, int]] | None, labels: LabelCodec | None) -> None:
+        """What every reader shares once its source is open: the gene table mapped to the index, the
+        aux vocabularies and label column checked against obs."""
+        self.obs = obs
         self.genes = strip_version(self._gene_ids(var, gene_col))
         self.column_ids = self._map_columns(gene_index, remove_duplicate_genes, gene_col)
         self._warned_non_integer = False

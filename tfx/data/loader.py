@@ -2,7 +2,7 @@
 
     loader = ShardLoader(
         {"human": {"urls": "/data/shards/human", "weight": 3},
-         "mouse": {"urls": "pipe:aws s3 cp s3://b/mouse/shard-{000000..000099}.tar -", "weight": 1}},
+         "mouse": {"urls": "s3://bucket/shards/mouse", "weight": 1}},
         vocab, Preprocessing(seq_len=2047, gene_order="random"), BatchSpec(token_budget=16384, max_cells=256),
         aux_vocabs={"assay": {...}}, shuffle_buffer=2000, seed=0, num_workers=4)
     for batch in loader: ...                 # tfx.tokenize.TokenBatch, padded to the batch's longest cell
@@ -10,8 +10,11 @@
     state = loader.state_dict()              # shards consumed so far (this rank)
     loader.load_state_dict(state)            # a resumed run skips them
 
-A source's ``urls`` is a directory (its manifest.json, else its *.tar), a glob, a manifest path or
-URL, or anything webdataset opens: brace patterns, ``pipe:``, http(s), object stores. Per rank and
+A source's ``urls`` is a directory (its manifest.json, else its *.tar), a glob, a manifest path, an
+fsspec URL (``s3://bucket/prefix``, ``gs://``, ``https://``: its manifest.json, else its *.tar; read
+through fsspec, no shell command; see ``tfx.data.store``), or anything webdataset opens: brace
+patterns, ``pipe:``. A manifest names plain .tar files beside it, resolved in the same directory or
+store prefix; any other entry (a path, a URL, a command) is refused. Per rank and
 data-loader worker the pipeline is: each source's shards in a seeded per-epoch order, split across
 ranks then workers (every rank computes the same order) -> cells mapped to the vocabulary through
 each shard's gene table and tokenized -> weighted mixing of the sources, one draw per cell ->
@@ -50,7 +53,9 @@ import torch
 import webdataset as wds
 
 from tfx.data.labels import LabelCodec
+from tfx.data import store
 from tfx.data.shards import MANIFEST, ShardError, read_shard
+from tfx.data.store import is_url
 from tfx.errors import InputError
 from tfx.tokenize import Preprocessing, TokenBatch
 from tfx.tokenize.batches import BatchPlanner, BatchSpec
@@ -71,11 +76,13 @@ def resolve_urls(spec: str | list[str]) -> list[str]:
     """The shard URLs a source names (see the module docstring)."""
     if not isinstance(spec, str):
         return [url for part in spec for url in resolve_urls(part)]
+    if is_url(spec) and "{" not in spec:
+        return _resolve_store(spec)
     if spec.endswith(".json"):
         try:
             with wds.gopen(spec) as f:
-                names = [s["name"] for s in json.load(f)["shards"]]
-        except (OSError, ValueError, KeyError, TypeError) as err:
+                names = _manifest(f.read(), spec)
+        except OSError as err:
             raise InputError(f"{spec}: not a readable shard manifest ({type(err).__name__}: {err}); "
                              "re-write the shards with tfx shard") from None
         base = spec.rsplit("/", 1)[0] + "/" if "/" in spec else ""
@@ -92,17 +99,52 @@ def resolve_urls(spec: str | list[str]) -> list[str]:
     return wds.shardlists.expand_urls(spec)
 
 
+def _resolve_store(spec: str) -> list[str]:
+    """An object-store URL (fsspec): a manifest, a prefix holding one (else its *.tar), or one shard.
+    A manifest's entries resolve beside it, within the same store and prefix."""
+    manifest = spec if spec.endswith(".json") else store.join(spec, MANIFEST)
+    if spec.endswith(".json") or store.kind(manifest) == "file":
+        names = _manifest(store.read_bytes(manifest), manifest)
+        base = manifest.rsplit("/", 1)[0]
+        return [store.join(base, _manifest_entry(name, manifest)) for name in names]
+    found = store.kind(spec)
+    if found == "dir":
+        return store.glob_urls(spec, "*.tar")
+    if found == "file":
+        return [spec]
+    raise InputError(f"{spec}: no such shard, prefix or manifest on the store; check the source's urls")
+
+
+def _manifest(data: bytes, where: str) -> list:
+    try:
+        return [s["name"] for s in json.loads(data)["shards"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{where}: not a readable shard manifest ({type(err).__name__}: {err}); "
+                         "re-write the shards with tfx shard") from None
+
+
 def manifest_classes(spec: str | list[str], key: str) -> list[str]:
     """The classes of obs ``key`` that ``tfx shard`` recorded in the manifests a source names."""
     if not isinstance(spec, str):
         return sorted({c for part in spec for c in manifest_classes(part, key)})
-    path = spec if spec.endswith(".json") else os.path.join(spec, MANIFEST)
     values = None
-    if spec.endswith(".json") or os.path.exists(path):
+    if is_url(spec):
+        path = spec if spec.endswith(".json") else store.join(spec, MANIFEST)
+        data = store.read_bytes(path) if spec.endswith(".json") or store.kind(path) == "file" else None
+    else:
+        path = spec if spec.endswith(".json") else os.path.join(spec, MANIFEST)
+        data = None
+        if spec.endswith(".json") or os.path.exists(path):
+            try:
+                with wds.gopen(path) as f:
+                    data = f.read()
+            except OSError as err:
+                raise InputError(f"{path}: not a readable shard manifest ({type(err).__name__}); "
+                                 "re-write the shards with tfx shard") from None
+    if data is not None:
         try:
-            with wds.gopen(path) as f:
-                values = json.load(f).get("obs_values", {}).get(key)
-        except (OSError, ValueError, AttributeError) as err:
+            values = json.loads(data).get("obs_values", {}).get(key)
+        except (ValueError, AttributeError) as err:
             raise InputError(f"{path}: not a readable shard manifest ({type(err).__name__}); "
                              "re-write the shards with tfx shard") from None
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):

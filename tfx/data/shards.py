@@ -1,7 +1,10 @@
-"""h5ad files -> WebDataset tar shards that serve any vocabulary, model or species mix.
+"""h5ad files or TileDB-SOMA queries -> WebDataset tar shards that serve any vocabulary, model or species mix.
 
     write_shards(inputs, species, output_dir, *, cells_per_shard=10_000, obs_keys=(), processes=None,
-                 gene_col="ensembl_id", use_raw=None, remove_duplicate_genes=False) -> summary dict
+                 gene_col="ensembl_id", use_raw=None, remove_duplicate_genes=False,
+                 measurement="RNA", obs_filter=None) -> summary dict
+
+``output_dir`` may be an object store (``s3://bucket/prefix``, any fsspec URL; see ``tfx.data.store``).
 
 Shards hold gene identifiers and raw counts, never vocabulary indices. Each tar opens with a header
 sample ``__shard__.json`` (format, species, source, row range, cell count and the source's gene table),
@@ -42,9 +45,12 @@ import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 import tfx.vocab.species  # noqa: F401  (registers the built-in species)
-from tfx.atomic import atomic_path, exclusive
+from tfx.atomic import exclusive
 from tfx.progress import progress
 from tfx.data.anndata import CellReader
+from tfx.data.soma import SomaSource
+from tfx.data.sources import is_soma, open_reader, soma_source
+from tfx.data.store import Location, is_url, open_url
 from tfx.errors import InputError
 from tfx.registry import SPECIES
 
@@ -111,7 +117,7 @@ def read_shard(url: str) -> Iterator:
     the cell count of its header: tar readers end silently at a truncation or a damaged header.
     """
     try:
-        stream = wds.gopen(url)
+        stream = open_url(url) if is_url(url) else wds.gopen(url)
     except Exception as err:
         raise ShardError(f"{url}: cannot open ({type(err).__name__}: {err})") from err
     try:
@@ -170,12 +176,14 @@ class _Options:
     gene_col: str
     use_raw: bool | None
     remove_duplicate_genes: bool
+    measurement: str = "RNA"
+    obs_filter: str | None = None
 
 
 @dataclass(frozen=True)
 class _Task:
     name: str  # shard file name
-    path: str  # source h5ad
+    path: str | SomaSource  # source h5ad or SOMA experiment
     source: str  # its file name
     dataset: str  # its stem
     start: int
@@ -183,14 +191,14 @@ class _Task:
 
 
 def _reader(path, opts: _Options) -> CellReader:
-    return CellReader(path, None, gene_col=opts.gene_col, use_raw=opts.use_raw,
-                      remove_duplicate_genes=opts.remove_duplicate_genes)
+    return open_reader(path, None, measurement=opts.measurement, obs_filter=opts.obs_filter, gene_col=opts.gene_col,
+                       use_raw=opts.use_raw, remove_duplicate_genes=opts.remove_duplicate_genes)
 
 
 _open_reader: tuple[tuple, CellReader] | None = None  # per process: shards in a row mostly share a file
 
 
-def _shared_reader(path: str, opts: _Options) -> CellReader:
+def _shared_reader(path, opts: _Options) -> CellReader:
     """Opening a file reads its whole obs and var, so a writer keeps its last file open."""
     global _open_reader
     if _open_reader is None or _open_reader[0] != (path, opts):
@@ -218,26 +226,37 @@ def _check_species(species: str) -> None:
 def _plan(inputs, opts: _Options, cells_per_shard: int) -> tuple[dict, list[_Task]]:
     """Validate every input (nothing is written before all pass) and cut them into shards."""
     files, tasks = [], []
-    for path in map(Path, inputs):
+    for given in inputs:
+        soma = is_soma(given)
+        path = soma_source(given, opts.measurement, opts.obs_filter) if soma else Path(given)
         reader = _reader(path, opts)
         try:
             n_cells, n_genes, columns = reader.n_cells, len(reader.genes), set(reader.obs.columns)
+            selected = hashlib.sha256(reader.joinids.tobytes()).hexdigest() if soma else None
         finally:
             reader.close()
+        name = path.name
         if n_cells == 0:
-            raise InputError(f"{path}: the file holds no cell; drop it from --input")
+            what = f"the filter {opts.obs_filter!r} selects no cell of it" if soma and opts.obs_filter else "it holds no cell"
+            raise InputError(f"{path.uri if soma else path}: {what}; drop it from --input")
         missing = [k for k in opts.obs_keys if k not in columns]
         if missing:
             cols = ", ".join(sorted(columns)[:15]) or "none"
-            raise InputError(f"{path}: obs has no column {missing[0]} (columns: {cols}); fix --obs-keys")
-        if any(f["name"] == path.name for f in files):
-            raise InputError(f"{path}: another input has the same file name; rename one (it names the dataset)")
-        with open(path, "rb") as f:  # by content: an input edited in place, even to the same size, is another input
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        files.append({"name": path.name, "path": str(path.resolve()), "bytes": path.stat().st_size,
-                      "sha256": digest, "cells": n_cells, "genes": n_genes})
+            raise InputError(f"{path.uri if soma else path}: obs has no column {missing[0]} (columns: {cols}); "
+                             "fix --obs-keys")
+        if any(f["name"] == name for f in files):
+            raise InputError(f"{given}: another input has the same name; rename one (it names the dataset)")
+        if soma:  # an experiment's identity: where it is and which cells the query selected
+            files.append({"name": name, "uri": path.uri, "measurement": path.measurement,
+                          "obs_filter": path.obs_filter, "selected_sha256": selected, "cells": n_cells,
+                          "genes": n_genes})
+        else:
+            with open(path, "rb") as f:  # by content: an input edited in place, even to the same size, is another input
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            files.append({"name": name, "path": str(path.resolve()), "bytes": path.stat().st_size,
+                          "sha256": digest, "cells": n_cells, "genes": n_genes})
         for start in range(0, n_cells, cells_per_shard):
-            tasks.append(_Task(f"shard-{len(tasks):06d}.tar", str(path), path.name, path.stem,
+            tasks.append(_Task(f"shard-{len(tasks):06d}.tar", path if soma else str(path), name, Path(name).stem,
                                start, min(start + cells_per_shard, n_cells)))
     plan = {"format": FORMAT, "version": VERSION, "species": opts.species, "cells_per_shard": cells_per_shard,
             "obs_keys": list(opts.obs_keys), "gene_col": opts.gene_col, "use_raw": opts.use_raw,
@@ -247,7 +266,7 @@ def _plan(inputs, opts: _Options, cells_per_shard: int) -> tuple[dict, list[_Tas
 
 def _write_shard(opts: _Options, task: _Task) -> dict:
     """Write one shard atomically; return its manifest record (also saved under .progress/)."""
-    out = Path(opts.output)
+    out = Location(opts.output)
     reader = _shared_reader(task.path, opts)
     names = reader.obs.index
     keys = [k for k in dict.fromkeys((*DEFAULT_OBS_KEYS, *opts.obs_keys)) if k in reader.obs.columns]
@@ -259,7 +278,7 @@ def _write_shard(opts: _Options, task: _Task) -> dict:
               "genes": table}
     chunk = max(16, min(4096, CHUNK_VALUES // len(table)))
     seen = {k: set() for k in keys}
-    with atomic_path(out / task.name) as tmp:
+    with out.writing(task.name) as tmp:
         with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:  # fixed mtime: identical re-runs
             tar.write({"__key__": HEADER_KEY, "json": _dumps(header)})
             for first, cells in reader.iter_chunks(chunk, task.start, task.stop):
@@ -277,12 +296,12 @@ def _write_shard(opts: _Options, task: _Task) -> dict:
                                "expr.npy": encode_expr(genes, counts, len(table))})
                     expressed[genes] = True
                     nonzero += len(genes)
+        size = tmp.stat().st_size
     record = {"name": task.name, "source": task.source, "dataset": task.dataset, "rows": [task.start, task.stop],
               "cells": task.stop - task.start, "genes": int(expressed.sum()), "gene_table": len(table),
-              "nonzero": nonzero, "bytes": (out / task.name).stat().st_size,
+              "nonzero": nonzero, "bytes": size,
               "obs_values": {k: None if v is None else sorted(v) for k, v in seen.items()}}
-    with atomic_path(out / PROGRESS / f"{task.name}.json") as tmp:
-        tmp.write_text(json.dumps(record, sort_keys=True))
+    out.write_text(f"{PROGRESS}/{task.name}.json", json.dumps(record, sort_keys=True))
     return record
 
 
@@ -296,62 +315,77 @@ def _worker_init(parent: int) -> None:
         os._exit(1)
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    """Temporary files of a killed run (atomic_path names them '.<name>.tmp-<pid>')."""
-    for tmp in [*out.glob(".shard-*.tmp-*"), *out.glob(f".{MANIFEST}.tmp-*"), *(out / PROGRESS).glob(".*.tmp-*")]:
+def _remove_stale_temporaries(out: Location) -> None:
+    """Temporary files of a killed run (atomic_path names them '.<name>.tmp-<pid>'); an upload to an
+    object store leaves none there (an object appears whole or not at all)."""
+    if out.remote:
+        return
+    path = out.path
+    for tmp in [*path.glob(".shard-*.tmp-*"), *path.glob(f".{MANIFEST}.tmp-*"), *(path / PROGRESS).glob(".*.tmp-*")]:
         tmp.unlink(missing_ok=True)
 
 
-def _prepare_output(out: Path, plan: dict) -> None:
-    plan_file = out / PROGRESS / "plan.json"
-    if plan_file.exists():
-        old = json.loads(plan_file.read_text())
+def _identity(f: dict):
+    return f.get("sha256") or f.get("selected_sha256")
+
+
+def _prepare_output(out: Location, plan: dict) -> None:
+    plan_file = f"{PROGRESS}/plan.json"
+    if out.exists(plan_file):
+        old = json.loads(out.read_text(plan_file))
         if old != plan:
-            before = {f["name"]: f.get("sha256") for f in old.get("inputs", [])}
-            edited = [f["name"] for f in plan["inputs"] if f["name"] in before and before[f["name"]] != f["sha256"]]
+            before = {f["name"]: _identity(f) for f in old.get("inputs", [])}
+            edited = [f["name"] for f in plan["inputs"] if f["name"] in before and before[f["name"]] != _identity(f)]
             if edited:
                 raise InputError(f"{out}: holds shards of {edited[0]} as it was before it changed (its content "
-                                 "differs); choose an empty --output or delete this directory")
+                                 "or selected cells differ); choose an empty --output or delete this directory")
             raise InputError(f"{out}: holds shards of another run (other inputs or options); "
                              "choose an empty --output or delete this directory")
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if not out.is_empty():
         raise InputError(f"{out}: exists and is not an empty directory from tfx shard; choose another --output")
-    with atomic_path(plan_file) as tmp:
-        tmp.write_text(json.dumps(plan, indent=1, sort_keys=True))
+    out.write_text(plan_file, json.dumps(plan, indent=1, sort_keys=True))
 
 
 def write_shards(inputs, species: str, output_dir: str | os.PathLike, *, cells_per_shard: int = 10_000,
                  obs_keys=(), processes: int | None = None, gene_col: str = "ensembl_id",
-                 use_raw: bool | None = None, remove_duplicate_genes: bool = False) -> dict:
+                 use_raw: bool | None = None, remove_duplicate_genes: bool = False, measurement: str = "RNA",
+                 obs_filter: str | None = None) -> dict:
     """Write (or finish writing) the shards of ``inputs`` into ``output_dir``; return a summary.
 
-    ``obs_keys`` are stored on top of cell_type, assay and tissue (those when present); every key
-    named must exist in every input. ``processes`` defaults to one per CPU, at most one per shard.
+    ``inputs``: h5ad files, TileDB-SOMA experiments (a directory, a URI or a ``SomaSource``; their
+    ``measurement``'s cells that ``obs_filter`` selects), or a mix. ``output_dir``: a directory or
+    an fsspec URL (``s3://bucket/prefix``). ``obs_keys`` are stored on top of cell_type, assay and
+    tissue (those when present); every key named must exist in every input. ``processes`` defaults
+    to one per CPU, at most one per shard.
     """
     started = time.perf_counter()
-    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike, SomaSource)) else list(inputs)
     if not inputs:
-        raise InputError("no --input file given; name one or more h5ad files")
+        raise InputError("no --input given; name one or more h5ad files or TileDB-SOMA experiments")
     if cells_per_shard < 1:
         raise InputError(f"--cells-per-shard {cells_per_shard}: must be at least 1")
     _check_species(species)
-    out = Path(output_dir)
-    opts = _Options(str(out), species, tuple(obs_keys), gene_col, use_raw, remove_duplicate_genes)
+    out = Location(output_dir)
+    opts = _Options(str(out), species, tuple(obs_keys), gene_col, use_raw, remove_duplicate_genes, measurement,
+                    obs_filter)
     plan, tasks = _plan(inputs, opts, cells_per_shard)
     _prepare_output(out, plan)
-    with exclusive(out / PROGRESS, "shard directory"):
+    # an object store has no lock: two runs writing one prefix write the same bytes, the manifest last
+    lock = contextlib.nullcontext() if out.remote else exclusive(out.path / PROGRESS, "shard directory")
+    with lock:
         return _write_planned(out, opts, plan, tasks, processes, started)
 
 
-def _write_planned(out: Path, opts: _Options, plan: dict, tasks: list, processes: int | None, started: float) -> dict:
+def _write_planned(out: Location, opts: _Options, plan: dict, tasks: list, processes: int | None,
+                   started: float) -> dict:
     _remove_stale_temporaries(out)
 
     records = {}
     for task in tasks:  # a shard is done once its record exists (written after the shard's rename)
-        record_file = out / PROGRESS / f"{task.name}.json"
-        if record_file.exists() and (out / task.name).exists():
-            records[task.name] = json.loads(record_file.read_text())
+        record_file = f"{PROGRESS}/{task.name}.json"
+        if out.exists(record_file) and out.exists(task.name):
+            records[task.name] = json.loads(out.read_text(record_file))
     todo = [t for t in tasks if t.name not in records]
     if records:
         log.info("%s: %d of %d shards already written; writing the other %d", out, len(records), len(tasks), len(todo))
@@ -365,8 +399,10 @@ def _write_planned(out: Path, opts: _Options, plan: dict, tasks: list, processes
                 bar.update()
         else:
             # fork: workers inherit the imports and open their own readers (no HDF5 file is open here);
+            # TileDB's threads do not survive a fork, so SOMA inputs get fresh (spawned) workers;
             # an executor, unlike a Pool, fails instead of hanging when a worker dies (out of memory)
-            with ProcessPoolExecutor(processes, mp_context=mp.get_context("fork"), initializer=_worker_init,
+            start = "spawn" if any(isinstance(t.path, SomaSource) for t in todo) else "fork"
+            with ProcessPoolExecutor(processes, mp_context=mp.get_context(start), initializer=_worker_init,
                                      initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(write, task) for task in todo]
                 try:
@@ -384,9 +420,8 @@ def _write_planned(out: Path, opts: _Options, plan: dict, tasks: list, processes
 
     manifest = {**plan, "cells": sum(r["cells"] for r in records.values()),
                 "obs_values": _obs_values(records.values()), "shards": [records[t.name] for t in tasks]}
-    with atomic_path(out / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return {"output": str(out), "manifest": str(out / MANIFEST), "shards": len(tasks), "written": len(todo),
+    out.write_text(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+    return {"output": str(out), "manifest": out.child(MANIFEST), "shards": len(tasks), "written": len(todo),
             "cells": manifest["cells"], "seconds": time.perf_counter() - started}
 
 

@@ -30,6 +30,7 @@ from tfx.checkpoint import Checkpoint, load_checkpoint
 from tfx.checkpoint.surgery import with_species_embeddings
 from tfx.data import preprocess
 from tfx.data.anndata import CellReader
+from tfx.data.sources import is_soma, open_reader
 from tfx.errors import InputError
 from tfx.infer.engine import Outputs, run_cells
 from tfx.options import Device, Input, Options, Output, PositiveInt, Range, group, option
@@ -86,6 +87,10 @@ class InferOptions(Options):
                                  "its genes (no transformer; embeddings only)")
     layer: int = option(-1, flags=("--embedding-layer-index",),
                         help="transformer layer the embeddings come from (-1: the last; embeddings only otherwise)")
+    measurement: str = option("RNA", help="a TileDB-SOMA experiment's measurement to read")
+    obs_filter: str | None = option(
+        None, help="a TileDB-SOMA experiment's cells to embed, e.g. \"tissue_general == 'lung'\" (pandas' obs.query "
+                   "selects the same cells)")
 
     # what the engine reads: each output asked for, and the batch's most cells
     embeddings = property(lambda self: "embeddings" in self.outputs)
@@ -140,7 +145,8 @@ class InferCommand(Options):
         flags=("--checkpoint", "--checkpoint-path"), python=("path", "model"),
         help="checkpoint directory (official release or tfx export)")
     data: Annotated[str, Input("file")] = option(flags=("--data", "--data-file"), python="adata",
-                                                 help="input h5ad (raw counts)")
+                                                 help="input h5ad (raw counts), or a TileDB-SOMA experiment "
+                                                      "(a directory or URI; see --obs-filter)")
     output: Annotated[str, Output("file", "the .h5ad file")] | None = option(None, python="key",
                                                                              help="output h5ad (required)")
     output_path: Annotated[str, Output("dir", "the output")] | None = option(None, hidden=True, python=None,
@@ -189,9 +195,11 @@ def resolve_devices(name: str, count: int = 1) -> list[torch.device]:
 
 
 def open_cells(ckpt: Checkpoint, data, opts: InferOptions) -> CellReader:
-    """The cells of an h5ad file (or an in-memory AnnData) as ``ckpt`` reads them."""
-    return CellReader(data, ckpt.vocab.lookup, gene_col=opts.gene_col, use_raw=opts.use_raw,
-                      remove_duplicate_genes=opts.remove_duplicate_genes, aux_vocabs=ckpt.aux_vocabs)
+    """The cells of an h5ad file, an in-memory AnnData or a TileDB-SOMA experiment's query, as ``ckpt``
+    reads them."""
+    return open_reader(data, ckpt.vocab.lookup, measurement=opts.measurement, obs_filter=opts.obs_filter,
+                       gene_col=opts.gene_col, use_raw=opts.use_raw,
+                       remove_duplicate_genes=opts.remove_duplicate_genes, aux_vocabs=ckpt.aux_vocabs)
 
 
 def _row_results(ckpt: Checkpoint, reader: CellReader, opts: InferOptions, device: torch.device, start: int = 0,
@@ -278,8 +286,9 @@ def _read_parts(ckpt: Checkpoint, parts: Path, ranges: list, opts: InferOptions)
 
 def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathLike, opts: InferOptions) -> dict:
     """Run inference over ``data`` and write ``output``; returns a small summary."""
-    data, output = Path(data), Path(output)
-    if output.resolve() == data.resolve():
+    output = Path(output)
+    data = data if is_soma(data) and not isinstance(data, os.PathLike) else Path(data)
+    if isinstance(data, Path) and output.resolve() == data.resolve():
         raise InputError(f"{output}: the output would overwrite the input; choose another --output")
     if output.is_dir():
         raise InputError(f"--output {output}: is a directory; name the .h5ad file to write")
@@ -353,22 +362,33 @@ def _warn_cells(data, empty: int, output, non_finite: int, n_cells: int) -> None
 def infer_memory(ckpt: Checkpoint, adata, opts: InferOptions) -> tuple[dict[str, np.ndarray], dict]:
     """``infer_file``'s engine over an in-memory AnnData, on one device: ({name: per-cell array} of
     ``_per_cell``'s names, the reference's cge ``uns`` entries when asked)."""
+    _, arrays, uns = infer_cells(ckpt, adata, opts)
+    return arrays, uns
+
+
+def infer_cells(ckpt: Checkpoint, data, opts: InferOptions) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
+    """``infer_memory`` over any input ``open_cells`` reads (an AnnData, an h5ad, a SOMA query), with
+    the obs of the cells read."""
     opts = opts.for_checkpoint(ckpt)
     device = resolve_devices(opts.device)[0]
-    reader = open_cells(ckpt, adata, opts)
-    _report_overlap(reader, opts.chunk_size)
-    arrays = {name: np.full((adata.n_obs, *shape), np.nan, np.float32) for name, shape in _per_cell(ckpt, opts).items()}
-    cge = []
-    empty = non_finite = 0
-    for first, res, n_empty in _row_results(ckpt, reader, opts, device):
-        empty += n_empty
-        non_finite += _non_finite_cells(res, n_empty)
-        for name, arr in arrays.items():
-            arr[first : first + res.cells] = _array(res, name)
-        cge += _cge_pieces(res, first)
-    _warn_cells("AnnData", empty, "AnnData", non_finite, adata.n_obs)
-    uns = _cge_uns(ckpt, opts, cge) if opts.embeddings and opts.emb_type == "cge" else {}
-    return arrays, uns
+    reader = open_cells(ckpt, data, opts)
+    try:
+        _report_overlap(reader, opts.chunk_size)
+        arrays = {name: np.full((reader.n_cells, *shape), np.nan, np.float32)
+                  for name, shape in _per_cell(ckpt, opts).items()}
+        cge = []
+        empty = non_finite = 0
+        for first, res, n_empty in _row_results(ckpt, reader, opts, device):
+            empty += n_empty
+            non_finite += _non_finite_cells(res, n_empty)
+            for name, arr in arrays.items():
+                arr[first : first + res.cells] = _array(res, name)
+            cge += _cge_pieces(res, first)
+        _warn_cells(reader.path, empty, reader.path, non_finite, reader.n_cells)
+        uns = _cge_uns(ckpt, opts, cge) if opts.embeddings and opts.emb_type == "cge" else {}
+        return reader.obs, arrays, uns
+    finally:
+        reader.close()
 
 
 def _cge_pieces(res: Outputs, first: int) -> list:
