@@ -120,6 +120,61 @@ def one_blas_thread():
         yield
 
 
+TYPES = ["neuron", "glia", "immune"]
+
+
+def _train_species(tmp, name, n_genes, n_cells, seed, dim=16):
+    """A gene file and cells of three types, each type expressing its own block of genes."""
+    from tfx.vocab import write_gene_embeddings
+
+    rng = np.random.default_rng(seed)
+    genes = [f"ENS{name.upper()}{i:011d}" for i in range(n_genes)]
+    write_gene_embeddings(tmp / f"{name}_gene.h5", genes, rng.normal(size=(n_genes, dim)).astype(np.float32))
+    types = rng.choice(len(TYPES), n_cells)
+    block = n_genes // len(TYPES)
+    rate = np.full((n_cells, n_genes), 0.02)
+    for c, t in enumerate(types):
+        rate[c, t * block : (t + 1) * block] = 0.5
+    x = (rng.random((n_cells, n_genes)) < rate) * rng.integers(1, 12, (n_cells, n_genes))
+    obs = pd.DataFrame({"assay": "10x 3' v3", "cell_type": [TYPES[t] for t in types]},
+                       index=[f"{name}{i}" for i in range(n_cells)])
+    write_h5ad(tmp / f"{name}.h5ad", genes, x[: n_cells * 3 // 4], obs.iloc[: n_cells * 3 // 4])
+    write_h5ad(tmp / f"{name}_val.h5ad", genes, x[n_cells * 3 // 4 :], obs.iloc[n_cells * 3 // 4 :])
+    return tmp / f"{name}_gene.h5", tmp / f"{name}.h5ad", tmp / f"{name}_val.h5ad"
+
+
+@pytest.fixture(scope="session")
+def atlas(tmp_path_factory):
+    """Two species of three cell types each (training and validation h5ad, gene files), for training tests."""
+    tmp = tmp_path_factory.mktemp("train_data")
+    return {"alpha": _train_species(tmp, "alpha", 150, 320, 0), "beta": _train_species(tmp, "beta", 120, 240, 1)}
+
+
+def train_overrides(atlas, out, steps, *extra):
+    """pretrain/tiny on species alpha of ``atlas``, a little wider, for ``steps`` steps into ``out``."""
+    emb, cells, val = atlas["alpha"]
+    return ["data=h5ad", f"data.files=[{cells}]", f"data.val_files=[{val}]", f"vocab.embeddings=[{emb}]",
+            f"output_dir={out}", f"trainer.max_steps={steps}", "model.embed_dim=32", "model.model_dim=64",
+            "data.token_budget=2048", "trainer.log_every_n_steps=1", *extra]
+
+
+def train_metrics(run_dir):
+    """Every start's CSV, in order (a resumed run adds one)."""
+    files = sorted((run_dir / "logs").glob("*/metrics.csv"), key=lambda p: int(p.parent.name))
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+
+
+@pytest.fixture(scope="session")
+def pretrained(atlas, tmp_path_factory):
+    """One tiny pretraining run (60 steps), shared by every test that needs a trained model."""
+    from tfx.recipe import compose
+    from tfx.train.run import train
+
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    train(compose("pretrain/tiny", train_overrides(atlas, out, 60, "trainer.val_check_interval=30")))
+    return out
+
+
 def tiny_model(vocab_size: int = 40, emb_dim: int = 12, seed: int = 0, **cfg):
     """A small random TranscriptFormer (special ids: pad 1, start 2, end 3) and its config."""
     import torch

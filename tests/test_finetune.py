@@ -14,8 +14,7 @@ import torch
 import yaml
 
 import reference
-from conftest import file_tokens
-from test_train import TYPES, _metrics, atlas, pretrained  # noqa: F401  (module fixtures, rebuilt here)
+from conftest import TYPES, file_tokens, train_metrics as _metrics
 from tfx.checkpoint import CheckpointError, load_checkpoint
 from tfx.cli import main
 from tfx.errors import InputError, RecipeError
