@@ -6,7 +6,7 @@ Steps, most valuable first (docs/benchmarks.md, "GPU check", says how to read ea
   1. environment: device, memory, torch / CUDA versions, whether a compiled flex_attention runs
   2. inference:   `tfx infer` (16-mixed, bf16-mixed, 32) vs the reference package's inference on the
                   same synthetic cells and random weights, TF-Sapiens shape; cells/s and cosines
-  3. training:    `tfx train pretrain/sapiens` (bf16), padded then packed, flex then eager attention;
+  3. training:    `tfx train pretrain/sapiens` (bf16), packed then padded, flex then eager attention;
                   tokens/s, useful tokens/s, MFU (Lightning's ThroughputMonitor), peak memory
   4. zero2:       the same recipe under DeepSpeed ZeRO-2 on one device, `tfx export`, `tfx infer`
   5. generation:  `tfx generate` at 512 genes; key/value cache vs recomputing the full forward
@@ -47,8 +47,8 @@ MIN_STEP_S = 5  # a step whose share of the time left is shorter is skipped
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0}  # dense, per device (vendor sheets)
 
 
-class Stop(Exception):
-    """SIGTERM or SIGINT: write what is done, exit 128 + the signal."""
+class Stop(BaseException):
+    """SIGTERM or SIGINT: write what is done, exit 128 + the signal (not an Exception: no step catches it)."""
 
 
 class Timeout(Exception):
@@ -103,7 +103,7 @@ class Check:
         write_atomic(self.out / "gpu_check.md", markdown(self.report))
 
     # -- child processes ----------------------------------------------------------------------------
-    def run(self, name: str, cmd: list[str], env: dict | None = None) -> float:
+    def run(self, name: str, cmd: list[str]) -> float:
         """Run ``cmd`` (output to logs/NAME.log) until the step's deadline; its wall seconds."""
         timeout = self.step_deadline - time.monotonic()
         if timeout <= 1:
@@ -113,7 +113,7 @@ class Check:
         with open(log, "w") as f:
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.work,
                                     preexec_fn=die_with_parent,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
             try:
                 rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -212,7 +212,8 @@ def step_inference(c: Check, fig: dict) -> None:
         # the extra cells of the full run over the subset's time difference: cells/s without start-up
         for key in ("tfx_16-mixed", "reference"):
             extra_s = fig[key]["seconds"] - fig[f"{key}_subset"]["seconds"]
-            fig[key]["marginal_cells_per_s"] = round((n - m) / extra_s, 2) if extra_s > 0 else "n/a: no slower than the subset"
+            fig[key]["marginal_cells_per_s"] = (round((n - m) / extra_s, 2) if extra_s > 0
+                                                else "n/a: no slower than on the subset")
         if all(isinstance(fig[k]["marginal_cells_per_s"], float) for k in ("tfx_16-mixed", "reference")):
             fig["speedup_marginal"] = round(fig["tfx_16-mixed"]["marginal_cells_per_s"]
                                             / fig["reference"]["marginal_cells_per_s"], 2)
@@ -236,10 +237,10 @@ def train_args(c: Check, run_dir: Path, steps: int, *extra: str) -> list[str]:
             f"data.num_workers={0 if c.dry else 2}"]
     if c.peak_tflops:
         args.append(f"trainer.peak_tflops={c.peak_tflops}")
-    if c.dry:
-        args += ["trainer.accelerator=cpu", f"model.embed_dim={s['dim']}",
-                 f"model.model_dim={s['dim']}", f"model.gene_head_hidden_dim={s['dim']}", f"model.num_heads={s['heads']}",
-                 f"model.num_layers={s['layers']}", f"model.seq_len={s['seq_len']}"]
+    if c.dry:  # a nominal peak of 1 TFLOP/s, so that the MFU column is read as on a GPU
+        args += ["trainer.accelerator=cpu", "trainer.peak_tflops=1.0", f"model.num_layers={s['layers']}",
+                 f"model.num_heads={s['heads']}", f"model.seq_len={s['seq_len']}",
+                 *(f"model.{k}={s['dim']}" for k in ("embed_dim", "model_dim", "gene_head_hidden_dim"))]
     return args + list(extra)
 
 
@@ -251,9 +252,10 @@ def throughput(run_dir: Path) -> dict:
     last = m.dropna(subset=["train/device/items_per_sec"]).iloc[-1]
     tokens, cells = float(last["train/device/items_per_sec"]), float(last["train/device/samples_per_sec"])
     mfu = last.get("train/device/mfu")
+    mfu = round(float(mfu), 4) if mfu is not None and mfu == mfu else "n/a: the device's peak FLOP/s is unknown"
     return {"tokens_per_s": round(tokens), "useful_tokens_per_s": round(tokens - cells),  # one aux token a cell
             "cells_per_s": round(cells, 2), "step": int(last["step"]),
-            "mfu": round(float(mfu), 4) if mfu is not None and mfu == mfu else "n/a: the device's peak FLOP/s is unknown"}
+            "mfu": mfu}
 
 
 def step_training(c: Check, fig: dict) -> None:
@@ -275,7 +277,7 @@ def step_training(c: Check, fig: dict) -> None:
             fig["flex"] = "n/a on CPU: FlexAttention has no CPU backward (the eager runs take the same path)"
             continue
         runs = fig[attention] = {}
-        for mode in ("padded", "packed"):
+        for mode in ("packed", "padded"):  # packed first: the MFU goal is held to it
             c.attempt(runs, mode, lambda: one(attention, mode))
         if all("useful_tokens_per_s" in runs[mode] for mode in ("padded", "packed")):
             runs["packed_over_padded"] = round(runs["packed"]["useful_tokens_per_s"]
@@ -346,8 +348,9 @@ def child_environment(device: str) -> dict:
     import torch
 
     cuda = device == "cuda" and torch.cuda.is_available()
-    fig = {"device": "cuda" if cuda else "cpu", "torch": torch.__version__, "cuda": torch.version.cuda or "n/a: CPU build",
-           "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    fig = {"device": "cuda" if cuda else "cpu", "torch": torch.__version__,
+           "cuda": torch.version.cuda or "n/a: CPU build", "python": platform.python_version(),
+           "cpu_count": os.cpu_count()}
     for pkg in ("lightning", "deepspeed", "transcriptformer"):
         try:
             fig[pkg] = version(pkg)
@@ -356,7 +359,7 @@ def child_environment(device: str) -> dict:
     if cuda:
         props = torch.cuda.get_device_properties(0)
         fig.update(device_name=props.name, memory_gib=round(props.total_memory / 2**30, 1),
-                   device_count=torch.cuda.device_count(), capability=".".join(map(str, torch.cuda.get_device_capability())))
+                   device_count=torch.cuda.device_count(), capability=f"{props.major}.{props.minor}")
     else:
         fig.update(device_name=f"CPU ({platform.machine()})", memory_gib="n/a on CPU")
     return fig
@@ -492,7 +495,7 @@ def markdown(report: dict) -> str:
     env = report["steps"]["environment"].get("figures", {})
     lines = [f"# GPU check{' (dry run on CPU: tiny sizes, figures not meaningful)' if report['dry_run'] else ''}", "",
              f"`{report['command']}` on {report['host']}, started {report['started']}, updated {report['updated']}; "
-             f"device: {env.get('device_name', 'unknown')} ({env.get('device', '?')}); budget {report['budget_s']} s.", ""]
+             f"device: {env.get('device_name', 'unknown')}; budget {report['budget_s']} s.", ""]
     for name, step in report["steps"].items():
         seconds = f", {step['seconds']} s" if "seconds" in step else ""
         lines += [f"## {name}: {step['status']}{seconds}", ""]
@@ -556,6 +559,8 @@ def main() -> int:
                 c.write()
     except Stop as sig:  # whichever step was running is marked, the rest were not run
         code = 128 + sig.args[0]
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)  # a second signal does not cut the last write
         for step in c.report["steps"].values():
             if step["status"] in ("running", "pending"):
                 step["status"] = f"interrupted: {signal.Signals(sig.args[0]).name}" if step["status"] == "running" \
