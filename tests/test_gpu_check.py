@@ -52,7 +52,7 @@ def test_dry_run_goes_through_every_step(tmp_path):
     assert env["device"] == "cpu" and env["flex_attention"]["compiles"] is True
     # tfx against the reference on the same cells and weights: the same embeddings
     for key in ("cosine_tfx_16-mixed_vs_reference", "cosine_tfx_bf16-mixed_vs_reference",
-                "cosine_tfx_32_vs_reference_32_subset"):
+                "cosine_tfx_32_subset_vs_reference_32_subset"):
         assert infer[key]["min"] > 0.99, (key, infer[key])
     assert infer["tfx_16-mixed"]["cells_per_s"] > 0 and infer["reference"]["cells_per_s"] > 0
     assert "speedup_whole_process" in infer and "marginal_cells_per_s" in infer["tfx_16-mixed"]

@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 SPECIES = "synth_alpha"
 FULL = dict(cells=2000, subset=200, genes=6000, emb_dim=2560, layers=12, dim=2048, heads=16, seq_len=2047,
             train_steps=60, zero_steps=20, budgets=[32768, 16384, 8192], gen_genes=512, gen_cells=64,
@@ -43,6 +42,7 @@ FULL = dict(cells=2000, subset=200, genes=6000, emb_dim=2560, layers=12, dim=204
 DRY = dict(cells=24, subset=8, genes=300, emb_dim=32, layers=2, dim=32, heads=4, seq_len=63,
            train_steps=12, zero_steps=12, budgets=[512], gen_genes=12, gen_cells=4, compare_cells=2)
 SHARES = {"environment": 0.10, "inference": 0.27, "training": 0.33, "zero2": 0.15, "generation": 0.15}
+LOG_LINES = 200  # of each command's output kept in DIR/gpu_check.log
 MIN_STEP_S = 5  # a step whose share of the time left is shorter is skipped
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0}  # dense, per device (vendor sheets)
 
@@ -80,11 +80,11 @@ class Check:
     def __init__(self, args):
         self.out, self.dry = Path(args.out).resolve(), args.dry_run
         self.size = DRY if self.dry else FULL
-        self.logs = self.out / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
         self.keep_work = args.work is not None
         self.work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check_")).resolve()
-        self.work.mkdir(parents=True, exist_ok=True)
+        self.logs = self.work / "logs"  # each command's whole output; its end also goes to DIR/gpu_check.log
+        self.logs.mkdir(parents=True, exist_ok=True)
         self.deadline = time.monotonic() + args.budget_s
         self.step_deadline = self.deadline
         self.cuda = False
@@ -104,7 +104,8 @@ class Check:
 
     # -- child processes ----------------------------------------------------------------------------
     def run(self, name: str, cmd: list[str]) -> float:
-        """Run ``cmd`` (output to logs/NAME.log) until the step's deadline; its wall seconds."""
+        """Run ``cmd`` until the step's deadline; its wall seconds. Its output's last lines are
+        appended to DIR/gpu_check.log (DIR then holds three files, whatever the number of commands)."""
         timeout = self.step_deadline - time.monotonic()
         if timeout <= 1:
             raise Timeout(f"{name}: no time left in the step's share")
@@ -122,8 +123,11 @@ class Check:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+                lines = log.read_text(errors="replace").splitlines()
+                with open(self.out / "gpu_check.log", "a") as combined:
+                    combined.write("\n".join([f"==== {name}: {' '.join(map(str, cmd))}", *lines[-LOG_LINES:], ""]))
         if rc != 0:
-            tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-3:]
+            tail = [line for line in lines if line.strip()][-3:]
             raise RuntimeError(f"{name}: exit {rc}: " + " | ".join(tail)[-600:])
         return time.monotonic() - started
 
@@ -144,11 +148,12 @@ class Check:
         if tool == "tfx":
             r = self.tfx(name, "infer", "--checkpoint", ckpt, "--data", data, "--output", out, "--device", device,
                          "--precision", precision)
-        else:  # as its CLI runs, batch size its default (8); on CPU without its compiled block mask
+        else:  # its CLI (whose entry point a wheel installed --target lacks), its default batch size (8)
             r = {"seconds": round(self.run(name, [
-                str(BIN / "transcriptformer"), "inference", "--checkpoint-path", ckpt, "--data-file", data,
-                "--output-path", str(self.work), "--output-filename", out.name, "--precision", precision,
-                "--device", device, *([] if self.cuda else ["--disable-compile-block-mask"])]), 2)}
+                sys.executable, "-c", "import sys; from transcriptformer.cli import main; sys.exit(main())",
+                "inference", "--checkpoint-path", ckpt, "--data-file", data, "--output-path", str(self.work),
+                "--output-filename", out.name, "--precision", precision, "--device", device,
+                *([] if self.cuda else ["--disable-compile-block-mask"])]), 2)}  # on CPU, as its docs advise
         return r, out
 
     def attempt(self, fig: dict, key: str, fn) -> None:
@@ -252,10 +257,9 @@ def throughput(run_dir: Path) -> dict:
     last = m.dropna(subset=["train/device/items_per_sec"]).iloc[-1]
     tokens, cells = float(last["train/device/items_per_sec"]), float(last["train/device/samples_per_sec"])
     mfu = last.get("train/device/mfu")
-    mfu = round(float(mfu), 4) if mfu is not None and mfu == mfu else "n/a: the device's peak FLOP/s is unknown"
+    mfu = float(f"{mfu:.4g}") if mfu is not None and mfu == mfu else "n/a: the device's peak FLOP/s is unknown"
     return {"tokens_per_s": round(tokens), "useful_tokens_per_s": round(tokens - cells),  # one aux token a cell
-            "cells_per_s": round(cells, 2), "step": int(last["step"]),
-            "mfu": mfu}
+            "cells_per_s": round(cells, 2), "step": int(last["step"]), "mfu": mfu}
 
 
 def step_training(c: Check, fig: dict) -> None:
@@ -520,10 +524,11 @@ def main() -> int:
         write_atomic(result, json.dumps(CHILDREN[task](*sys.argv[4:])))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="directory for gpu_check.json, gpu_check.md and logs/")
+    ap.add_argument("--out", required=True, help="directory for gpu_check.json, gpu_check.md and gpu_check.log")
     ap.add_argument("--budget-s", type=float, default=480, help="wall-clock seconds for the whole check")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU: checks that every step runs")
-    ap.add_argument("--work", default=None, help="scratch directory (data, checkpoints); default: a temporary one")
+    ap.add_argument("--work", default=None, help="scratch directory (data, checkpoints, whole logs), kept; "
+                                                 "default: a temporary one, removed")
     c = Check(ap.parse_args())
 
     def stop(signum, frame):
