@@ -17,11 +17,25 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["environment", "inference", "training", "zero2", "generation"]
 
 
-def _start(out: Path, *args: str) -> subprocess.Popen:
-    path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]  # this checkout's tfx in every child
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    cmd = [sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--dry-run", "--out", str(out), *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+@pytest.fixture
+def start():
+    """Starts the dry run (this checkout's tfx in every child, scratch inside tmp_path); whatever a
+    failed test leaves running is killed (its current child dies with it)."""
+    procs = []
+
+    def _start(out: Path, *args: str) -> subprocess.Popen:
+        path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        cmd = [sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--dry-run", "--out", str(out),
+               "--work", str(out.parent / "work"), *args]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env={**os.environ, "PYTHONPATH": os.pathsep.join(path)}))
+        return procs[-1]
+
+    yield _start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _leaves(figures):
@@ -36,8 +50,8 @@ def _measured(value) -> bool:
 
 
 @pytest.mark.slow
-def test_dry_run_goes_through_every_step(tmp_path):
-    proc = _start(tmp_path / "out", "--budget-s", "3000")
+def test_dry_run_goes_through_every_step(tmp_path, start):
+    proc = start(tmp_path / "out", "--budget-s", "3000")
     log = proc.communicate(timeout=3600)[0]
     assert proc.returncode == 0, log[-3000:]
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
@@ -100,9 +114,9 @@ def _poll(path: Path, until, proc: subprocess.Popen, timeout: float = 900) -> di
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_partway_leaves_the_finished_steps(tmp_path, sig):
+def test_killed_partway_leaves_the_finished_steps(tmp_path, sig, start):
     out = tmp_path / "out"
-    proc = _start(out, "--budget-s", "3000")
+    proc = start(out, "--budget-s", "3000")
     try:
         _poll(out / "gpu_check.json", lambda r: r["steps"]["inference"]["status"] == "running", proc)
     finally:
@@ -122,8 +136,8 @@ def test_killed_partway_leaves_the_finished_steps(tmp_path, sig):
         assert report["steps"]["generation"]["status"] == "pending"
 
 
-def test_a_budget_too_small_skips_every_step(tmp_path):
-    proc = _start(tmp_path / "out", "--budget-s", "3")
+def test_a_budget_too_small_skips_every_step(tmp_path, start):
+    proc = start(tmp_path / "out", "--budget-s", "3")
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, log[-3000:]
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
@@ -132,10 +146,10 @@ def test_a_budget_too_small_skips_every_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_step_is_cut_at_its_share_and_the_next_runs(tmp_path):
+def test_a_step_is_cut_at_its_share_and_the_next_runs(tmp_path, start):
     """60 s: the environment step's 6 s cannot hold a flex_attention compile on CPU; its child is
     stopped, what it found is kept, and the later steps get the time left."""
-    proc = _start(tmp_path / "out", "--budget-s", "60")
+    proc = start(tmp_path / "out", "--budget-s", "60")
     log = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, log[-3000:]
     steps = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["steps"]
