@@ -147,13 +147,13 @@ def test_a_budget_too_small_skips_every_step(tmp_path, start):
 
 @pytest.mark.slow
 def test_a_step_is_cut_at_its_share_and_the_next_runs(tmp_path, start):
-    """60 s: the environment step's 6 s cannot hold a flex_attention compile on CPU; its child is
-    stopped, what it found is kept, and the later steps get the time left."""
+    """60 s: the environment step's 6 s cannot hold a flex_attention compile on CPU, so the step ends
+    as a timeout, and the steps after it still run in the time left."""
     proc = start(tmp_path / "out", "--budget-s", "60")
     log = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, log[-3000:]
     steps = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["steps"]
     assert steps["environment"]["status"] == "timeout", steps["environment"]
-    assert "share of the budget" in steps["environment"]["error"]
+    assert "share" in steps["environment"]["error"]  # cut, or left no time for its next command
     assert steps["inference"]["status"] in ("timeout", "ok"), steps["inference"]  # it was reached
     assert all(step["status"] in ("ok", "timeout", "skipped: budget") for step in steps.values()), steps

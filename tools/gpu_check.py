@@ -42,6 +42,7 @@ FULL = dict(cells=2000, subset=200, genes=6000, emb_dim=2560, layers=12, dim=204
 DRY = dict(cells=24, subset=8, genes=300, emb_dim=32, layers=2, dim=32, heads=4, seq_len=63,
            train_steps=12, zero_steps=12, budgets=[512], gen_genes=12, gen_cells=4, compare_cells=2)
 SHARES = {"environment": 0.10, "inference": 0.27, "training": 0.33, "zero2": 0.15, "generation": 0.15}
+GRACE_S = 10  # between SIGTERM and SIGKILL for a child past its time
 LOG_LINES = 200  # of each command's output kept in DIR/gpu_check.log
 MIN_STEP_S = 5  # a step whose share of the time left is shorter is skipped
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0}  # dense, per device (vendor sheets)
@@ -120,9 +121,15 @@ class Check:
             except subprocess.TimeoutExpired:
                 raise Timeout(f"{name}: stopped after {timeout:.0f} s (the step's share of the budget)") from None
             finally:
+                # SIGTERM first: a child cut inside a JIT build (DeepSpeed's ops on CPU) must release
+                # the build's lock file, or every later build of that op waits for it forever.
                 if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=GRACE_S)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait()
                 lines = log.read_text(errors="replace").splitlines()
                 with open(self.out / "gpu_check.log", "a") as combined:
                     combined.write("\n".join([f"==== {name}: {' '.join(map(str, cmd))}", *lines[-LOG_LINES:], ""]))
@@ -520,6 +527,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":  # --child TASK RESULT_JSON ARGS...
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds: finally blocks run
         task, result = sys.argv[2], Path(sys.argv[3])
         write_atomic(result, json.dumps(CHILDREN[task](*sys.argv[4:])))
         return 0
