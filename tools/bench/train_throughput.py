@@ -129,7 +129,7 @@ def main() -> None:
     from tfx.synth import synth_atlas
     from tfx.tokenize import Preprocessing
     from tfx.tokenize.batches import BatchSpec
-    from tfx.train.callbacks import device_peak_flops
+    from lightning.fabric.utilities.throughput import get_available_flops
     from tfx.data.memory import CellBatches
     from tfx.recipe.schema import OptimSchema
     from tfx.train.module import adamw, model_flops_per_token
@@ -143,7 +143,7 @@ def main() -> None:
     opt = adamw(model, OptimSchema(), total_steps=1000)["optimizer"]
     lengths = np.array([min(len(ids), seq_len) + 1 for ids, _ in cells], dtype=np.float64)
     context = (lengths**2).sum() / lengths.sum()  # the cell length the average token attends over
-    peak = device_peak_flops(None) if device.type == "cuda" else None
+    peak = get_available_flops(device, torch.bfloat16) if device.type == "cuda" else None  # Lightning's table
     mfu_per_token = model_flops_per_token(model, context) / peak if peak else None  # per second
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}; model: "
           f"{model.cfg.num_layers} layers x {model.cfg.embed_dim}, {model.cfg.num_heads} heads, seq_len {seq_len}, "
