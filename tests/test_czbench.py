@@ -49,7 +49,7 @@ def test_eval_reports_every_task_with_the_package_baselines_and_version(eval_atl
     report = evaluate(eval_atlas["embeddings"], "cell_type", batch="species", counts_path=eval_atlas["counts"],
                       output_dir=out)
     cz = report["cz_benchmarks"]
-    assert cz["version"] == importlib.metadata.version("cz-benchmarks") and cz["seed"] == 42  # the package's own default
+    assert cz["version"] == importlib.metadata.version("cz-benchmarks") and cz["seed"] == 42
     tasks = cz["tasks"]
     assert set(tasks) == {"label_prediction", "clustering", "embedding", "batch_integration",
                           "cross_species_integration", "cross_species_label_prediction"}
