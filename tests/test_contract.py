@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import tfx
-import tfx.synth  # noqa: F401  (registers the synthetic species)
 from conftest import write_h5ad
 from teacher import build_teacher
 from tfx.checkpoint import load_checkpoint
@@ -21,7 +20,6 @@ from tfx.data.shards import write_shards
 from tfx.generate.score import score_cells
 from tfx.model.transcriptformer import TranscriptFormer
 from tfx.recipe import build, compose
-from tfx.train import run as _registers_objectives  # noqa: F401  (until build() loads its registries)
 
 SPECIES = "synth_alpha"
 READS = {"normalize_to_scale": 50.0, "clip_counts": 6.0}  # both matter: most counts change

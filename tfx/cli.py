@@ -11,6 +11,7 @@ import sys
 import warnings
 from importlib import import_module
 
+from tfx.commands import INTERRUPTED, REFERENCE_FLAGS
 from tfx.options import Help, Parser, add_arguments, from_args
 
 COMMANDS = {  # name: (help, its options dataclass: "module:Class", or a class of tfx.commands)
@@ -30,13 +31,6 @@ COMMANDS = {  # name: (help, its options dataclass: "module:Class", or a class o
     "train": ("run a Hydra recipe: pretraining, continuation or fine-tuning", "TrainCommand"),
     "export": ("consolidated inference checkpoint from a training run (ZeRO shards too)", "ExportCommand"),
 }
-INTERRUPTED = {  # what an interrupted command keeps (the others keep nothing half-written)
-    "embed-proteins": "finished genes are kept in {output}.partial, run the same command again to resume",
-    "download": "run the same command again to resume",
-    "download-data": "complete datasets are kept, run the same command again to fetch the rest",
-}
-INFER_EPILOG = ("The reference's flags (--checkpoint-path, --data-file, --output-path, --output-filename, "
-                "--gene-col-name, --pretrained-embedding, --num-gpus) are accepted too.")
 
 
 def cmd_registry(opts) -> None:
@@ -89,10 +83,8 @@ def cmd_prompt(opts) -> None:
 
 
 def cmd_shard(opts) -> None:
-    from tfx.components import load_all
     from tfx.data.shards import write_shards
 
-    load_all()  # species may come from tfx.synth or a plugin
     summary = write_shards(opts.input, opts.species, opts.output, cells_per_shard=opts.cells_per_shard,
                            obs_keys=opts.obs_keys, processes=opts.processes, gene_col=opts.gene_col,
                            use_raw=opts.use_raw, remove_duplicate_genes=opts.remove_duplicate_genes,
@@ -144,9 +136,6 @@ def cmd_download_data(opts) -> None:
     from tfx.artifacts import CensusPortal, download_data, shard_from_census
 
     if opts.from_census:
-        from tfx.components import load_all
-
-        load_all()
         summary = shard_from_census(CensusPortal(opts.census_version), opts.species, opts.output_dir,
                                     obs_filter=opts.obs_filter, cells_per_shard=opts.cells_per_shard,
                                     processes=opts.processes)
@@ -227,7 +216,8 @@ def build_parser(only: str | None = None) -> Parser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (text, path) in COMMANDS.items():
-        p = sub.add_parser(name, help=text, formatter_class=Help, epilog=INFER_EPILOG if name == "infer" else None)
+        epilog = "The reference's flags are accepted too: " + ", ".join(REFERENCE_FLAGS) if name == "infer" else None
+        p = sub.add_parser(name, help=text, formatter_class=Help, epilog=epilog)
         p.set_defaults(run=globals()["cmd_" + name.replace("-", "_")])
         if only not in (None, name):
             continue
@@ -247,8 +237,6 @@ def build_parser(only: str | None = None) -> Parser:
 
 
 def _note_reference_flags(argv: list[str]) -> None:
-    from tfx.infer.run import REFERENCE_FLAGS
-
     for flag, ours in REFERENCE_FLAGS.items():
         if any(a == flag or a.startswith(flag + "=") for a in argv):
             print(f"tfx: note: {flag} is the reference's name for {ours}", file=sys.stderr)

@@ -12,6 +12,16 @@ from tfx.outputs import DirOutput, FileOutput
 from tfx.quickstart import STEPS  # light: its heavy imports are inside the function
 
 SpeciesCount = Annotated[int, Range(int, 1, 8)]
+REFERENCE_FLAGS = {  # `transcriptformer inference` flags -> tfx's (aliases of infer's options)
+    "--checkpoint-path": "--checkpoint", "--data-file": "--data", "--output-path": "--output (a directory there)",
+    "--output-filename": "--output (its file name)", "--gene-col-name": "--gene-col",
+    "--pretrained-embedding": "--species-embedding", "--num-gpus": "--devices",
+}
+INTERRUPTED = {  # what an interrupted command keeps (the others keep nothing half-written)
+    "embed-proteins": "finished genes are kept in {output}.partial, run the same command again to resume",
+    "download": "run the same command again to resume",
+    "download-data": "complete datasets are kept, run the same command again to fetch the rest",
+}
 
 
 @dataclass(frozen=True, kw_only=True)

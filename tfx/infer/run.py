@@ -41,11 +41,6 @@ log = logging.getLogger(__name__)
 
 
 OUTPUTS = ("embeddings", "llh", "gene_llh", "nll", "predictions")
-REFERENCE_FLAGS = {  # `transcriptformer inference` flags -> tfx's
-    "--checkpoint-path": "--checkpoint", "--data-file": "--data", "--output-path": "--output (a directory there)",
-    "--output-filename": "--output (its file name)", "--gene-col-name": "--gene-col",
-    "--pretrained-embedding": "--species-embedding", "--num-gpus": "--devices",
-}
 
 
 @dataclass(frozen=True, kw_only=True)
