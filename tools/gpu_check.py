@@ -449,7 +449,7 @@ def child_compare(ckpt_dir: str, sizes: str, device: str) -> dict:
 
     from tfx.checkpoint import load_checkpoint
     from tfx.generate.sample import allowed_next, restrict, sample_cells, sample_ztp, species_of
-    from tfx.model.transcriptformer import TokenBatch
+    from tfx.tokenize import TokenBatch
 
     s = json.loads(sizes)
     n, limit = s["compare_cells"], s["gen_genes"]
