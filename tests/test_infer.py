@@ -96,13 +96,13 @@ def test_missing_assay_column_uses_unknown_token(ckpt, tmp_path, caplog):
     ids=["no-vocab-gene", "duplicates", "nan", "negative"],
 )
 def test_bad_input_gets_one_line_error_and_keeps_old_output(ckpt, tmp_path, capsys, make, message):
-    out = tmp_path / "out.h5ad"
-    out.write_bytes(b"previous result")
+    out = write_h5ad(tmp_path / "out.h5ad", GENES[:3], np.ones((2, 3)))  # a previous result, replaceable
+    previous = out.read_bytes()
     data = make(tmp_path / "bad.h5ad")
-    assert _run(ckpt, data, out) == 2
+    assert _run(ckpt, data, out, "--overwrite") == 2
     line = _error(capsys)
     assert message in line and "bad.h5ad" in line
-    assert out.read_bytes() == b"previous result"
+    assert out.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.h5ad", "out.h5ad"]  # no temporary left
 
 
