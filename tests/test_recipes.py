@@ -341,7 +341,7 @@ def test_check_prints_the_resolved_recipe_and_parameters_and_writes_nothing(data
     monkeypatch.chdir(tmp_path)
     common = [f"data.shards={data['shards']['homo_sapiens', 'train']}", _embeddings(data, ["homo_sapiens"]),
               f"output_dir={tmp_path / 'run'}"]
-    assert main(["train", "pretrain/tiny", *common, "trainer.max_steps=7", "--check"]) == 0
+    assert main(["train", "pretrain/tiny", *common[:1], "--check", *common[1:], "trainer.max_steps=7"]) == 0
     out = capsys.readouterr().out
     assert "objective: pretrain" in out and "max_steps: 7" in out  # the recipe as resolved
     real = build(compose("pretrain/tiny", common)).checkpoint.model
@@ -350,6 +350,7 @@ def test_check_prints_the_resolved_recipe_and_parameters_and_writes_nothing(data
     out = capsys.readouterr().out
     assert "embed_dim: 2048" in out and "precision: bf16-mixed" in out
     assert _parameters(out)[0] > 300_000_000
+    assert main(["train", "pretrain/tiny", "--check", "--bogus", *common]) == 2  # still a usage error
     assert list(tmp_path.iterdir()) == []  # no run directory, no log, nothing
     # the TF-sized model --check counts takes no memory: its weights are on the meta device
     meta = build(compose("pretrain/sapiens", common), device="meta").checkpoint.model

@@ -193,14 +193,9 @@ def cmd_train(opts) -> None:
 
     cfg = compose(opts.recipe, opts.overrides, opts.recipes)
     recipe_file = str(recipe_path(opts.recipe, opts.recipes))
-    if opts.check:
-        from tfx.train.run import check
+    from tfx.train.run import check, train
 
-        print(check(cfg, recipe_file))
-        return
-    from tfx.train.run import train
-
-    print(f"exported {train(cfg, recipe_file)}")
+    print(check(cfg, recipe_file) if opts.check else f"exported {train(cfg, recipe_file)}")
 
 
 def cmd_export(opts) -> None:
@@ -258,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         command = next((a for a in argv if a in COMMANDS), "")  # only its options are built (and imported)
-        args = build_parser(command).parse_args(argv)
+        args, extra = (parser := build_parser(command)).parse_known_args(argv)
+        if extra and (command != "train" or any(a.startswith("-") for a in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra:  # train's overrides after a flag: argparse ends its positionals at the first flag
+            args.overrides = args.overrides + extra
     except SystemExit as done:  # a usage error (2, printed as one line) or --help (0)
         return done.code
     if args.command == "infer":
