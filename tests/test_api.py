@@ -137,7 +137,7 @@ def test_eval_with_the_checkpoint_scores_esm2ce_as_tfx_infer_computes_it(ckpt, d
     assert api["headline"]["esm2ce_knn_macro_f1"] == report["headline"]["esm2ce_knn_macro_f1"]
 
 
-def test_eval_checkpoint_without_counts_is_one_line(ckpt, tmp_path, capsys):
+def test_eval_checkpoint_without_counts_is_one_line(ckpt, data, tmp_path, capsys):
     assert main(["eval", "--embeddings", str(tmp_path / "emb.h5ad"), "--checkpoint", str(ckpt), "--label", "cell_type",
                  "--output", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -147,3 +147,12 @@ def test_eval_checkpoint_without_counts_is_one_line(ckpt, tmp_path, capsys):
                  "--label", "cell_type", "--output", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{missing}: no such file" in err[0]
+    # counts of genes the checkpoint lacks: the baseline's error names the counts file
+    _infer(ckpt, data, tmp_path / "emb.h5ad")
+    cells = anndata.read_h5ad(data)
+    foreign = write_h5ad(tmp_path / "foreign.h5ad", [f"ENSOTHER{i:09d}" for i in range(len(GENES))], cells.X.toarray(),
+                         cells.obs)
+    assert main(["eval", "--embeddings", str(tmp_path / "emb.h5ad"), "--checkpoint", str(ckpt), "--counts", str(foreign),
+                 "--label", "cell_type", "--no-cz-benchmarks", "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{foreign}: none of the" in err[-1], err

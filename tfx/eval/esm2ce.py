@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tfx.checkpoint import Checkpoint
-from tfx.data.anndata import open_backed
-from tfx.infer.run import InferOptions, infer_memory
+from tfx.infer.run import InferOptions, infer_cells, infer_memory
 
 
 def _with_held_out(ckpt: Checkpoint, held_out_genes: str | os.PathLike | None) -> Checkpoint:
@@ -39,10 +38,7 @@ def esm2ce_frames(ckpt: Checkpoint, counts: list[str | os.PathLike],
     """The ESM2-CE embeddings of each counts file (the h5ad files given to tfx infer), indexed by cell name."""
     ckpt = _with_held_out(ckpt, held_out_genes)
     frames = []
-    for path in counts:
-        adata = open_backed(Path(path))
-        try:
-            frames.append(pd.DataFrame(esm2ce_embeddings(ckpt, adata), index=adata.obs_names))
-        finally:
-            adata.file.close()
+    for path in counts:  # read from the file, so that errors name it
+        obs, arrays, _ = infer_cells(ckpt, Path(path), InferOptions(model_type="esm2ce"))
+        frames.append(pd.DataFrame(arrays["embeddings"], index=obs.index))
     return frames
