@@ -485,7 +485,7 @@ def test_reference_flags_overlap_and_progress_in_a_log(run_dir, atlas, tmp_path)
     assert anndata.read_h5ad(tmp_path / "out" / "embeddings.h5ad").n_obs == adata.n_obs
     assert "tfx: note: --checkpoint-path is the reference's name for --checkpoint" in done.stderr
     assert "tfx: note: --num-gpus is the reference's name for --devices" in done.stderr
-    assert f"8 of 200 genes (4%) are in the model's vocabulary" in done.stderr
+    assert "8 of 200 genes (4%) are in the model's vocabulary" in done.stderr
     assert "WARNING" in next(x for x in done.stderr.splitlines() if "8 of 200 genes" in x)
     assert "INFO tfx.progress: infer: 100%" in done.stderr  # stderr is a file here: progress is logged
     assert "Traceback" not in done.stderr

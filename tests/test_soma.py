@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 tiledbsoma = pytest.importorskip("tiledbsoma")
-import tiledbsoma.io  # noqa: E402
+import tiledbsoma.io  # noqa: E402, F811  (the submodule, after the skip)
 
 import reference  # noqa: E402
 from tfx.cli import main  # noqa: E402

@@ -18,7 +18,7 @@ from conftest import TYPES, train_metrics as _metrics, train_overrides as _overr
 from tfx.checkpoint import load_checkpoint
 from tfx.cli import main
 from tfx.errors import RecipeError
-from tfx.recipe import build, compose
+from tfx.recipe import compose
 from tfx.train.run import train
 
 def test_tiny_pretraining_lowers_both_losses(pretrained):

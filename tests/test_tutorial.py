@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import anndata
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 import reference

@@ -14,7 +14,7 @@ import torch
 from tfx.checkpoint.finetuned import (ADAPTER_JSON, ADAPTER_WEIGHTS, TASK_JSON, TASK_WEIGHTS, Task, adapter_base,
                                       read_task, write_task)
 from tfx.checkpoint.weights import load_weights
-from tfx.errors import CheckpointError, InputError
+from tfx.errors import CheckpointError
 from tfx.atomic import atomic_path
 from tfx.outputs import DirOutput, check_output
 from tfx.model.config import ConfigError, DataConfig, ModelConfig, config_dict, parse_config

@@ -128,7 +128,7 @@ def main() -> None:
     rows.append(("(d) logistic on PCA(50) of log-normalised counts", macro_f1(y_test, predicted), n,
                  f"fit {time.perf_counter() - started:.1f} s", "-"))
 
-    print(f"\n| predictor | held-out macro-F1 | trainable parameters | step time | peak memory |\n|---|---|---|---|---|")
+    print("\n| predictor | held-out macro-F1 | trainable parameters | step time | peak memory |\n|---|---|---|---|---|")
     for name, f1, n, step, peak in rows:
         print(f"| {name} | {f1:.3f} | {n:,} | {step} | {peak} |")
 

@@ -101,6 +101,7 @@ def phase_write(args) -> dict:
 
 def phase_load(args) -> dict:
     from tfx.data.loader import ShardLoader
+    from tfx.tokenize.batches import BatchSpec
 
     vocab, tokenizer, aux = _vocab_and_tokenizer(args.input)
     loader = ShardLoader({"data": {"urls": args.output}}, vocab, tokenizer, BatchSpec(16384, 256), aux_vocabs=aux,
