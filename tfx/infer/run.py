@@ -434,7 +434,7 @@ def _write_output(ckpt: Checkpoint, data, output: Path, opts: InferOptions, obs:
             if pred is not None:
                 pred[start : start + n] = res.predictions
             bar.update(n)
-            bar.set_postfix(cells_per_s=f"{bar.n / (time.perf_counter() - started):.0f}")
+            bar.set_postfix(cells_per_s=f"{bar.n / (time.perf_counter() - started):.0f}", refresh=False)  # shown at its next line
         bar.close()
         _warn_cells(data, empty, output, non_finite, n_cells)
         for name, values in scores.items():
