@@ -21,7 +21,7 @@ import pytest
 import reference
 from conftest import write_h5ad
 from tfx.cli import main
-from tfx.infer.parts import Rank, launched
+from tfx.infer.parts import Rank, launched, missing, save_chunk
 
 GENES = [f"ENSSYN{i:011d}" for i in range(120)]
 OPTIONS = ["--device", "cpu", "--outputs", "embeddings,llh"]
@@ -91,6 +91,21 @@ def test_the_rank_comes_from_torchrun_or_srun():
                      "SLURM_PROCID": "0"}) == Rank(2, 8, 2)
     # the batch script itself (sbatch --ntasks 8, no srun) is one process
     assert launched({"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}) == Rank()
+
+
+class _FailsMidWrite:
+    def __array__(self, *args, **kwargs):
+        raise OSError("No space left on device")
+
+
+def test_a_chunk_counts_as_done_only_when_whole_and_of_the_same_run(tmp_path):
+    whole, broken = (0, 4), (4, 8)
+    save_chunk(tmp_path, whole, "run", {"embeddings": np.ones((4, 3), np.float32)})
+    with pytest.raises(OSError):  # the write stops after the key and the embeddings
+        save_chunk(tmp_path, broken, "run", {"embeddings": np.ones((4, 3), np.float32), "llh": _FailsMidWrite()})
+    assert len(list(tmp_path.glob("*.npz"))) == 1  # no chunk file under its name but the whole one
+    assert missing(tmp_path, [whole, broken], "run") == [broken]
+    assert missing(tmp_path, [whole], "another run") == [whole]  # another input, checkpoint or options
 
 
 @pytest.mark.slow
