@@ -195,3 +195,29 @@ def _stderr(logs: Path) -> list[list[str]]:
     assert len(files) == 2, list(logs.rglob("*"))
     return [[line for line in f.read_text().splitlines() if line and not line.startswith(("INFO ", "WARNING "))]
             for f in files]
+
+
+@pytest.mark.slow
+def test_srun_ranks_without_torchrun_write_what_one_process_writes(ckpt, tmp_path):
+    """Plain srun: the ranks come from SLURM_PROCID / SLURM_STEP_NUM_TASKS, and meet at MASTER_ADDR."""
+    _cells(30).write_h5ad(tmp_path / "in.h5ad")
+    args = ["infer", "--checkpoint", str(ckpt), "--data", str(tmp_path / "in.h5ad"), *OPTIONS, "--chunk-size", "4"]
+    assert main([*args, "--output", str(tmp_path / "one.h5ad")]) == 0
+
+    def task(rank: int, **env):
+        env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")} | env | {
+            "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+        return subprocess.Popen([sys.executable, "-m", "tfx.cli", *args, "--output", str(tmp_path / "two.h5ad")],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    alone = task(0).communicate(timeout=120)
+    assert alone[1].strip().splitlines() == [
+        "tfx infer: error: tfx infer under srun: set MASTER_ADDR (the first node) and MASTER_PORT for the ranks to "
+        "meet (docs/recipes.md), or launch with torchrun"]
+    meet = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    tasks = [task(rank, **meet) for rank in (0, 1)]
+    done = [t.communicate(timeout=300) for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], done
+    assert done[0][0].startswith("wrote ") and done[1][0] == ""  # rank 0 writes the output
+    _assert_same(tmp_path / "one.h5ad", tmp_path / "two.h5ad")

@@ -340,6 +340,9 @@ def _infer_ranked(ckpt: Checkpoint, data, output: Path, opts: InferOptions, rank
     0 assembles the output. A rank that fails makes every rank fail, each with one line."""
     import torch.distributed as dist
 
+    if not {"MASTER_ADDR", "MASTER_PORT"} <= os.environ.keys():  # torchrun sets them; plain srun does not
+        raise InputError("tfx infer under srun: set MASTER_ADDR (the first node) and MASTER_PORT for the ranks to "
+                         "meet (docs/recipes.md), or launch with torchrun")
     # gloo on GPUs too: the ranks exchange only a few integers, once
     dist.init_process_group("gloo", rank=rank.rank, world_size=rank.world, timeout=RANKS_WAIT)
     try:
