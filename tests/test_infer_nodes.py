@@ -50,14 +50,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _env(**extra) -> dict:
+    """This environment with ``extra``, importing this tree's tfx."""
+    path = os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def _nodes(args: list[str], port: int, nodes: int = 2, logs: Path | None = None) -> list[subprocess.Popen]:
     """``nodes`` torchrun launchers of two processes each, one world over 127.0.0.1; with ``logs``, each
     process's stderr goes to a file of its own there."""
     own = ["--log-dir", str(logs), "--redirects", "2"] if logs else []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     return [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node-rank",
                               str(node), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
-                              str(port), *own, "-m", "tfx.cli", "infer", *args], env=env, stdout=subprocess.PIPE,
+                              str(port), *own, "-m", "tfx.cli", "infer", *args], env=_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
             for node in range(nodes)]
 
@@ -204,17 +209,18 @@ def test_srun_ranks_without_torchrun_write_what_one_process_writes(ckpt, tmp_pat
     args = ["infer", "--checkpoint", str(ckpt), "--data", str(tmp_path / "in.h5ad"), *OPTIONS, "--chunk-size", "4"]
     assert main([*args, "--output", str(tmp_path / "one.h5ad")]) == 0
 
-    def task(rank: int, **env):
-        env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")} | env | {
-            "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
-            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    def task(rank: int, **meet):
+        env = _env(SLURM_STEP_NUM_TASKS="2", SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank))
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            env.pop(name, None)
+        env |= meet
         return subprocess.Popen([sys.executable, "-m", "tfx.cli", *args, "--output", str(tmp_path / "two.h5ad")],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     alone = task(0).communicate(timeout=120)
     assert alone[1].strip().splitlines() == [
-        "tfx infer: error: tfx infer under srun: set MASTER_ADDR (the first node) and MASTER_PORT for the ranks to "
-        "meet (docs/recipes.md), or launch with torchrun"]
+        "tfx infer: error: under srun without torchrun, set MASTER_ADDR (the first node's address) and MASTER_PORT "
+        "for the ranks to meet (docs/recipes.md)"]
     meet = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
     tasks = [task(rank, **meet) for rank in (0, 1)]
     done = [t.communicate(timeout=300) for t in tasks]

@@ -5,6 +5,10 @@ The output is written under a temporary name and renamed when complete. Cell emb
 ``obsm["embeddings"]`` chunk by chunk, so memory stays bounded by the chunk size; contextual gene
 embeddings use the reference's ``uns`` keys; predictions go to ``obs["<label>_pred"]`` (and
 ``obs["<label>_prob"]``, ``obsm["<label>_proba"]`` with ``uns["<label>_classes"]`` for classes).
+
+Several processes (``--devices N``, or torchrun / srun ranks across nodes) each compute their share of
+fixed chunks of cells into chunk files beside the output (``parts.py``); the first writes the output
+from them. A re-run after a crash computes only the chunks missing.
 """
 
 from __future__ import annotations
@@ -243,7 +247,8 @@ def _write_chunks(ckpt: Checkpoint, data, opts: InferOptions, device: torch.devi
     reader = open_cells(ckpt, data, opts)
     try:
         for start, stop in chunks:
-            for first, res, empty in _row_results(ckpt, reader, opts, device, start, stop):  # one: stop - start <= chunk_size
+            # one result: a chunk is at most chunk_size rows
+            for first, res, empty in _row_results(ckpt, reader, opts, device, start, stop):
                 save_chunk(parts, (start, stop), key, _chunk_arrays(ckpt, opts, res, first, empty))
     finally:
         reader.close()
@@ -341,8 +346,8 @@ def _infer_ranked(ckpt: Checkpoint, data, output: Path, opts: InferOptions, rank
     import torch.distributed as dist
 
     if not {"MASTER_ADDR", "MASTER_PORT"} <= os.environ.keys():  # torchrun sets them; plain srun does not
-        raise InputError("tfx infer under srun: set MASTER_ADDR (the first node) and MASTER_PORT for the ranks to "
-                         "meet (docs/recipes.md), or launch with torchrun")
+        raise InputError("under srun without torchrun, set MASTER_ADDR (the first node's address) and MASTER_PORT "
+                         "for the ranks to meet (docs/recipes.md)")
     # gloo on GPUs too: the ranks exchange only a few integers, once
     dist.init_process_group("gloo", rank=rank.rank, world_size=rank.world, timeout=RANKS_WAIT)
     try:
@@ -437,7 +442,8 @@ def _write_output(ckpt: Checkpoint, data, output: Path, opts: InferOptions, obs:
             if pred is not None:
                 pred[start : start + n] = res.predictions
             bar.update(n)
-            bar.set_postfix(cells_per_s=f"{bar.n / (time.perf_counter() - started):.0f}", refresh=False)  # shown at its next line
+            # refresh=False: shown with the bar's next line, not one log line per chunk
+            bar.set_postfix(cells_per_s=f"{bar.n / (time.perf_counter() - started):.0f}", refresh=False)
         bar.close()
         _warn_cells(data, empty, output, non_finite, n_cells)
         for name, values in scores.items():
