@@ -51,6 +51,8 @@ def cmd_infer(opts) -> None:
 
     ckpt = load_for_inference(opts.checkpoint, opts.load)
     summary = infer_file(ckpt, opts.data, opts.output_file, opts.options)
+    if summary["output"] is None:  # a rank other than 0: its chunks are written, rank 0 writes the output
+        return
     rate = summary["cells"] / max(summary["seconds"], 1e-9)
     print(f"wrote {summary['output']}: {summary['cells']} cells in {summary['seconds']:.1f} s ({rate:.0f} cells/s)")
 

@@ -5,16 +5,21 @@ The output is written under a temporary name and renamed when complete. Cell emb
 ``obsm["embeddings"]`` chunk by chunk, so memory stays bounded by the chunk size; contextual gene
 embeddings use the reference's ``uns`` keys; predictions go to ``obs["<label>_pred"]`` (and
 ``obs["<label>_prob"]``, ``obsm["<label>_proba"]`` with ``uns["<label>_classes"]`` for classes).
+
+Several processes (``--devices N``, or torchrun / srun ranks across nodes) each compute their share of
+fixed chunks of cells into chunk files beside the output (``parts.py``); the first writes the output
+from them. A re-run after a crash computes only the chunks missing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import shutil
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -33,6 +38,7 @@ from tfx.data.anndata import CellReader
 from tfx.data.sources import is_soma, open_reader
 from tfx.errors import InputError
 from tfx.infer.engine import Outputs, run_cells
+from tfx.infer.parts import Rank, launched, load_chunk, missing, parts_dir, plan, run_key, save_chunk
 from tfx.options import Device, Input, Options, Output, PositiveInt, Range, group, option
 from tfx.outputs import FileOutput, check_output
 from tfx.tokenize.batches import BatchSpec
@@ -226,61 +232,76 @@ def _array(res: Outputs, name: str) -> np.ndarray:
     return res.scores[name] if name in res.scores else getattr(res, name)
 
 
-def _worker(rank: int, ckpt: Checkpoint, data: Path, opts: InferOptions, devices: list, ranges: list, parts: Path):
-    """One process per device: its rows' results go to part files the parent assembles."""
-    start, stop = ranges[rank]
-    arrays = {name: np.lib.format.open_memmap(parts / f"{rank}.{name}.npy", "w+", np.float32, (stop - start, *shape))
-              for name, shape in _per_cell(ckpt, opts).items()}
-    cge, empty = [], 0
-    reader = open_cells(ckpt, data, opts)
-    for first, res, n_empty in _row_results(ckpt, reader, opts, devices[rank], start, stop):
-        for name, arr in arrays.items():
-            arr[first - start : first - start + res.cells] = _array(res, name)
-        cge += _cge_pieces(res, first)
-        empty += n_empty
-    reader.close()
-    for arr in arrays.values():
-        arr.flush()
+def _chunk_arrays(ckpt: Checkpoint, opts: InferOptions, res: Outputs, first: int, empty: int) -> dict:
+    """One chunk's results as the arrays of its file."""
+    arrays = {name: np.asarray(_array(res, name), np.float32) for name in _per_cell(ckpt, opts)}
     if opts.emb_type == "cge" and opts.embeddings:
-        dim = opts.embed_dim(ckpt)
-        cells, emb, genes = _cge_arrays(cge, dim)
-        np.savez(parts / f"{rank}.cge.npz", cells=cells, emb=emb, genes=genes)
-    (parts / f"{rank}.empty").write_text(str(empty))
+        cells, emb, genes = _cge_arrays(_cge_pieces(res, first), opts.embed_dim(ckpt))
+        arrays |= {"cge_cells": cells, "cge_emb": emb, "cge_genes": genes}
+    return arrays | {"empty": np.array(empty)}
 
 
-def _parallel_results(ckpt: Checkpoint, data: Path, opts: InferOptions, devices: list, n_cells: int,
-                      scratch: Path):
-    """Results of one process per device over contiguous row ranges, in row order; their part
-    files live in a temporary directory under ``scratch`` until the last is read."""
-    import torch.multiprocessing as mp
+def _write_chunks(ckpt: Checkpoint, data, opts: InferOptions, device: torch.device, chunks: list, parts: Path,
+                  key: str) -> None:
+    """Compute ``chunks`` and write each one's file as soon as it is done."""
+    reader = open_cells(ckpt, data, opts)
+    try:
+        for start, stop in chunks:
+            # one result: a chunk is at most chunk_size rows
+            for first, res, empty in _row_results(ckpt, reader, opts, device, start, stop):
+                save_chunk(parts, (start, stop), key, _chunk_arrays(ckpt, opts, res, first, empty))
+    finally:
+        reader.close()
 
-    bounds = np.linspace(0, n_cells, len(devices) + 1).astype(int)
-    ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-    with tempfile.TemporaryDirectory(dir=scratch) as parts:
-        parts = Path(parts)
-        mp.spawn(_worker, args=(ckpt, data, opts, devices, ranges, parts), nprocs=len(devices), join=True)
-        yield from _read_parts(ckpt, parts, ranges, opts)
+
+def _worker(index: int, ckpt: Checkpoint, data, opts: InferOptions, devices: list, chunks: list, parts: Path,
+            key: str) -> None:
+    """One process per device (--devices N): every N-th of the chunks to compute."""
+    _write_chunks(ckpt, data, opts, devices[index], chunks[index :: len(devices)], parts, key)
 
 
-def _read_parts(ckpt: Checkpoint, parts: Path, ranges: list, opts: InferOptions):
-    for rank, (start, stop) in enumerate(ranges):
+def _read_chunks(ckpt: Checkpoint, parts: Path, chunks: list, opts: InferOptions):
+    """(first row, Outputs, cells without genes) of each chunk file, in row order."""
+    for start, stop in chunks:
+        arrays = load_chunk(parts, (start, stop))
         res = Outputs(cells=stop - start)
         for name in _per_cell(ckpt, opts):
-            values = np.load(parts / f"{rank}.{name}.npy", mmap_mode="r")
             if name in opts.scores:
-                res.scores[name] = values
+                res.scores[name] = arrays[name]
             else:
-                setattr(res, name, values)
+                setattr(res, name, arrays[name])
         if opts.emb_type == "cge" and opts.embeddings:
-            cge = np.load(parts / f"{rank}.cge.npz")
-            split = np.searchsorted(cge["cells"], np.arange(start + 1, stop))  # cells may have no gene
-            res.cge_embeddings = np.split(cge["emb"], split)
-            res.cge_gene_ids = np.split(cge["genes"], split)
-        yield start, res, int((parts / f"{rank}.empty").read_text())
+            split = np.searchsorted(arrays["cge_cells"], np.arange(start + 1, stop))  # cells may have no gene
+            res.cge_embeddings = np.split(arrays["cge_emb"], split)
+            res.cge_gene_ids = np.split(arrays["cge_genes"], split)
+        yield start, res, int(arrays["empty"])
+
+
+def _run_key(ckpt: Checkpoint, data, opts: InferOptions) -> str:
+    """What a chunk's numbers depend on: the input file (path, size, time) or SOMA experiment, the
+    checkpoint's files and how it is served, and the options (the devices aside)."""
+    source = [str(data.resolve()), data.stat().st_size, data.stat().st_mtime_ns] if isinstance(data, Path) \
+        else repr(data)  # a SOMA URI; its measurement and obs filter are options
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(ckpt.path).iterdir() if f.is_file())
+    served = [str(Path(ckpt.path).resolve()), files, repr(ckpt.data_cfg), len(ckpt.vocab.tokens)]
+    options = {name: value for name, value in asdict(opts).items() if name not in ("device", "devices")}
+    return run_key(source=source, checkpoint=served, options=options)
+
+
+def _resume_line(who: str, done: int, total: int) -> str:
+    return f"infer: {who}{done} of {total} chunks already done, computing {total - done}"
+
+
+def _rank_device(name: str, local: int) -> torch.device:
+    """The device of the process ``local`` on its node: its GPU (a node's processes share its GPUs,
+    or srun gave each process one), else the CPU."""
+    device = resolve_devices(name)[0]
+    return torch.device("cuda", local % torch.cuda.device_count()) if device.type == "cuda" else device
 
 
 def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathLike, opts: InferOptions) -> dict:
-    """Run inference over ``data`` and write ``output``; returns a small summary."""
+    """Run inference over ``data`` and write ``output``; returns a small summary. Under torchrun or srun
+    each rank computes its share of the chunks and rank 0 writes ``output`` (``_infer_ranked``)."""
     output = Path(output)
     data = data if is_soma(data) and not isinstance(data, os.PathLike) else Path(data)
     if isinstance(data, Path) and output.resolve() == data.resolve():
@@ -288,13 +309,110 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
     if output.is_dir():
         raise InputError(f"--output {output}: is a directory; name the .h5ad file to write")
     opts = opts.for_checkpoint(ckpt)
+    started = time.perf_counter()
+    rank = launched()
+    if rank.world > 1:
+        return _infer_ranked(ckpt, data, output, opts, rank, started)
     devices = resolve_devices(opts.device, opts.devices)
     reader = open_cells(ckpt, data, opts)
     n_cells, obs = reader.n_cells, reader.obs.copy()
     _report_overlap(reader, opts.chunk_size)
-    if len(devices) > 1:
-        reader.close()  # each device's process opens its own
+    if len(devices) == 1:
+        try:
+            empty = _write_output(ckpt, data, output, opts, obs, _row_results(ckpt, reader, opts, devices[0]))
+        finally:
+            reader.close()
+    else:
+        import torch.multiprocessing as mp
 
+        reader.close()  # each device's process opens its own
+        chunks, parts, key = plan(n_cells, opts.chunk_size), parts_dir(output), _run_key(ckpt, data, opts)
+        todo = missing(parts, chunks, key)
+        log.info("%s", _resume_line("", len(chunks) - len(todo), len(chunks)))
+        parts.mkdir(exist_ok=True)
+        if todo:
+            mp.spawn(_worker, args=(ckpt, data, opts, devices, todo, parts, key), nprocs=len(devices), join=True)
+        empty = _assemble(ckpt, data, output, opts, obs, chunks, parts, key)
+    return {"cells": n_cells, "empty_cells": empty, "seconds": time.perf_counter() - started, "output": str(output)}
+
+
+RANKS_WAIT = timedelta(days=1)  # ranks wait for the slowest one's share (after a crash, shares differ a lot)
+
+
+def _infer_ranked(ckpt: Checkpoint, data, output: Path, opts: InferOptions, rank: Rank, started: float) -> dict:
+    """One rank of a torchrun or srun launch: every rank reads the input's cells (and checks them),
+    computes its share of the chunks not yet done (every world-th), and waits for the others; then rank
+    0 assembles the output. A rank that fails makes every rank fail, each with one line."""
+    import torch.distributed as dist
+
+    if not {"MASTER_ADDR", "MASTER_PORT"} <= os.environ.keys():  # torchrun sets them; plain srun does not
+        raise InputError("under srun without torchrun, set MASTER_ADDR (the first node's address) and MASTER_PORT "
+                         "for the ranks to meet (docs/recipes.md)")
+    # gloo on GPUs too: the ranks exchange only a few integers, once
+    dist.init_process_group("gloo", rank=rank.rank, world_size=rank.world, timeout=RANKS_WAIT)
+    try:
+        failure, done, computed = None, 0, 0
+        try:
+            if opts.devices != 1:
+                raise InputError(f"--devices {opts.devices}: under torchrun or srun each process serves one device "
+                                 "(LOCAL_RANK's); drop --devices and launch one process per device")
+            device = _rank_device(opts.device, rank.local)
+            reader = open_cells(ckpt, data, opts)
+            n_cells, obs = reader.n_cells, reader.obs.copy()
+            if rank.rank == 0:
+                _report_overlap(reader, opts.chunk_size)
+            reader.close()
+            chunks, parts, key = plan(n_cells, opts.chunk_size), parts_dir(output), _run_key(ckpt, data, opts)
+            mine = chunks[rank.rank :: rank.world]
+            todo = missing(parts, mine, key)
+            log.info("%s", _resume_line(f"rank {rank.rank} of {rank.world}: ", len(mine) - len(todo), len(mine)))
+            parts.mkdir(exist_ok=True)
+            _write_chunks(ckpt, data, opts, device, todo, parts, key)
+            done, computed = len(mine) - len(todo), len(todo)
+        except Exception as err:  # told to every rank, so none waits for a rank that has stopped
+            failure = err
+        done, computed = _all_ranks(failure, done, computed)
+        if rank.rank > 0:
+            return {"cells": n_cells, "empty_cells": 0, "seconds": time.perf_counter() - started, "output": None}
+        log.info("%s", _resume_line("all ranks: ", done, done + computed))
+        empty = _assemble(ckpt, data, output, opts, obs, chunks, parts, key)
+        return {"cells": n_cells, "empty_cells": empty, "seconds": time.perf_counter() - started, "output": str(output)}
+    finally:
+        dist.destroy_process_group()
+
+
+def _all_ranks(failure: Exception | None, *counts: int) -> list[int]:
+    """Every rank's ``counts`` summed, once every rank is here; when a rank failed, every rank raises
+    (its own error, or one saying another rank failed)."""
+    import torch.distributed as dist
+
+    total = torch.tensor([failure is not None, *counts], dtype=torch.int64)
+    dist.all_reduce(total)
+    if failure is not None:
+        raise failure
+    if total[0]:
+        raise InputError(f"{int(total[0])} other rank(s) failed (their logs say why); fix that and run the same "
+                         "command again: finished chunks are kept")
+    return total[1:].tolist()
+
+
+def _assemble(ckpt: Checkpoint, data, output: Path, opts: InferOptions, obs: pd.DataFrame, chunks: list,
+              parts: Path, key: str) -> int:
+    """Write ``output`` from the chunk files, then remove them; returns the cells without genes."""
+    lost = missing(parts, chunks, key)
+    if lost:
+        raise InputError(f"{parts}: {len(lost)} of {len(chunks)} chunks are missing after every process ended "
+                         f"(the first holds rows {lost[0][0]}..{lost[0][1]}); the output's directory must be on a "
+                         "file system every node sees")
+    empty = _write_output(ckpt, data, output, opts, obs, _read_chunks(ckpt, parts, chunks, opts))
+    shutil.rmtree(parts)
+    return empty
+
+
+def _write_output(ckpt: Checkpoint, data, output: Path, opts: InferOptions, obs: pd.DataFrame, results) -> int:
+    """Write ``output`` (atomically) from ``results``, (first row, Outputs, cells without genes) in row
+    order; returns the cells without genes."""
+    n_cells = len(obs)
     scores = {name: np.full(n_cells, np.nan, dtype=np.float32) for name in opts.scores}
     shapes = _per_cell(ckpt, opts)
     pred = np.full((n_cells, *shapes["predictions"]), np.nan, dtype=np.float32) if opts.predictions else None
@@ -308,30 +426,24 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
             emb_ds = _obsm_dataset(f, "embeddings", (n_cells, opts.embed_dim(ckpt)))
         if opts.gene_llh:  # the reference's layout: cells x seq_len, 0 past each cell's genes
             gene_llh_ds = _obsm_dataset(f, "gene_llh", (n_cells, ckpt.model_cfg.seq_len))
-        if len(devices) > 1:
-            results = _parallel_results(ckpt, data, opts, devices, n_cells, output.parent)
-        else:
-            results = _row_results(ckpt, reader, opts, devices[0])
         bar = progress(total=n_cells, unit="cell", desc="infer")
         for start, res, n_empty in results:
             n = res.cells
             empty += n_empty
             non_finite += _non_finite_cells(res, n_empty)
             if emb_ds is not None:
-                for i in range(0, n, opts.chunk_size):  # part files are read back chunk by chunk
-                    emb_ds[start + i : start + min(n, i + opts.chunk_size)] = res.embeddings[i : i + opts.chunk_size]
+                emb_ds[start : start + n] = res.embeddings
             elif opts.embeddings and opts.emb_type == "cge":
                 cge += _cge_pieces(res, start)
             if gene_llh_ds is not None:
-                for i in range(0, n, opts.chunk_size):
-                    gene_llh_ds[start + i : start + min(n, i + opts.chunk_size)] = \
-                        res.gene_llh_positions[i : i + opts.chunk_size]
+                gene_llh_ds[start : start + n] = res.gene_llh_positions
             for name, values in scores.items():
                 values[start : start + n] = res.scores[name]
             if pred is not None:
                 pred[start : start + n] = res.predictions
             bar.update(n)
-            bar.set_postfix(cells_per_s=f"{bar.n / (time.perf_counter() - started):.0f}")
+            # refresh=False: shown with the bar's next line, not one log line per chunk
+            bar.set_postfix(cells_per_s=f"{bar.n / (time.perf_counter() - started):.0f}", refresh=False)
         bar.close()
         _warn_cells(data, empty, output, non_finite, n_cells)
         for name, values in scores.items():
@@ -340,9 +452,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         if opts.embeddings and opts.emb_type == "cge":
             uns |= _cge_uns(ckpt, opts, cge)
         _write_anndata_skeleton(f, obs, uns)
-    reader.close()
-    seconds = time.perf_counter() - started
-    return {"cells": n_cells, "empty_cells": empty, "seconds": seconds, "output": str(output)}
+    return empty
 
 
 def _warn_cells(data, empty: int, output, non_finite: int, n_cells: int) -> None:
