@@ -8,10 +8,10 @@ import errno
 import logging
 import os
 import sys
-import warnings
 from importlib import import_module
 
 from tfx.commands import INTERRUPTED, REFERENCE_FLAGS
+from tfx.noise import quiet_third_parties
 from tfx.options import Help, Parser, add_arguments, from_args
 
 COMMANDS = {  # name: (help, its options dataclass: "module:Class", or a class of tfx.commands)
@@ -239,18 +239,6 @@ def _note_reference_flags(argv: list[str]) -> None:
             print(f"tfx: note: {flag} is the reference's name for {ours}", file=sys.stderr)
 
 
-def _quiet_third_parties() -> None:
-    """Normal output without libraries' adverts and deprecation notices (-v shows them)."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(lambda record: "💡 Tip" not in str(record.msg))
-    for name in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3"):  # object-store clients: chatty at INFO
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for category in (DeprecationWarning, FutureWarning):
-        warnings.filterwarnings("ignore", category=category, module=r"(lightning|pytorch_lightning|torch|deepspeed)\b")
-    logging.getLogger("anndata").setLevel(logging.WARNING)  # "... storing 'x' as categorical" on every write
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # every resume
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -268,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lightning").propagate = False  # it prints through its own handler: once is enough
     if not args.verbose:
-        _quiet_third_parties()
+        quiet_third_parties()
     from tfx.artifacts import DownloadError, PortalError
     from tfx.errors import Interrupted, TfxError
 
@@ -295,5 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+def entry() -> None:
+    """The `tfx` script. After a failed disk (exit 1) it skips the exit handlers: HDF5's own would crash
+    flushing the file it could not write, turning the one-line failure into a segmentation fault."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code) if code == 1 else sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
