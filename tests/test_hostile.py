@@ -569,9 +569,10 @@ def test_shard_and_train_refuse_a_read_only_output_before_any_work(atlas, tmp_pa
 def test_a_full_disk_in_generate_export_and_train_is_exit_1_with_nothing_half_written(run_dir, atlas, tmp_path,
                                                                                       cli, mounted):
     disk = mounted("disk", "size=64k")
-    (disk / "filler").write_bytes(b"\0" * 40_000)
+    (disk / "filler").write_bytes(b"\0" * 48_000)
     for argv in (["generate", "--checkpoint", run_dir / "export", "--species", "synth_alpha", "--n-cells", "2000",
                   "--seed", "1", "--output", disk / "cells.h5ad"],  # was a segmentation fault inside HDF5
+                 ["synth", "--output", disk / "atlas", "--cells", "50", "--genes", "60"],
                  ["export", run_dir, "--output", disk / "ckpt"],  # was a traceback (shutil.Error, then torch's)
                  train_args(atlas, disk / "run", "trainer.max_steps=1")):  # was torch's RuntimeError
         proc = cli(*argv)

@@ -40,23 +40,30 @@ def atomic_path(path: str | os.PathLike):
         _remove(tmp)
 
 
-def write_h5ad(adata, path: str | os.PathLike) -> None:
-    """``adata`` written whole to ``path`` as an h5ad (strings stored as categoricals, as anndata
-    does). The file is built in memory and then written by Python, so that a full disk is an
-    OSError: HDF5 writing into a full disk crashes the process (a segmentation fault)."""
+@contextmanager
+def h5_file(path: str | os.PathLike):
+    """``h5py.File(path, "w")``, built in memory and then written by Python, so that a full disk is
+    one OSError: HDF5 writing into a full disk by itself crashes the process (a segmentation fault
+    as it closes the file). For files that fit in memory (use ``atomic_path`` around it)."""
     import h5py
+
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        yield f
+    Path(path).write_bytes(image.getbuffer())
+
+
+def write_h5ad(adata, path: str | os.PathLike) -> None:
+    """``adata`` written atomically to ``path`` as an h5ad (strings stored as categoricals, as
+    anndata does), through ``h5_file``."""
     from anndata.io import write_elem
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(path) as tmp, h5_file(tmp) as f:
         warnings.simplefilter("ignore")  # anndata's notes on strings stored as categoricals
         adata.strings_to_categoricals()
-        image = io.BytesIO()
-        with h5py.File(image, "w") as f:
-            write_elem(f, "/", adata)
-            if adata.raw is None and "raw" in f:  # an empty group, which readers would take for a .raw
-                del f["raw"]
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(image.getbuffer())
+        write_elem(f, "/", adata)
+        if adata.raw is None and "raw" in f:  # an empty group, which readers would take for a .raw
+            del f["raw"]
 
 
 class _Writer:
