@@ -534,3 +534,161 @@ def test_download_never_replaces_a_directory_it_did_not_write(tmp_path, cli):
                               "--base-url", "http://127.0.0.1:9"))  # refused before any connection
     assert "tf_sapiens: exists and is not a complete tf_sapiens release" in line, line
     assert (mine / "notes.txt").read_text() == "my notes"
+
+
+# ---- the re-run of issue 26's trial: what still broke --------------------------------------------
+
+@pytest.fixture
+def mounted(tmp_path):
+    """mount(name, options): a small tmpfs (a read-only place, a disk that fills up); needs root, as CI has."""
+    mounts = []
+
+    def mount(name, options):
+        where = tmp_path / name
+        where.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode:
+            pytest.skip("mounting a tmpfs needs root")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_shard_and_train_refuse_a_read_only_output_before_any_work(atlas, tmp_path, cli, mounted):
+    ro = mounted("ro", "ro,size=64k")
+    line = one_line_error(cli("shard", "--input", atlas["h5ad"], "--species", "synth_alpha", "--output", ro / "sh",
+                              "--processes", "1"))  # was exit 1, "Read-only file system ...: free the space"
+    assert f"--output {ro / 'sh'}: {ro} is not a writable directory" in line, line
+    line = one_line_error(cli(*train_args(atlas, ro / "run", "trainer.max_steps=1")))
+    assert f"output_dir={ro / 'run'}: {ro} is not a writable directory" in line, line
+    assert not list(ro.iterdir())
+
+
+def test_a_full_disk_in_generate_export_and_train_is_exit_1_with_nothing_half_written(run_dir, atlas, tmp_path,
+                                                                                      cli, mounted):
+    disk = mounted("disk", "size=64k")
+    (disk / "filler").write_bytes(b"\0" * 48_000)
+    for argv in (["generate", "--checkpoint", run_dir / "export", "--species", "synth_alpha", "--n-cells", "2000",
+                  "--seed", "1", "--output", disk / "cells.h5ad"],  # was a segmentation fault inside HDF5
+                 ["synth", "--output", disk / "atlas", "--cells", "50", "--genes", "60"],
+                 ["export", run_dir, "--output", disk / "ckpt"],  # was a traceback (shutil.Error, then torch's)
+                 train_args(atlas, disk / "run", "trainer.max_steps=1")):  # was torch's RuntimeError
+        proc = cli(*argv)
+        assert proc.returncode == 1, (argv[0], proc.stderr[-2000:])
+        err = proc.stderr.strip().splitlines()
+        assert err[-1].startswith(f"tfx {argv[0]}: failed: No space left on device"), (argv[0], err[-3:])
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert sorted(p.name for p in disk.rglob("*") if p.is_file()) == ["filler"], argv[0]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("output_dir=${oc.env:TFX_UNSET_VARIABLE}", "output_dir: KeyError raised while resolving interpolation"),
+    ("trainer.max_steps=${oc.env:HOME}", "trainer.max_steps: While dereferencing interpolation")])
+def test_a_recipe_value_that_does_not_resolve_is_one_line(atlas, tmp_path, cli, monkeypatch, override, message):
+    monkeypatch.delenv("TFX_UNSET_VARIABLE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(cli(*train_args(atlas, tmp_path / "run", "trainer.max_steps=1")[:-1], override))
+    assert message in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_recipe_file_with_a_python_tag_is_one_line_and_runs_nothing(tmp_path, cli):
+    marker = tmp_path / "pwned"
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text(f"description: !!python/object/apply:os.system ['touch {marker}']\n")
+    line = one_line_error(cli("train", recipe, f"output_dir={tmp_path / 'run'}"))  # was yaml's ConstructorError
+    assert "evil.yaml: could not determine a constructor for the tag" in line, line
+    assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+def test_a_refused_training_run_leaves_its_output_dir_as_it_found_it(run_dir, atlas, tmp_path, cli):
+    import anndata
+
+    cells = anndata.read_h5ad(atlas["h5ad"])
+    cells.obs["age"] = ["old" if i % 2 else "young" for i in range(cells.n_obs)]
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    finetune = ["train", "finetune/tiny", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32",
+                "strategy=auto", "logger=csv", "data.num_workers=0", f"init={run_dir / 'export'}",
+                f"data.files=[{tmp_path / 'cells.h5ad'}]", f"data.val_files=[{tmp_path / 'cells.h5ad'}]",
+                "trainer.max_steps=1", "task=regression", "task.label_key=age"]
+    line = one_line_error(cli(*finetune, f"output_dir={tmp_path / 'new'}"))
+    assert "obs 'age' holds 'young', not a number" in line, line
+    (tmp_path / "empty").mkdir()
+    one_line_error(cli(*finetune, f"output_dir={tmp_path / 'empty'}"))
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(3):
+        (junk / f"shard-{i:06d}.tar").write_bytes(os.urandom(4000))
+    one_line_error(cli(*train_args(atlas, tmp_path / "pre", "trainer.max_steps=1", shards=junk)))
+    assert not (tmp_path / "new").exists() and not (tmp_path / "pre").exists()  # had checkpoint_template, .tfx.lock
+    assert not list((tmp_path / "empty").iterdir())
+
+
+def test_a_shard_run_refused_for_a_bad_cell_leaves_its_output_as_it_found_it(atlas, tmp_path, cli):
+    import anndata
+
+    cells = anndata.read_h5ad(atlas["h5ad"])
+    cells.X = cells.X.toarray()
+    cells.X[3, 5] = float("nan")
+    cells.write_h5ad(tmp_path / "a.h5ad")
+    args = ["shard", "--input", tmp_path / "a.h5ad", "--species", "synth_alpha", "--processes", "1"]
+    line = one_line_error(cli(*args, "--output", tmp_path / "new"))
+    assert "a.h5ad: X holds NaN" in line, line
+    (tmp_path / "empty").mkdir()
+    one_line_error(cli(*args, "--output", tmp_path / "empty"))
+    assert not (tmp_path / "new").exists() and not list((tmp_path / "empty").iterdir())  # had .progress/plan.json
+    cells.X[3, 5] = 1
+    cells.write_h5ad(tmp_path / "a.h5ad")
+    assert cli(*args, "--output", tmp_path / "empty").returncode == 0  # the fixed input: no "it changed" refusal
+
+
+def test_the_api_evaluate_refuses_embeddings_it_cannot_score(run_dir, atlas):
+    import anndata
+    import numpy as np
+
+    import tfx
+
+    adata = anndata.read_h5ad(atlas["h5ad"])
+    rng = np.random.default_rng(0)
+    for values, message in [(np.full((adata.n_obs, 4), np.nan), "adata.obsm['X_tfx'] holds NaN or infinite values"),
+                            (np.full((adata.n_obs, 4), np.inf), "adata.obsm['X_tfx'] holds NaN or infinite values"),
+                            (np.zeros((adata.n_obs, 0)), "adata.obsm['X_tfx'] has shape")]:
+        adata.obsm["X_tfx"] = values
+        with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            tfx.evaluate(adata, cz_benchmarks=False)  # were sklearn's ValueErrors
+    adata.obsm["X_tfx"] = rng.normal(size=(adata.n_obs, 4))
+    adata.obsm["other"] = adata.obsm["X_tfx"].copy()
+    adata.obsm["other"][0, 0] = np.nan
+    with pytest.raises(InputError, match=r"adata.obsm\['other'\] holds NaN"):
+        tfx.evaluate(adata, compare=["other"], cz_benchmarks=False)
+    embeddings_only = anndata.AnnData(obs=adata.obs, obsm={"X_tfx": adata.obsm["X_tfx"]})
+    with pytest.raises(InputError, match="counts: adata.X is empty"):
+        tfx.evaluate(embeddings_only, counts="X", cz_benchmarks=False)
+
+
+def test_prompt_counts_have_one_range_and_unlabelled_cells_are_no_cell_type(run_dir, atlas, tmp_path, cli, caplog):
+    import anndata
+    import pandas as pd
+
+    ckpt = run_dir / "export"
+    gene = anndata.read_h5ad(atlas["h5ad"]).var["ensembl_id"].iloc[0]
+    ask = ["prompt", "gene-gene", "--checkpoint", ckpt, "--species", "synth_alpha", "--genes", gene]
+    for count in ("1e300", "0.5"):  # --prompt refuses them; gene-gene wrote a table for 1e300
+        line = one_line_error(cli(*ask, "--count", count, "--output", tmp_path / "gg"))
+        assert "argument --count" in line and "is not a number from 1 to 1e+09" in line, line
+    line = one_line_error(cli("prompt", "next", "--checkpoint", ckpt, "--species", "synth_alpha", "--prompt", f"{gene}:"))
+    assert f"count '' of gene {gene} is not a number" in line, line  # was read as a count of 1
+    assert not (tmp_path / "gg").exists()
+    cells = anndata.read_h5ad(atlas["h5ad"])
+    labels = cells.obs["cell_type"].astype(object)
+    labels.iloc[:7] = None
+    cells.obs["cell_type"] = pd.Categorical(labels)
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    done = cli("prompt", "programmes", "--checkpoint", ckpt, "--species", "synth_alpha", "--data",
+               tmp_path / "cells.h5ad", "--candidates", gene, "--cells", "2", "--markers", "2", "--output", tmp_path / "p")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--label cell_type: 7 of 120 cells have no label; they are left out" in caplog.text
+    types = pd.read_csv(tmp_path / "p" / "markers.csv")["cell_type"].tolist()
+    assert "nan" not in types and len(types) == cells.obs["cell_type"].nunique()

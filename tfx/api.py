@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 import anndata
+import numpy as np
 import scipy.sparse as sp
 
 from tfx.checkpoint import Checkpoint
@@ -117,6 +118,7 @@ def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type
     ``model``: the checkpoint the embeddings came from (``tfx.load``): adds its ESM2-CE baseline
     (pooled protein embeddings of the ``counts``), as ``tfx eval --checkpoint`` does. ``overwrite``:
     replace a report already in ``output_dir`` (nothing else there is ever replaced)."""
+    from tfx.eval.inputs import check_embeddings
     from tfx.eval.report import evaluate_cells
     from tfx.eval.run import REPORT
     from tfx.outputs import check_output
@@ -139,8 +141,13 @@ def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type
         if key not in adata.obsm or key == rep:
             raise InputError(f"compare: '{key}' is {'rep itself' if key == rep else 'not in adata.obsm'}; "
                              f"pass other obsm keys ({', '.join(k for k in adata.obsm if k != rep) or 'none'})")
+    for key in [rep, *compare]:
+        check_embeddings(np.asarray(adata.obsm[key]), adata.n_obs, f"adata.obsm['{key}']")
     if counts is not None and counts != "X" and counts not in adata.layers:
         raise InputError(f"counts: adata has no layer '{counts}'; pass 'X' or one of: {', '.join(adata.layers)}")
+    if counts == "X" and adata.X is None:
+        raise InputError("counts: adata.X is empty (an AnnData of embeddings only); pass the AnnData of the "
+                         "cells' raw counts, or a layer that holds them")
     if model is not None and counts is None:
         raise InputError("model: the ESM2-CE baseline is computed from the cells' counts; pass counts "
                          "('X' or a layer of raw counts)")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import glob
+import io
 import os
 import shutil
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +38,78 @@ def atomic_path(path: str | os.PathLike):
             os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+@contextmanager
+def h5_file(path: str | os.PathLike):
+    """``h5py.File(path, "w")``, built in memory and then written by Python, so that a full disk is
+    one OSError: HDF5 writing into a full disk by itself crashes the process (a segmentation fault
+    as it closes the file). For files that fit in memory (use ``atomic_path`` around it)."""
+    import h5py
+
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        yield f
+    Path(path).write_bytes(image.getbuffer())
+
+
+def write_h5ad(adata, path: str | os.PathLike) -> None:
+    """``adata`` written atomically to ``path`` as an h5ad (strings stored as categoricals, as
+    anndata does), through ``h5_file``."""
+    from anndata.io import write_elem
+
+    with warnings.catch_warnings(), atomic_path(path) as tmp, h5_file(tmp) as f:
+        warnings.simplefilter("ignore")  # anndata's notes on strings stored as categoricals
+        adata.strings_to_categoricals()
+        write_elem(f, "/", adata)
+        if adata.raw is None and "raw" in f:  # an empty group, which readers would take for a .raw
+            del f["raw"]
+
+
+class _Writer:
+    """A file as torch.save writes it, keeping the OSError that stopped a write."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def save_tensors(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)``, where a full disk raises its OSError (No space left on device):
+    torch's own writer reports any failed write as a RuntimeError without the errno."""
+    import torch
+
+    with open(path, "wb") as f:
+        writer = _Writer(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+def copy_tree(src: str | os.PathLike, dst: str | os.PathLike, ignore: tuple[str, ...] = ()) -> None:
+    """``shutil.copytree(src, dst)`` (links followed, names matching ``ignore`` skipped at any depth),
+    where the first failure raises as it is: shutil gathers failures into one shutil.Error, which
+    loses a full disk's errno."""
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    for entry in sorted(Path(src).iterdir()):
+        if any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in ignore):
+            continue
+        if entry.is_dir():
+            copy_tree(entry, Path(dst) / entry.name, ignore)
+        else:
+            shutil.copy2(entry, Path(dst) / entry.name)
 
 
 @contextmanager

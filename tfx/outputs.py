@@ -96,11 +96,18 @@ def _inside(path: Path, inputs: Iterable[str | os.PathLike]) -> Path | None:
 
 
 def _check_parent(path: Path, option: str) -> None:
-    parent = Path(os.path.abspath(path)).parent
+    check_writable(Path(os.path.abspath(path)).parent, f"{option} {path}")
+
+
+def check_writable(directory: str | os.PathLike, label: str) -> None:
+    """``directory`` (existing, or made on the way) can be written into: its nearest existing
+    ancestor is a directory this process may write (a read-only mount is not, even for root).
+    Checked before any work; else one InputError line that starts with ``label``."""
+    parent = Path(os.path.abspath(directory))
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {path}: {parent} is not a writable directory; choose an output where you can write")
+        raise InputError(f"{label}: {parent} is not a writable directory; choose an output where you can write")
 
 
 def check_output(path: str | os.PathLike, output: FileOutput | DirOutput, *, overwrite: bool = False,

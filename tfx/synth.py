@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from tfx.atomic import atomic_path
+from tfx.atomic import write_h5ad
 from tfx.registry import SPECIES
 from tfx.vocab import Species, write_gene_embeddings
 
@@ -74,8 +74,7 @@ def synth_atlas(output: str | os.PathLike, species: int = 3, cells: int = 600, g
         rng = np.random.default_rng([seed, k + 1])
         adata, table = _species_atlas(rng, name, k, shared, cells, genes)
         h5ad_path, gene_path = output / f"{name}.h5ad", output / f"{name}_gene.h5"
-        with atomic_path(h5ad_path) as tmp:
-            adata.write_h5ad(tmp)
+        write_h5ad(adata, h5ad_path)
         write_gene_embeddings(gene_path, list(adata.var["ensembl_id"]), table)
         per_cell = np.diff(adata.X.indptr)
         summary["species"][name] = {

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tfx.atomic import save_tensors
 from tfx.checkpoint.weights import load_weights
 from tfx.errors import CheckpointError
 import tfx.model.tasks  # noqa: F401  (registers the built-in heads)
@@ -52,7 +53,7 @@ def _json(path: Path, what: str) -> dict:
 
 def write_task(task: Task, out_dir: Path) -> None:
     (out_dir / TASK_JSON).write_text(json.dumps(task.record(), indent=2))
-    torch.save({k: v.detach().cpu().contiguous() for k, v in task.module.state_dict().items()}, out_dir / TASK_WEIGHTS)
+    save_tensors({k: v.detach().cpu().contiguous() for k, v in task.module.state_dict().items()}, out_dir / TASK_WEIGHTS)
 
 
 def read_task(ckpt_dir: Path, embed_dim: int) -> Task | None:
@@ -91,7 +92,7 @@ def write_adapter(out_dir: Path, base: dict, settings: dict, state: dict[str, to
     plain, adapters = split_adapters(state)
     changed = {k: v for k, v in plain.items()
                if k not in base_weights or base_weights[k].shape != v.shape or not torch.equal(base_weights[k], v)}
-    torch.save({**changed, **adapters}, out_dir / ADAPTER_WEIGHTS)
+    save_tensors({**changed, **adapters}, out_dir / ADAPTER_WEIGHTS)
     (out_dir / ADAPTER_JSON).write_text(json.dumps({"base": base, "lora": settings}, indent=2))
 
 

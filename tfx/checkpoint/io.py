@@ -15,7 +15,7 @@ from tfx.checkpoint.finetuned import (ADAPTER_JSON, ADAPTER_WEIGHTS, TASK_JSON, 
                                       read_task, write_task)
 from tfx.checkpoint.weights import load_weights
 from tfx.errors import CheckpointError
-from tfx.atomic import atomic_path
+from tfx.atomic import atomic_path, save_tensors
 from tfx.outputs import DirOutput, check_output
 from tfx.model.config import ConfigError, DataConfig, ModelConfig, config_dict, parse_config
 from tfx.model.lora import merge_adapters
@@ -122,7 +122,7 @@ def save_checkpoint(ckpt: Checkpoint, out_dir: str | os.PathLike) -> Path:
     with atomic_path(out_dir) as tmp:
         (tmp / "vocabs").mkdir(parents=True)
         (tmp / "config.json").write_text(json.dumps(config_dict(ckpt.model_cfg, ckpt.data_cfg), indent=2))
-        torch.save(state, tmp / "model_weights.pt")
+        save_tensors(state, tmp / "model_weights.pt")
         for file_name, genes in ckpt.vocab.files:
             rows = np.array([ckpt.vocab.index[g] for g in genes], dtype=np.int64)
             write_gene_embeddings(tmp / "vocabs" / file_name, genes, table[rows])

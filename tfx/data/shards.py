@@ -30,6 +30,7 @@ import logging
 import multiprocessing as mp
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -52,6 +53,7 @@ from tfx.data.soma import SomaSource
 from tfx.data.sources import is_soma, open_reader, soma_source
 from tfx.data.store import Location, is_url, open_url
 from tfx.errors import InputError
+from tfx.outputs import check_writable
 from tfx.registry import SPECIES
 
 log = logging.getLogger(__name__)
@@ -367,14 +369,24 @@ def write_shards(inputs, species: str, output_dir: str | os.PathLike, *, cells_p
         raise InputError(f"--cells-per-shard {cells_per_shard}: must be at least 1")
     _check_species(species)
     out = Location(output_dir)
+    if not out.remote:
+        check_writable(out.path, f"--output {output_dir}")
     opts = _Options(str(out), species, tuple(obs_keys), gene_col, use_raw, remove_duplicate_genes, measurement,
                     obs_filter)
     plan, tasks = _plan(inputs, opts, cells_per_shard)
+    existed, fresh = out.remote or out.path.exists(), not out.exists(f"{PROGRESS}/plan.json")
     _prepare_output(out, plan)
     # an object store has no lock: two runs writing one prefix write the same bytes, the manifest last
     lock = contextlib.nullcontext() if out.remote else exclusive(out.path / PROGRESS, "shard directory")
-    with lock:
-        return _write_planned(out, opts, plan, tasks, processes, started)
+    try:
+        with lock:
+            return _write_planned(out, opts, plan, tasks, processes, started)
+    except InputError:  # a bad cell: the input must change, and with it the plan; a fresh --output is left as it was
+        if fresh and not out.remote:
+            shutil.rmtree(out.path)
+            if existed:
+                out.path.mkdir()
+        raise
 
 
 def _write_planned(out: Location, opts: _Options, plan: dict, tasks: list, processes: int | None,

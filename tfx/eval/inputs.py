@@ -64,6 +64,16 @@ def read_aligned(path: str | os.PathLike, cells: pd.Index) -> np.ndarray:
     return emb[obs.index.get_indexer(cells)]
 
 
+def check_embeddings(emb: np.ndarray, n_cells: int, where: str) -> None:
+    """Embeddings that can be scored: cells x at least one dimension, every value finite; else one
+    line naming ``where`` (a file's obsm key, or adata.obsm['key'] in tfx.evaluate)."""
+    if emb.ndim != 2 or len(emb) != n_cells or not emb.shape[1]:
+        raise InputError(f"{where} has shape {emb.shape} for {n_cells} cells; rewrite it with `tfx infer`")
+    if not np.isfinite(emb).all():
+        raise InputError(f"{where} holds NaN or infinite values; rerun `tfx infer` (check --precision) or drop "
+                         "those cells")
+
+
 def _read_embeddings(path: Path, columns: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
     """obsm["embeddings"] and obs only: the file may also hold a large X that eval does not need."""
     if not path.exists():
@@ -78,12 +88,7 @@ def _read_embeddings(path: Path, columns: list[str]) -> tuple[np.ndarray, pd.Dat
             obs = read_elem(f["obs"])
     except OSError as err:
         raise InputError(f"{path}: not a readable h5ad file ({err})") from err
-    if emb.ndim != 2 or len(emb) != len(obs) or not emb.shape[1]:
-        raise InputError(f"{path}: obsm['{EMBEDDINGS_KEY}'] has shape {emb.shape} for {len(obs)} cells; "
-                         "rewrite it with `tfx infer`")
-    if not np.isfinite(emb).all():
-        raise InputError(f"{path}: obsm['{EMBEDDINGS_KEY}'] holds NaN or infinite values; "
-                         "rerun `tfx infer` (check --precision) or drop those cells")
+    check_embeddings(emb, len(obs), f"{path}: obsm['{EMBEDDINGS_KEY}']")
     for col in columns:
         if col not in obs.columns:
             known = ", ".join(map(str, obs.columns[:12])) or "none"

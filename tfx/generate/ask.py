@@ -12,9 +12,10 @@ import pandas as pd
 
 from tfx.atomic import atomic_path
 from tfx.checkpoint import Checkpoint, load_checkpoint
+from tfx.data.anndata import MAX_COUNT
 from tfx.generate import prompt as queries
 from tfx.generate.sample import ORDERS, Species, parse_prompt, require_gene_head, species_of
-from tfx.options import Input, Options, Output, PositiveFloat, PositiveInt, Seed, option
+from tfx.options import Input, Options, Output, PositiveInt, Range, Seed, option
 from tfx.outputs import DirOutput, FileOutput
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class GeneGeneOptions(PromptOptions):
     """`tfx prompt gene-gene`: log p(g2 next | g1) - log p(g2 next | nothing): CSV and heatmap."""
 
     genes: str = option(help="G1,G2,... or a file with one gene per line")
-    count: PositiveFloat = option(1.0, help="count of the prompt gene, %(type)s")
+    count: Annotated[float, Range(float, lo=1, hi=MAX_COUNT)] = option(  # the range of a --prompt count
+        1.0, help="count of the prompt gene, %(type)s")
     output: Annotated[str, Output("dir", "the outputs", DirOutput(("gene_gene.csv", "gene_gene.png")))] = option(
         help="directory for gene_gene.csv and gene_gene.png")
     overwrite: bool = option(False, python=None, help="replace an existing output of the kind this command writes "

@@ -180,8 +180,14 @@ def type_markers(adata, label: str, vocab_ids: np.ndarray, n: int) -> dict[str, 
     totals = np.asarray(X.sum(axis=1)).ravel()
     logn = sp.diags(1e4 / np.maximum(totals, 1)) @ X
     logn.data = np.log1p(logn.data)
-    labels = adata.obs[label].astype(str).to_numpy()
-    types = sorted(set(labels))
+    labelled = adata.obs[label].notna().to_numpy()
+    if not labelled.any():
+        raise InputError(f"--label {label}: no cell of the data has a label; pass a labelled column")
+    if not labelled.all():  # not a type named 'nan'
+        log.warning("--label %s: %d of %d cells have no label; they are left out", label, (~labelled).sum(),
+                    len(labelled))
+    labels = np.where(labelled, adata.obs[label].astype(str).to_numpy(), None)
+    types = sorted(set(labels[labelled]))
     means = np.stack([np.asarray(logn[labels == t].mean(axis=0)).ravel() for t in types])
     in_vocab = vocab_ids >= 0
     out = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,7 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from tfx.atomic import atomic_path
+from tfx.atomic import write_h5ad
 from tfx.checkpoint import Checkpoint
 from tfx.errors import InputError
 from tfx.generate.sample import ORDERS, parse_prompt, sample_cells, species_of
@@ -68,9 +67,7 @@ def generate_file(ckpt: Checkpoint, output: str | os.PathLike, opts: GenerateOpt
         raise InputError(f"--output {output}: is a directory; name the .h5ad file to write")
     adata = generate_cells(ckpt, opts, device)
     output = Path(output)
-    with atomic_path(output) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adata.write_h5ad(tmp)
+    write_h5ad(adata, output)
     return {"output": str(output), "cells": adata.n_obs, "ended": int(adata.obs["ended"].sum()),
             "mean_genes": float(adata.obs["n_genes"].mean()), "counts": adata.uns["generation"]["counts"]}
 

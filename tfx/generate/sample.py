@@ -87,7 +87,7 @@ def parse_genes(ckpt: Checkpoint, species: Species, text: str | None, option: st
             where = f"it is a gene of {', '.join(others)}" if others else "no species of this checkpoint has it"
             raise InputError(f"{option}: gene {gene} is not in species {species.name}'s vocabulary ({where})")
         try:
-            value = float(count) if count else 1.0
+            value = float(count) if colon else 1.0  # 'G:' names no count
         except ValueError:
             raise InputError(f"{option}: count '{count}' of gene {gene} is not a number; write GENE:COUNT") from None
         if not 1 <= value <= MAX_COUNT:  # NaN fails too

@@ -107,9 +107,9 @@ def compose(recipe: str, overrides: list[str] = (), extra: str | os.PathLike | N
         # checked again from plain values: a user's recipe may not list tfx_recipe, and Hydra lets
         # `+key=value` add keys even to a typed node
         cfg = OmegaConf.merge(OmegaConf.structured(Recipe), OmegaConf.to_container(cfg))
-    except (HydraException, OmegaConfBaseException) as err:
+        missing = sorted(OmegaConf.missing_keys(cfg))  # resolves interpolations: ${oc.env:UNSET} fails here
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as err:  # a python tag: refused, never built
         raise RecipeError(f"{path}: {_one_line(err)}") from None
-    missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise RecipeError(f"{path}: set {', '.join(missing)} (e.g. {missing[0]}=...)")
     _on_cpu(cfg, overrides)

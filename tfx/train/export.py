@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
-from tfx.atomic import atomic_path
+from tfx.atomic import atomic_path, copy_tree, save_tensors
 from tfx.checkpoint import Checkpoint, CheckpointError, check_output_dir, load_checkpoint, save_checkpoint
 from tfx.checkpoint.finetuned import ADAPTER_JSON, TASK_WEIGHTS, write_adapter
 from tfx.checkpoint.zero import consolidate_zero
@@ -31,7 +30,7 @@ def write_template(ckpt: Checkpoint, path: Path, adapter: dict | None = None) ->
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         save_checkpoint(ckpt, Path(tmp) / "ckpt")
         with atomic_path(path) as out:
-            shutil.copytree(Path(tmp) / "ckpt", out, ignore=shutil.ignore_patterns("model_weights.pt", TASK_WEIGHTS))
+            copy_tree(Path(tmp) / "ckpt", out, ignore=("model_weights.pt", TASK_WEIGHTS))
             if adapter is not None:
                 (out / ADAPTER_JSON).write_text(json.dumps(adapter, indent=2))
 
@@ -76,16 +75,16 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
     model_state = {k.removeprefix("model."): v.float() for k, v in state.items() if k.startswith("model.")}
     head_state = {k.removeprefix("task."): v.float() for k, v in state.items() if k.startswith("task.")}
     with atomic_path(out_dir) as tmp:
-        shutil.copytree(template, tmp, ignore=shutil.ignore_patterns(ADAPTER_JSON))
+        copy_tree(template, tmp, ignore=(ADAPTER_JSON,))
         if head_state:
-            torch.save(head_state, tmp / TASK_WEIGHTS)
+            save_tensors(head_state, tmp / TASK_WEIGHTS)
         if adapter is None:
-            torch.save(model_state, tmp / "model_weights.pt")
+            save_tensors(model_state, tmp / "model_weights.pt")
         elif form == "merged":
             plain, adapters = split_adapters(model_state)
-            torch.save(plain, tmp / "model_weights.pt")
+            save_tensors(plain, tmp / "model_weights.pt")
             merged = merge_adapters(load_checkpoint(tmp).model, adapter["lora"], adapters)
-            torch.save(merged.state_dict(), tmp / "merged.pt")  # the loaded model still maps the plain file
+            save_tensors(merged.state_dict(), tmp / "merged.pt")  # the loaded model still maps the plain file
             os.replace(tmp / "merged.pt", tmp / "model_weights.pt")
         else:
             write_adapter(tmp, adapter["base"], adapter["lora"], model_state)

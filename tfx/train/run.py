@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import signal
 import sys
 from contextlib import nullcontext
@@ -21,10 +22,11 @@ from omegaconf import DictConfig
 
 from tfx.atomic import atomic_path, exclusive
 from tfx.checkpoint import check_output_dir
-from tfx.errors import CheckpointError, Interrupted, RecipeError
+from tfx.errors import CheckpointError, Interrupted, RecipeError, TfxError
 from tfx.model.config import config_dict
 from tfx.recipe import Build, build
 from tfx.recipe.compose import recorded_objective
+from tfx.outputs import check_writable
 from tfx.registry import LOGGERS, STRATEGIES
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ def check_run_dir(run: Build) -> None:
     entries = [p.name for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
     if out.exists() and not out.is_dir():
         raise RecipeError(f"output_dir={out}: exists and is not a directory; choose another output_dir")
+    check_writable(out, f"output_dir={out}")
     if not entries:
         return
     template = out / "checkpoint_template" / "config.json"
@@ -141,8 +144,17 @@ def fit(run: Build) -> Path:
     trainer = lightning_trainer(run, [checkpoints, Throughput(run.trainer.peak_tflops), GradNorm(), stop,
                                       StopOnNonFiniteLoss(), shown])
     first = int(os.environ.get("LOCAL_RANK", 0)) == 0 and _rank() == 0
-    with exclusive(run.output_dir, "run directory") if first else nullcontext():  # made once Lightning took the settings
-        return _fit(run, trainer, module, stop)
+    existed = run.output_dir.exists()
+    fresh = not existed or not any(run.output_dir.iterdir())
+    try:
+        with exclusive(run.output_dir, "run directory") if first else nullcontext():  # made once Lightning took the settings
+            return _fit(run, trainer, module, stop)
+    except (TfxError, OSError):  # refused or failed before a checkpoint (its data, a full disk): left as found
+        if first and fresh and not (run.output_dir / "checkpoints").exists():
+            shutil.rmtree(run.output_dir, ignore_errors=True)
+            if existed:
+                run.output_dir.mkdir()
+        raise
 
 
 def _fit(run: Build, trainer, module, stop) -> Path:

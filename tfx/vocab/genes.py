@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tfx.atomic import atomic_path, h5_file
 from tfx.errors import VocabError
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,11 @@ def write_gene_embeddings(path: str | os.PathLike, genes: list[str], table: np.n
     path = Path(path)
     if len(genes) != len(table):
         raise VocabError(f"{path}: {len(genes)} genes but {len(table)} embedding rows")
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5_file(tmp) as f:  # a full disk: one OSError, no half-written file
         f.create_dataset("keys", data=np.array(genes, dtype="S"))
         group = f.create_group("arrays")
         for gene, row in zip(genes, np.asarray(table, dtype=np.float32)):
             group.create_dataset(gene, data=row)
-    os.replace(tmp, path)
 
 
 def special_token_rows(n_special: int, dim: int) -> np.ndarray:
