@@ -202,3 +202,12 @@ def test_a_full_disk_is_one_line_exit_1_and_leaves_nothing_half_written(tiny_dis
         assert len(err) == 1 and err[0].startswith(f"tfx {argv[0]}: failed: No space left on device"), err[:5]
         assert "run the same command again" in err[0]
         assert not [p for p in tiny_disk.rglob("*") if p.is_file()]  # no half-written file, no temporary
+    # a disk that fills as HDF5 flushes and closes the file (its last writes): written whole or not at all
+    small = write_h5ad(tmp_path / "small.h5ad", [f"SYNTH_ALPHA_{i:05d}" for i in range(10)], [[1] * 10] * 300)
+    for filler_kib in (130, 145, 175):
+        (tiny_disk / "filler").write_bytes(b"\0" * filler_kib * 1024)
+        done = subprocess.run([sys.executable, "-m", "tfx.cli", "infer", "--checkpoint", str(ckpt), "--data", str(small),
+                               "--output", str(tiny_disk / "emb.h5ad")], capture_output=True, text=True)
+        err = [line for line in done.stderr.strip().splitlines() if not line.startswith(("INFO ", "WARNING "))]
+        assert done.returncode == 1 and len(err) == 1 and "No space left on device" in err[0], (filler_kib, err[:5])
+        assert sorted(p.name for p in tiny_disk.rglob("*") if p.is_file()) == ["filler"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import fnmatch
 import glob
@@ -51,6 +52,34 @@ def h5_file(path: str | os.PathLike):
     with h5py.File(image, "w") as f:
         yield f
     Path(path).write_bytes(image.getbuffer())
+
+
+_UNCLOSED = []  # HDF5 files a failed write left unclosable, kept open until the process ends
+
+
+@contextmanager
+def h5_stream(path: str | os.PathLike):
+    """``h5py.File(path, "w")`` for an output written as it is computed (too large for ``h5_file``).
+    HDF5 crashes the process closing a file it could not flush (a full disk), so such a file is never
+    closed, and the `tfx` command exits without closing it (``tfx.cli.entry``). h5py reports a failed
+    flush as a RuntimeError: it is raised as the OSError it was."""
+    import h5py
+
+    f = h5py.File(path, "w")
+    try:
+        yield f
+        f.flush()
+    except BaseException as err:
+        try:
+            f.flush()
+        except RuntimeError as broken:
+            _UNCLOSED.append(f)
+            if isinstance(err, RuntimeError) and any("errno = 28," in str(e) for e in (err, broken)):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path)) from None
+            raise err from None
+        f.close()
+        raise
+    f.close()
 
 
 def write_h5ad(adata, path: str | os.PathLike) -> None:

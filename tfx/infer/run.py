@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from anndata.io import write_elem
 
-from tfx.atomic import atomic_path
+from tfx.atomic import atomic_path, h5_stream
 from tfx.progress import progress
 from tfx.checkpoint import Checkpoint, load_checkpoint
 from tfx.checkpoint.surgery import with_species_embeddings
@@ -419,7 +419,7 @@ def _write_output(ckpt: Checkpoint, data, output: Path, opts: InferOptions, obs:
     cge = []  # (cell index, its genes' embeddings, their ids)
     empty = non_finite = 0
     started = time.perf_counter()
-    with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(output) as tmp, h5_stream(tmp) as f:
         write_elem(f, "obsm", {})
         emb_ds = gene_llh_ds = None
         if opts.embeddings and opts.emb_type == "cell":  # streamed: memory stays bounded by the chunk size
