@@ -106,6 +106,10 @@ def test_api_refusals_name_the_argument(ckpt, data, tmp_path):
     with pytest.raises(InputError, match=r"^output_dir .*report: exists and is not a directory"):
         tfx.evaluate(adata, output_dir=tmp_path / "report")
     assert (tmp_path / "report").read_text() == "kept"
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("kept")
+    with pytest.raises(InputError, match=r"^output_dir .*full: is not empty; pass overwrite=True to replace"):
+        tfx.evaluate(adata, output_dir=tmp_path / "full")
 
 
 def test_import_tfx_stays_light():

@@ -172,6 +172,7 @@ def test_outputs_of_the_wrong_kind_are_refused_before_any_work(teacher, tmp_path
     (["--temperature", "0"], "argument --temperature: 0 is not a number > 0"),
     (["--prompt", "NOT_A_GENE:3"], "gene NOT_A_GENE is not in species synth_alpha's vocabulary (no species"),
     (["--assay", "nanopore"], "--assay nanopore: not in the checkpoint's assay vocabulary"),
+    (["--max-genes", "5000"], "--max-genes 5000: more than the 47 genes a cell of this checkpoint can have"),
 ])
 def test_bad_generate_input_is_one_line_and_exit_2(teacher, tmp_path, capsys, args, message):
     base = {"--species": SPECIES, "--n-cells": "2"}

@@ -92,8 +92,9 @@ def test_missing_assay_column_uses_unknown_token(ckpt, tmp_path, caplog):
         (lambda p: write_h5ad(p, GENES[:299] + [GENES[0] + ".2"], _counts()), "duplicate genes"),
         (lambda p: write_h5ad(p, GENES, np.where(_counts() > 40, np.nan, _counts())), "NaN"),
         (lambda p: write_h5ad(p, GENES, -_counts()), "negative"),
+        (lambda p: write_h5ad(p, GENES, np.zeros((0, len(GENES)))), "it holds no cell; nothing to embed"),
     ],
-    ids=["no-vocab-gene", "duplicates", "nan", "negative"],
+    ids=["no-vocab-gene", "duplicates", "nan", "negative", "no-cell"],
 )
 def test_bad_input_gets_one_line_error_and_keeps_old_output(ckpt, tmp_path, capsys, make, message):
     out = write_h5ad(tmp_path / "out.h5ad", GENES[:3], np.ones((2, 3)))  # a previous result, replaceable

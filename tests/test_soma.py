@@ -161,6 +161,8 @@ def test_bad_soma_input_is_one_line_exit_2_and_writes_nothing(atlas, ckpt, tmp_p
           "--data", str(not_soma)], "no TileDB-SOMA experiment there"),
         (["infer", "--checkpoint", str(ckpt), "--device", "cpu", "--output", str(tmp_path / "o7.h5ad"),
           "--data", atlas["soma"], "--obs-filter", "lung == True"], "has no column 'lung'"),
+        (["infer", "--checkpoint", str(ckpt), "--device", "cpu", "--output", str(tmp_path / "o8.h5ad"),
+          "--data", atlas["soma"], "--obs-filter", "n_counts > 1e9"], "selects no cell; nothing to embed"),
     ]
     for args, message in cases:
         assert main(args) == 2, args

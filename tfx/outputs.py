@@ -124,14 +124,15 @@ def check_output(path: str | os.PathLike, output: FileOutput | DirOutput, *, ove
     if not os.path.lexists(path):
         return path
     mode = os.stat(path).st_mode
+    flag = "--overwrite" if option.startswith("--") else "overwrite=True"  # the CLI's words, or the API's
     if isinstance(output, FileOutput):
         special = _kind_of(mode)
         if special is not None:
             raise InputError(f"{option} {path}: is {special}, which tfx never replaces; name a new .{output.kind} file")
         if not overwrite:
-            raise InputError(f"{option} {path}: exists; pass --overwrite to replace it, or choose another {option}")
+            raise InputError(f"{option} {path}: exists; pass {flag} to replace it, or choose another {option}")
         if not _is_kind(path, output.kind):
-            raise InputError(f"{option} {path}: exists and is not a {output.kind} file, so --overwrite does not "
+            raise InputError(f"{option} {path}: exists and is not a {output.kind} file, so {flag} does not "
                              "replace it; choose another output")
         if not os.access(path, os.W_OK):
             raise InputError(f"{option} {path}: is not writable; choose another output")
@@ -144,7 +145,7 @@ def check_output(path: str | os.PathLike, output: FileOutput | DirOutput, *, ove
     if not found and not any(path.iterdir()):
         return path
     if not overwrite:
-        raise InputError(f"{option} {path}: is not empty; pass --overwrite to replace the {output.what} there, "
+        raise InputError(f"{option} {path}: is not empty; pass {flag} to replace the {output.what} there, "
                          f"or choose an empty or new {option}")
     foreign = [f for f in found if not _written(f, output.writes) or (path / f).is_symlink()
                or _kind_of(os.lstat(path / f).st_mode)]

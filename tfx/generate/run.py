@@ -78,6 +78,10 @@ def generate_cells(ckpt: Checkpoint, opts: GenerateOptions, device: torch.device
     n_cells, species, prompt, assay, order = opts.n_cells, opts.species, opts.prompt, opts.assay, opts.order
     sp_info = species_of(ckpt, species)
     given = parse_prompt(ckpt, sp_info, prompt)
+    most = ckpt.model_cfg.seq_len - 1  # the last position predicts [END]
+    if opts.max_genes and opts.max_genes > most:
+        raise InputError(f"--max-genes {opts.max_genes}: more than the {most} genes a cell of this checkpoint can "
+                         f"have (its seq_len less one); pass at most {most}")
     generator = torch.Generator(device=device).manual_seed(opts.seed)
     genes, counts, log_prob, ended = [], [], [], []
     for start in range(0, n_cells, opts.batch_size):

@@ -198,9 +198,14 @@ def resolve_devices(name: str, count: int = 1) -> list[torch.device]:
 def open_cells(ckpt: Checkpoint, data, opts: InferOptions) -> CellReader:
     """The cells of an h5ad file, an in-memory AnnData or a TileDB-SOMA experiment's query, as ``ckpt``
     reads them."""
-    return open_reader(data, ckpt.vocab.lookup, measurement=opts.measurement, obs_filter=opts.obs_filter,
-                       gene_col=opts.gene_col, use_raw=opts.use_raw,
-                       remove_duplicate_genes=opts.remove_duplicate_genes, aux_vocabs=ckpt.aux_vocabs)
+    reader = open_reader(data, ckpt.vocab.lookup, measurement=opts.measurement, obs_filter=opts.obs_filter,
+                         gene_col=opts.gene_col, use_raw=opts.use_raw,
+                         remove_duplicate_genes=opts.remove_duplicate_genes, aux_vocabs=ckpt.aux_vocabs)
+    if reader.n_cells == 0:  # an empty output would look like a finished run
+        reader.close()
+        what = f"--obs-filter {opts.obs_filter!r} selects no cell" if opts.obs_filter else "it holds no cell"
+        raise InputError(f"{reader.path}: {what}; nothing to embed")
+    return reader
 
 
 def _row_results(ckpt: Checkpoint, reader: CellReader, opts: InferOptions, device: torch.device, start: int = 0,
