@@ -107,7 +107,7 @@ def main() -> None:
         print(f"# {path.name}: {path.stat().st_size / 2**30:.2f} GiB", flush=True)
 
     ckpt = work / f"ckpt-{args.genes}g-{args.seq_len}"
-    if not ckpt.exists():
+    if not ckpt.exists() and todo & {"infer", "soma"}:
         import h5py
         from anndata.io import read_elem
 
