@@ -18,15 +18,16 @@ from tfx.vocab.aux import official_assay_vocab
 
 def build_teacher(out_dir, species: str = "synth_alpha", n_genes: int = 60, emb_dim: int = 16, seed: int = 0,
                   scale: float = 3.0, end_bias: float = 0.0, early_bias: float = 0.0, data: dict | None = None,
-                  **model) -> Path:
+                  genes: list[str] | None = None, **model) -> Path:
     """A random tiny model (pretrain/tiny's architecture unless ``model`` says otherwise) with a
     softplus count head and the exact ZTP normaliser, its gene-id head's output layer scaled by
     ``scale``, ``end_bias`` added to [END]'s logit and up to ``early_bias`` to the genes early in
     vocabulary order (so that cells drawn in var order run longer); ``data``: how it reads counts
-    (DataConfig fields); saved as a checkpoint."""
+    (DataConfig fields); ``genes``: its gene ids (default: ``n_genes`` made-up ones); saved as a checkpoint."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
-    genes = [f"{species.upper()}_{i:05d}" for i in range(n_genes)]
+    genes = list(genes) if genes is not None else [f"{species.upper()}_{i:05d}" for i in range(n_genes)]
+    n_genes = len(genes)
     vocab_dir = out.parent / f".{out.name}_vocab"
     vocab_dir.mkdir(parents=True, exist_ok=True)
     gene_file = vocab_dir / f"{species}_gene.h5"

@@ -80,13 +80,20 @@ def make_h5ad(path: Path, n_cells: int, n_genes: int, expressed: int, seed: int 
 
 
 def _vocab_and_tokenizer(path: Path):
+    import anndata
+    import h5py
+    import scipy.sparse as sp
+    from anndata.io import read_elem
+
     from tfx.data.anndata import CellReader
     from tfx.tokenize import Preprocessing
     from tfx.vocab import GeneVocab
 
-    reader = CellReader(path)
-    genes = list(reader.genes)
-    reader.close()
+    # the genes as CellReader reads them (.raw's when present), from var alone: opening the file
+    # would read its obs too, ~200 MiB at the peak for 1M cells, which the loader never holds
+    with h5py.File(path, "r") as f:
+        var = read_elem(f["raw/var"] if "raw" in f else f["var"])
+    genes = list(CellReader(anndata.AnnData(sp.csr_matrix((0, len(var)), dtype=np.float32), var=var)).genes)
     assay = {"unknown": 0, "10x 3' v3": 1, "10x 5' v2": 2, "Smart-seq2": 3, "MERFISH": 4}
     return GeneVocab(SPECIALS + genes, SPECIALS), Preprocessing(2047, gene_order="random"), {"assay": assay}
 
@@ -131,19 +138,20 @@ def phase_h5ad(args) -> dict:
 PHASES = {"write": phase_write, "load": phase_load, "h5ad": phase_h5ad}
 
 
-def run_phase(name: str, **kw) -> dict:
-    """One phase in a fresh process: its CPU time, wall time and peak RSS."""
-    cmd = [sys.executable, __file__, "--phase", name] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
+def run_phase(name: str, script: str = __file__, **kw) -> dict:
+    """One phase of ``script`` (this file, or another bench that calls ``child``) in a fresh process:
+    its CPU time, wall time and peak RSS."""
+    cmd = [sys.executable, str(script), "--phase", name] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def child(args) -> None:
+def child(args, phases: dict = PHASES) -> None:
     import tfx.data.loader  # noqa: F401  imports are not the phase's work
     import tfx.data.shards  # noqa: F401
 
     wall, cpu = time.perf_counter(), time.process_time()
-    result = PHASES[args.phase](args)
+    result = phases[args.phase](args)
     cpu = time.process_time() - cpu
     # children: the writer's pool processes when --processes > 1
     cpu += sum(getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f) for f in ("ru_utime", "ru_stime"))
