@@ -363,7 +363,8 @@ def _infer_ranked(ckpt: Checkpoint, data, output: Path, opts: InferOptions, rank
                                  "(LOCAL_RANK's); drop --devices and launch one process per device")
             device = _rank_device(opts.device, rank.local)
             reader = open_cells(ckpt, data, opts)
-            n_cells, obs = reader.n_cells, reader.obs.copy()
+            n_cells = reader.n_cells
+            obs = reader.obs.copy() if rank.rank == 0 else None  # only rank 0 writes the output
             if rank.rank == 0:
                 _report_overlap(reader, opts.chunk_size)
             reader.close()
