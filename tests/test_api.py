@@ -67,6 +67,7 @@ def test_embed_equals_tfx_infer(ckpt, data, tmp_path, caplog):
                                   esm.obsm["embeddings"])
 
 
+@pytest.mark.slow
 def test_evaluate_equals_tfx_eval_and_scanpy_reads_the_embeddings(ckpt, data, tmp_path):
     import scanpy as sc
 

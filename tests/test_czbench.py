@@ -44,6 +44,7 @@ def test_label_prediction_agrees_with_the_light_probes_on_the_same_folds():
     assert _metric(other_folds, "mean_fold_f1", "knn") != pytest.approx(light["knn"]["macro_f1"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_eval_reports_every_task_with_the_package_baselines_and_version(eval_atlas, tmp_path):
     out = tmp_path / "report"
     report = evaluate(eval_atlas["embeddings"], "cell_type", batch="species", counts_path=eval_atlas["counts"],
@@ -109,6 +110,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_without_the_package_the_light_probes_run_and_the_report_says_so(eval_atlas, tmp_path):
     """A machine without the extra, made by hiding the installed package from the import system."""
     out = tmp_path / "report"

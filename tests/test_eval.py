@@ -101,6 +101,7 @@ def test_plots_fall_back_to_pca_when_umap_cannot_run(caplog):
     assert "UMAP failed" in caplog.text
 
 
+@pytest.mark.slow
 def test_quickstart_runs_every_step_and_reports(tmp_path, capsys):
     from tfx.cli import main
 

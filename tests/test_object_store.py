@@ -182,6 +182,7 @@ def _cli(args, env):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_missing_credentials_and_unreachable_endpoint_are_one_line(aws, atlas, tmp_path):
     _bucket("guarded")
     shard = ["shard", "--input", str(atlas["h5ad"]), "--species", SPECIES, "--cells-per-shard", "40", "--output"]

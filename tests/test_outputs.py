@@ -183,6 +183,7 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_exit_1_and_leaves_nothing_half_written(tiny_disk, tmp_path):
     """As a user runs it, in its own process: HDF5 cannot close a file it could not write, and its exit
     handler would crash the process after tfx's line (exit -11)."""

@@ -268,6 +268,7 @@ def test_the_checkpoint_owns_preprocessing(data, tmp_path, caplog):
     assert (cont.normalize_to_scale, cont.clip_counts) == (1000, 1000)  # the new record; the clip carried over
 
 
+@pytest.mark.slow
 def test_recipes_ship_in_a_non_editable_install(data, tmp_path):
     """A wheel installed into a fresh directory has the recipes: list them and train one from elsewhere."""
     wheels, site, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"

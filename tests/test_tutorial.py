@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import anndata
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 import reference
@@ -15,6 +16,7 @@ from tfx.synth import synth_atlas
 NOTEBOOK = ROOT / "docs" / "tutorial.ipynb"
 
 
+@pytest.mark.slow
 def test_tutorial_notebook_runs_headless(tmp_path):
     atlas = synth_atlas(tmp_path / "atlas", species=2, cells=60, seed=0)
     genes = {name: list(anndata.read_h5ad(s["h5ad"]).var["ensembl_id"]) for name, s in atlas["species"].items()}
