@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tfx.atomic import atomic_path
+
 
 @dataclass(frozen=True)
 class Rank:
@@ -54,11 +56,8 @@ def _path(parts: Path, chunk: tuple[int, int]) -> Path:
 
 def save_chunk(parts: Path, chunk: tuple[int, int], key: str, arrays: dict[str, np.ndarray]) -> None:
     """Write one chunk's arrays with ``key``, atomically."""
-    path = _path(parts, chunk)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(_path(parts, chunk)) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no suffix
         np.savez(f, key=np.array(key), **arrays)
-    os.replace(tmp, path)
 
 
 def load_chunk(parts: Path, chunk: tuple[int, int]) -> dict[str, np.ndarray]:
