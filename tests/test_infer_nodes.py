@@ -21,6 +21,7 @@ import pytest
 import reference
 from conftest import write_h5ad
 from tfx.cli import main
+from tfx.errors import InputError
 from tfx.infer.parts import Rank, launched, missing, save_chunk
 
 GENES = [f"ENSSYN{i:011d}" for i in range(120)]
@@ -96,6 +97,10 @@ def test_the_rank_comes_from_torchrun_or_srun():
                      "SLURM_PROCID": "0"}) == Rank(2, 8, 2)
     # the batch script itself (sbatch --ntasks 8, no srun) is one process
     assert launched({"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}) == Rank()
+    for env in ({"WORLD_SIZE": "4"}, {"WORLD_SIZE": "4", "RANK": "x"}, {"WORLD_SIZE": "2", "RANK": "2"},
+                {"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "-1"}):
+        with pytest.raises(InputError, match=r"^the launch environment is not a rank of a world"):
+            launched(env)
 
 
 class _FailsMidWrite:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tfx.atomic import atomic_path
+from tfx.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,18 @@ def launched(env=os.environ) -> Rank:
     """The rank torchrun (WORLD_SIZE, RANK, LOCAL_RANK) or srun (SLURM_STEP_NUM_TASKS, SLURM_PROCID,
     SLURM_LOCALID) gave this process; a lone process is rank 0 of 1. srun sets SLURM_STEP_NUM_TASKS
     in a job step only, so a batch script's own commands are not mistaken for ranks."""
-    if "WORLD_SIZE" in env:
-        return Rank(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
-    if "SLURM_STEP_NUM_TASKS" in env:
-        return Rank(int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0)))
-    return Rank()
+    names = (("RANK", "WORLD_SIZE", "LOCAL_RANK") if "WORLD_SIZE" in env else
+             ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID") if "SLURM_STEP_NUM_TASKS" in env else None)
+    if names is None:
+        return Rank()
+    try:
+        rank = Rank(int(env[names[0]]), int(env[names[1]]), int(env.get(names[2], 0)))
+    except (KeyError, ValueError):
+        rank = None
+    if rank is None or not 0 <= rank.rank < rank.world:
+        shown = ", ".join(f"{n}={env.get(n)!r}" for n in names)
+        raise InputError(f"the launch environment is not a rank of a world ({shown}); launch with torchrun or srun")
+    return rank
 
 
 def plan(n_cells: int, size: int) -> list[tuple[int, int]]:
