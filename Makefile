@@ -19,12 +19,15 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# one test process per core (pytest-xdist); each gets its share of the threads (tests/conftest.py)
+PYTEST := $(BIN)/python -m pytest -q -n logical --dist worksteal
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # the everyday loop: everything but the tests marked slow (multi-process, end-to-end, TF-sized builds)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/tfx quickstart --output quickstart
