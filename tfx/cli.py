@@ -285,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The `tfx` script. After a failed disk (exit 1) it skips the exit handlers: HDF5's own would crash
-    flushing the file it could not write, turning the one-line failure into a segmentation fault."""
+    flushing the file it could not write, turning the one-line failure into a segmentation fault.
+    OpenMP's waiting threads sleep instead of spinning unless the user chose otherwise: on a shared
+    machine, spinning threads cost many times the work (tools/bench/threads.py, docs/benchmarks.md)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch first starts its pool
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
