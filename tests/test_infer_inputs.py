@@ -173,6 +173,13 @@ def _other_species(files, tmp_path):
     return [out], "shards of species homo_sapiens (manifest.json), the checkpoint's vocabulary holds mus_musculus"
 
 
+def _other_genes(tmp_path):
+    out = tmp_path / "other_genes"
+    source = _file(tmp_path / "other.h5ad", 5, 2, genes=[f"OTHER{i}" for i in range(50)])
+    assert main(["shard", "--input", str(source), "--species", SPECIES, "--output", str(out), "--processes", "1"]) == 0
+    return [out], "shard-000000.tar: none of the 50 genes of its gene table is in the model's vocabulary"
+
+
 BAD = {
     "missing-file": lambda files, shards, tmp: ([files[0], tmp / "nope.h5ad"], "nope.h5ad: no such file; check the path"),
     "soma-and-file": lambda files, shards, tmp: (["s3://bucket/census", files[0]],
@@ -184,6 +191,7 @@ BAD = {
     "corrupt-shard": lambda files, shards, tmp: _corrupt(shards, tmp),
     "entry-outside": lambda files, shards, tmp: _outside(shards, tmp),
     "other-species": lambda files, shards, tmp: _other_species(files, tmp),
+    "other-genes": lambda files, shards, tmp: _other_genes(tmp),
 }
 
 

@@ -106,7 +106,7 @@ class CellSources:
         self.starts = np.cumsum([0, *(r.n_cells for r in readers)])
         self.n_cells = int(self.starts[-1])
         self.path = str(readers[0].path) if len(readers) == 1 else \
-            f"{readers[0].path} and {len(readers) - 1} other inputs"
+            f"{readers[0].path} and {len(readers) - 1} other input{'s' * (len(readers) > 2)}"
 
     @cached_property
     def obs(self) -> pd.DataFrame:
@@ -128,10 +128,11 @@ class CellSources:
         stop = self.n_cells if stop is None else min(stop, self.n_cells)
         for first in range(start, stop, chunk_size):
             last = min(first + chunk_size, stop)
-            pieces = [piece for reader, offset in zip(self.readers, self.starts)
-                      if max(first - offset, 0) < min(last - offset, reader.n_cells)
-                      for piece in reader.chunks(last - first, max(first - offset, 0), min(last - offset, reader.n_cells),
-                                                 tokenize=tokenize)]
+            pieces = []
+            for reader, offset in zip(self.readers, self.starts):
+                lo, hi = max(first - offset, 0), min(last - offset, reader.n_cells)  # the reader's own rows
+                if lo < hi:
+                    pieces += reader.chunks(hi - lo, lo, hi, tokenize=tokenize)
             if len(pieces) == 1:
                 yield replace(pieces[0], first=first)
                 continue
