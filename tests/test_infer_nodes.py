@@ -1,5 +1,5 @@
 """`tfx infer` across nodes: two torchrun launchers of two CPU processes each (gloo, 127.0.0.1) split
-the cells of an h5ad or a SOMA query, and rank 0 writes the output a single process writes; a rank
+the cells of two h5ad files or a SOMA query, and rank 0 writes the output a single process writes; a rank
 killed mid-run leaves its finished chunks, and the same command run again computes only the rest."""
 
 from __future__ import annotations
@@ -122,10 +122,11 @@ def test_a_chunk_counts_as_done_only_when_whole_and_of_the_same_run(tmp_path):
 @pytest.mark.parametrize("source", ["h5ad", "soma"])
 def test_two_nodes_of_two_processes_write_what_one_process_writes(ckpt, tmp_path, source):
     adata = _cells(90)
-    adata.write_h5ad(tmp_path / "in.h5ad")
     args = ["--checkpoint", str(ckpt), *OPTIONS, "--chunk-size", "7"]
-    if source == "h5ad":  # cell embeddings of every cell
-        data, query, key = [str(tmp_path / "in.h5ad")], [], "embeddings"
+    if source == "h5ad":  # cell embeddings of every cell of two files (rows 49..56 span both)
+        adata[:52].copy().write_h5ad(tmp_path / "a.h5ad")
+        adata[52:].copy().write_h5ad(tmp_path / "b.h5ad")
+        data, query, key = [str(tmp_path / "a.h5ad"), str(tmp_path / "b.h5ad")], [], "embeddings"
     else:  # contextual gene embeddings of a SOMA query's cells
         tiledbsoma_io = pytest.importorskip("tiledbsoma.io")
         uri = tiledbsoma_io.from_anndata(str(tmp_path / "experiment"), adata, measurement_name="RNA")

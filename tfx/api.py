@@ -27,7 +27,7 @@ from tfx.checkpoint import Checkpoint
 from tfx.errors import InputError
 from tfx.eval.run import EvalOptions
 from tfx.generate import run as generation
-from tfx.data.sources import is_soma
+from tfx.data.soma import SomaSource
 from tfx.infer.run import InferOptions, LoadOptions, infer_cells, infer_memory, load_for_inference, resolve_devices
 
 
@@ -63,9 +63,10 @@ def embed(adata: anndata.AnnData, model: Checkpoint, key: str = "X_tfx", *, emb_
     reference's ``uns["cge_embeddings"]``, ``uns["cge_cell_indices"]``, ``uns["cge_gene_names"]``
     instead. ``outputs`` may add ``llh``, ``gene_llh`` (also ``obsm["gene_llh"]``) and ``nll`` as obs
     columns. The other arguments are ``tfx infer``'s options of the same names (``layer``:
-    --embedding-layer-index). ``adata`` may also be a TileDB-SOMA experiment (a directory or URI):
-    its ``measurement``'s cells that ``obs_filter`` selects are embedded into a new AnnData of their
-    obs, which is returned. Returns ``adata``."""
+    --embedding-layer-index). ``adata`` may also be what ``tfx infer --data`` reads: an h5ad path, a
+    list of them, a tfx shard directory, or a TileDB-SOMA experiment (a directory or URI; its
+    ``measurement``'s cells that ``obs_filter`` selects); their cells are embedded into a new AnnData
+    of their obs (as tfx infer writes it), which is returned. Returns ``adata``."""
     opts = InferOptions(emb_type=emb_type, outputs=outputs, batch_size=batch_size, token_budget=token_budget,
                         device=device, precision=precision, gene_col=gene_col, use_raw=use_raw,
                         remove_duplicate_genes=remove_duplicate_genes, chunk_size=chunk_size, model_type=model_type,
@@ -75,11 +76,14 @@ def embed(adata: anndata.AnnData, model: Checkpoint, key: str = "X_tfx", *, emb_
                          "run it on a file, or ask embeddings, llh, gene_llh or nll")
     if not isinstance(key, str):
         raise InputError(f"key: {key!r} is not a string (the obsm key of the embeddings)")
-    if is_soma(adata):
+    if isinstance(adata, anndata.AnnData):
+        arrays, uns = infer_memory(_model(model), adata, opts)
+    elif isinstance(adata, (str, os.PathLike, SomaSource, list, tuple)):
         obs, arrays, uns = infer_cells(_model(model), adata, opts)
         adata = anndata.AnnData(obs=obs)
     else:
-        arrays, uns = infer_memory(_model(model), _adata(adata), opts)
+        raise InputError(f"adata: expected an AnnData, or what tfx infer --data reads (h5ad paths, a tfx shard "
+                         f"directory, a TileDB-SOMA experiment), got {type(adata).__name__}")
     if "embeddings" in arrays:
         adata.obsm[key] = arrays["embeddings"]
     if "gene_llh_positions" in arrays:

@@ -155,6 +155,10 @@ class CellReader:
             return sp.csr_matrix(chunk)
         return sp.csr_matrix(np.asarray(chunk))
 
+    def sample(self, cells: int) -> tuple[np.ndarray, sp.csr_matrix]:
+        """The genes' ids in the gene index (-1: not in it), and the first ``cells`` cells' counts."""
+        return self.column_ids, self.read_rows(0, min(self.n_cells, cells))
+
     def iter_chunks(self, chunk_size: int = 4096, start: int = 0, stop: int | None = None
                     ) -> Iterator[tuple[int, list[tuple[np.ndarray, np.ndarray]]]]:
         """Yield (first row, cells) for rows start..stop, each cell (gene ids in var order, counts)."""
@@ -195,7 +199,7 @@ class CellReader:
 def open_backed(path: Path) -> anndata.AnnData:
     """``path`` read backed; a missing or unreadable file is one InputError naming it."""
     if not path.exists():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file; check the path")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

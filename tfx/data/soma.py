@@ -88,7 +88,7 @@ def open_experiment(source: SomaSource):
         return soma.Experiment.open(source.uri, context=context)
     except soma.DoesNotExistError:
         raise InputError(f"{source.uri}: no TileDB-SOMA experiment there; check the path or URI "
-                         "(an h5ad file is read as a file)") from None
+                         "(an h5ad file is read as a file, a tfx shard directory by its manifest.json)") from None
     except Exception as err:  # tiledb reports a wrong object type, a network or permission failure alike
         raise InputError(f"{source.uri}: not a readable TileDB-SOMA experiment ({_first_line(err)})") from None
 

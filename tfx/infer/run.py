@@ -34,14 +34,15 @@ from tfx.progress import progress
 from tfx.checkpoint import Checkpoint, load_checkpoint
 from tfx.checkpoint.surgery import with_species_embeddings
 from tfx.data import preprocess
-from tfx.data.anndata import CellReader
-from tfx.data.sources import is_soma, open_reader
+from tfx.data.inputs import CellSources, input_list, open_inputs
+from tfx.data.shards import MANIFEST
 from tfx.errors import InputError
 from tfx.infer.engine import Outputs, run_cells
 from tfx.infer.parts import Rank, launched, load_chunk, missing, parts_dir, plan, run_key, save_chunk
 from tfx.options import Device, Input, Options, Output, PositiveInt, Range, group, option
 from tfx.outputs import FileOutput, check_output
 from tfx.tokenize.batches import BatchSpec
+from tfx.vocab import species_for_file
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,10 @@ class InferCommand(Options):
     checkpoint: Annotated[str, Input("dir")] = option(
         flags=("--checkpoint", "--checkpoint-path"), python=("path", "model"),
         help="checkpoint directory (official release or tfx export)")
-    data: Annotated[str, Input("file")] = option(flags=("--data", "--data-file"), python="adata",
-                                                 help="input h5ad (raw counts), or a TileDB-SOMA experiment "
-                                                      "(a directory or URI; see --obs-filter)")
+    data: list[Annotated[str, Input("file")]] = option(
+        flags=("--data", "--data-file"), python="adata",
+        help="input h5ad (raw counts), several (one output, their cells in order), a tfx shard directory, or a "
+             "TileDB-SOMA experiment alone (a directory or URI; see --obs-filter)")
     output: Annotated[str, Output("file", "the .h5ad file")] | None = option(None, python="key",
                                                                              help="output h5ad (required)")
     output_path: Annotated[str, Output("dir", "the output")] | None = option(None, hidden=True, python=None,
@@ -164,7 +166,7 @@ class InferCommand(Options):
         if self.output is None and self.output_path is None:
             raise InputError("--output: name the output h5ad (or the reference's --output-path DIR)")
         check_output(self.output_file, FileOutput("h5ad"), overwrite=self.overwrite,
-                     inputs=[self.checkpoint, self.data, *(self.load.species_embeddings or [])], option="--output")
+                     inputs=[self.checkpoint, *self.data, *(self.load.species_embeddings or [])], option="--output")
 
     @property
     def output_file(self) -> str:
@@ -195,12 +197,13 @@ def resolve_devices(name: str, count: int = 1) -> list[torch.device]:
     return [torch.device("cpu")] * max(1, count)  # several CPU processes split the cores
 
 
-def open_cells(ckpt: Checkpoint, data, opts: InferOptions) -> CellReader:
-    """The cells of an h5ad file, an in-memory AnnData or a TileDB-SOMA experiment's query, as ``ckpt``
-    reads them."""
-    reader = open_reader(data, ckpt.vocab.lookup, measurement=opts.measurement, obs_filter=opts.obs_filter,
-                         gene_col=opts.gene_col, use_raw=opts.use_raw,
-                         remove_duplicate_genes=opts.remove_duplicate_genes, aux_vocabs=ckpt.aux_vocabs)
+def open_cells(ckpt: Checkpoint, data, opts: InferOptions) -> CellSources:
+    """The cells of the inputs (``tfx.data.inputs``: h5ad files, an in-memory AnnData, shard directories
+    or a TileDB-SOMA experiment's query), as ``ckpt`` reads them."""
+    reader = open_inputs(data, ckpt.vocab.lookup, species=[species_for_file(name) for name, _ in ckpt.vocab.files],
+                         measurement=opts.measurement, obs_filter=opts.obs_filter, gene_col=opts.gene_col,
+                         use_raw=opts.use_raw, remove_duplicate_genes=opts.remove_duplicate_genes,
+                         aux_vocabs=ckpt.aux_vocabs)
     if reader.n_cells == 0:  # an empty output would look like a finished run
         reader.close()
         what = f"--obs-filter {opts.obs_filter!r} selects no cell" if opts.obs_filter else "it holds no cell"
@@ -208,7 +211,7 @@ def open_cells(ckpt: Checkpoint, data, opts: InferOptions) -> CellReader:
     return reader
 
 
-def _row_results(ckpt: Checkpoint, reader: CellReader, opts: InferOptions, device: torch.device, start: int = 0,
+def _row_results(ckpt: Checkpoint, reader: CellSources, opts: InferOptions, device: torch.device, start: int = 0,
                  stop: int | None = None):
     """(first row, Outputs, cells without genes) for each chunk of rows start..stop."""
     model = ckpt.model.to(device).eval()
@@ -282,15 +285,22 @@ def _read_chunks(ckpt: Checkpoint, parts: Path, chunks: list, opts: InferOptions
         yield start, res, int(arrays["empty"])
 
 
-def _run_key(ckpt: Checkpoint, data, opts: InferOptions) -> str:
-    """What a chunk's numbers depend on: the input file (path, size, time) or SOMA experiment, the
-    checkpoint's files and how it is served, and the options (the devices aside)."""
-    source = [str(data.resolve()), data.stat().st_size, data.stat().st_mtime_ns] if isinstance(data, Path) \
-        else repr(data)  # a SOMA URI; its measurement and obs filter are options
+def _run_key(ckpt: Checkpoint, inputs: list, opts: InferOptions) -> str:
+    """What a chunk's numbers depend on: the inputs in order (each file's path, size and time: an
+    h5ad's, a shard directory's manifest's; or the SOMA experiment), the checkpoint's files and how it
+    is served, and the options (the devices aside)."""
+    source = [_identity(item) for item in inputs]
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(ckpt.path).iterdir() if f.is_file())
     served = [str(Path(ckpt.path).resolve()), files, repr(ckpt.data_cfg), len(ckpt.vocab.tokens)]
     options = {name: value for name, value in asdict(opts).items() if name not in ("device", "devices")}
     return run_key(source=source, checkpoint=served, options=options)
+
+
+def _identity(item) -> list | str:
+    if not isinstance(item, Path) or (item.is_dir() and not (item / MANIFEST).is_file()):
+        return repr(str(item))  # a SOMA experiment; its measurement and obs filter are options
+    file = item / MANIFEST if item.is_dir() else item  # the manifest is written last, after every shard
+    return [str(file.resolve()), file.stat().st_size, file.stat().st_mtime_ns]
 
 
 def _resume_line(who: str, done: int, total: int) -> str:
@@ -305,12 +315,13 @@ def _rank_device(name: str, local: int) -> torch.device:
 
 
 def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathLike, opts: InferOptions) -> dict:
-    """Run inference over ``data`` and write ``output``; returns a small summary. Under torchrun or srun
-    each rank computes its share of the chunks and rank 0 writes ``output`` (``_infer_ranked``)."""
+    """Run inference over ``data`` (the inputs ``tfx.data.inputs`` reads) and write ``output``; returns a
+    small summary. Under torchrun or srun each rank computes its share of the chunks and rank 0 writes
+    ``output`` (``_infer_ranked``)."""
     output = Path(output)
-    data = data if is_soma(data) and not isinstance(data, os.PathLike) else Path(data)
-    if isinstance(data, Path) and output.resolve() == data.resolve():
-        raise InputError(f"{output}: the output would overwrite the input; choose another --output")
+    data = input_list(data)
+    if any(isinstance(item, Path) and output.resolve() == item.resolve() for item in data):
+        raise InputError(f"{output}: the output would overwrite an input; choose another --output")
     if output.is_dir():
         raise InputError(f"--output {output}: is a directory; name the .h5ad file to write")
     opts = opts.for_checkpoint(ckpt)
@@ -324,7 +335,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
     _report_overlap(reader, opts.chunk_size)
     if len(devices) == 1:
         try:
-            empty = _write_output(ckpt, data, output, opts, obs, _row_results(ckpt, reader, opts, devices[0]))
+            empty = _write_output(ckpt, reader.path, output, opts, obs, _row_results(ckpt, reader, opts, devices[0]))
         finally:
             reader.close()
     else:
@@ -337,7 +348,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         parts.mkdir(exist_ok=True)
         if todo:
             mp.spawn(_worker, args=(ckpt, data, opts, devices, todo, parts, key), nprocs=len(devices), join=True)
-        empty = _assemble(ckpt, data, output, opts, obs, chunks, parts, key)
+        empty = _assemble(ckpt, reader.path, output, opts, obs, chunks, parts, key)
     return {"cells": n_cells, "empty_cells": empty, "seconds": time.perf_counter() - started, "output": str(output)}
 
 
@@ -363,7 +374,7 @@ def _infer_ranked(ckpt: Checkpoint, data, output: Path, opts: InferOptions, rank
                                  "(LOCAL_RANK's); drop --devices and launch one process per device")
             device = _rank_device(opts.device, rank.local)
             reader = open_cells(ckpt, data, opts)
-            n_cells = reader.n_cells
+            n_cells, name = reader.n_cells, reader.path
             obs = reader.obs.copy() if rank.rank == 0 else None  # only rank 0 writes the output
             if rank.rank == 0:
                 _report_overlap(reader, opts.chunk_size)
@@ -381,7 +392,7 @@ def _infer_ranked(ckpt: Checkpoint, data, output: Path, opts: InferOptions, rank
         if rank.rank > 0:
             return {"cells": n_cells, "empty_cells": 0, "seconds": time.perf_counter() - started, "output": None}
         log.info("%s", _resume_line("all ranks: ", done, done + computed))
-        empty = _assemble(ckpt, data, output, opts, obs, chunks, parts, key)
+        empty = _assemble(ckpt, name, output, opts, obs, chunks, parts, key)
         return {"cells": n_cells, "empty_cells": empty, "seconds": time.perf_counter() - started, "output": str(output)}
     finally:
         dist.destroy_process_group()
@@ -402,7 +413,7 @@ def _all_ranks(failure: Exception | None, *counts: int) -> list[int]:
     return total[1:].tolist()
 
 
-def _assemble(ckpt: Checkpoint, data, output: Path, opts: InferOptions, obs: pd.DataFrame, chunks: list,
+def _assemble(ckpt: Checkpoint, name: str, output: Path, opts: InferOptions, obs: pd.DataFrame, chunks: list,
               parts: Path, key: str) -> int:
     """Write ``output`` from the chunk files, then remove them; returns the cells without genes."""
     lost = missing(parts, chunks, key)
@@ -410,12 +421,12 @@ def _assemble(ckpt: Checkpoint, data, output: Path, opts: InferOptions, obs: pd.
         raise InputError(f"{parts}: {len(lost)} of {len(chunks)} chunks are missing after every process ended "
                          f"(the first holds rows {lost[0][0]}..{lost[0][1]}); the output's directory must be on a "
                          "file system every node sees")
-    empty = _write_output(ckpt, data, output, opts, obs, _read_chunks(ckpt, parts, chunks, opts))
+    empty = _write_output(ckpt, name, output, opts, obs, _read_chunks(ckpt, parts, chunks, opts))
     shutil.rmtree(parts)
     return empty
 
 
-def _write_output(ckpt: Checkpoint, data, output: Path, opts: InferOptions, obs: pd.DataFrame, results) -> int:
+def _write_output(ckpt: Checkpoint, name: str, output: Path, opts: InferOptions, obs: pd.DataFrame, results) -> int:
     """Write ``output`` (atomically) from ``results``, (first row, Outputs, cells without genes) in row
     order; returns the cells without genes."""
     n_cells = len(obs)
@@ -451,7 +462,7 @@ def _write_output(ckpt: Checkpoint, data, output: Path, opts: InferOptions, obs:
             # refresh=False: shown with the bar's next line, not one log line per chunk
             bar.set_postfix(cells_per_s=f"{bar.n / (time.perf_counter() - started):.0f}", refresh=False)
         bar.close()
-        _warn_cells(data, empty, output, non_finite, n_cells)
+        _warn_cells(name, empty, output, non_finite, n_cells)
         for name, values in scores.items():
             obs[name] = values
         uns = _write_predictions(f, obs, ckpt.task, pred) if pred is not None else {}
@@ -461,10 +472,10 @@ def _write_output(ckpt: Checkpoint, data, output: Path, opts: InferOptions, obs:
     return empty
 
 
-def _warn_cells(data, empty: int, output, non_finite: int, n_cells: int) -> None:
+def _warn_cells(name: str, empty: int, output, non_finite: int, n_cells: int) -> None:
     if empty:
         log.warning("%s: %d of %d cells have no expressed gene in the vocabulary; kept (their llh and "
-                    "gene_llh are NaN)", data, empty, n_cells)
+                    "gene_llh are NaN)", name, empty, n_cells)
     if non_finite:
         log.warning("%s: %d of %d cells have NaN or infinite outputs; the checkpoint's weights may be broken "
                     "(or a half --precision overflowed: try --precision 32)", output, non_finite, n_cells)
@@ -478,8 +489,8 @@ def infer_memory(ckpt: Checkpoint, adata, opts: InferOptions) -> tuple[dict[str,
 
 
 def infer_cells(ckpt: Checkpoint, data, opts: InferOptions) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
-    """``infer_memory`` over any input ``open_cells`` reads (an AnnData, an h5ad, a SOMA query), with
-    the obs of the cells read."""
+    """``infer_memory`` over any inputs ``open_cells`` reads (an AnnData, h5ad files, shard directories,
+    a SOMA query), with the obs of the cells read."""
     opts = opts.for_checkpoint(ckpt)
     device = resolve_devices(opts.device)[0]
     reader = open_cells(ckpt, data, opts)
@@ -538,19 +549,20 @@ def _write_predictions(f: h5py.File, obs: pd.DataFrame, task, pred: np.ndarray) 
 OVERLAP_WARN = 0.5  # below this share of genes or counts in the vocabulary, infer warns
 
 
-def _report_overlap(reader: CellReader, cells: int) -> None:
-    """How much of the data the model sees: genes in its vocabulary and their share of the counts
-    (over the first ``cells`` cells); a warning when either is below OVERLAP_WARN."""
-    matched = reader.column_ids >= 0
-    sample = reader.read_rows(0, min(reader.n_cells, cells))
-    total = float(sample.sum())
-    counts = float(sample[:, np.flatnonzero(matched)].sum()) / total if total else 0.0
-    text = (f"{reader.path}: {int(matched.sum())} of {len(matched)} genes ({matched.mean():.0%}) are in the model's "
-            f"vocabulary, holding {counts:.0%} of the counts (first {sample.shape[0]} cells)")
-    if min(matched.mean(), counts) < OVERLAP_WARN:
-        log.warning("%s; check --gene-col and the species (--species-embedding)", text)
-    else:
-        log.info("%s", text)
+def _report_overlap(reader: CellSources, cells: int) -> None:
+    """How much of each input the model sees: genes in its vocabulary and their share of the counts
+    (over the input's first ``cells`` cells; a shard directory's first shard); a warning when either
+    is below OVERLAP_WARN."""
+    for path, column_ids, sample in reader.samples(cells):
+        matched = column_ids >= 0
+        total = float(sample.sum())
+        counts = float(sample[:, np.flatnonzero(matched)].sum()) / total if total else 0.0
+        text = (f"{path}: {int(matched.sum())} of {len(matched)} genes ({matched.mean():.0%}) are in the model's "
+                f"vocabulary, holding {counts:.0%} of the counts (first {sample.shape[0]} cells)")
+        if min(matched.mean(), counts) < OVERLAP_WARN:
+            log.warning("%s; check --gene-col and the species (--species-embedding)", text)
+        else:
+            log.info("%s", text)
 
 
 def _non_finite_cells(res: Outputs, n_empty: int) -> int:
