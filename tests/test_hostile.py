@@ -692,3 +692,42 @@ def test_prompt_counts_have_one_range_and_unlabelled_cells_are_no_cell_type(run_
     assert "--label cell_type: 7 of 120 cells have no label; they are left out" in caplog.text
     types = pd.read_csv(tmp_path / "p" / "markers.csv")["cell_type"].tolist()
     assert "nan" not in types and len(types) == cells.obs["cell_type"].nunique()
+
+
+def _finetune_args(run_dir, out, *extra):
+    return ["train", "finetune/tiny", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32",
+            "strategy=auto", "logger=csv", "data.num_workers=0", f"init={run_dir / 'export'}", "trainer.max_steps=2",
+            "trainer.val_check_interval=1", "data.token_budget=512", "data.max_cells=8", "data.shuffle_buffer=20",
+            f"output_dir={out}", *extra]
+
+
+def test_cells_without_a_label_are_refused_or_dropped_on_request(run_dir, atlas, tmp_path, cli, caplog):
+    import anndata
+    import pandas as pd
+
+    cells = anndata.read_h5ad(atlas["h5ad"])
+    labels = cells.obs["cell_type"].astype(object)
+    labels.iloc[:30] = None  # the first shard's cells (20) and half the second's
+    cells.obs["cell_type"] = pd.Categorical(labels)
+    cells.obs["size"] = cells.X.sum(1).A1.astype(float)
+    cells.obs.loc[cells.obs_names[:7], "size"] = float("nan")
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    write_shards([tmp_path / "cells.h5ad"], "synth_alpha", tmp_path / "shards", cells_per_shard=20, processes=1,
+                 obs_keys=["size"])
+    h5ad = [f"data.files=[{tmp_path / 'cells.h5ad'}]", f"data.val_files=[{tmp_path / 'cells.h5ad'}]"]
+    shards = ["data.source=shards", f"data.shards={tmp_path / 'shards'}", f"data.val_shards={tmp_path / 'shards'}"]
+    cases = [(h5ad, [], "cell_type", 30), (h5ad, ["task=regression", "task.label_key=size"], "size", 7),
+             (shards, [], "cell_type", 30), (shards, ["task=regression", "task.label_key=size"], "size", 7)]
+    for i, (data, task, key, n) in enumerate(cases):
+        line = one_line_error(cli(*_finetune_args(run_dir, tmp_path / f"refused{i}", *data, *task)))
+        assert f"obs '{key}' has no value for {n} cells" in line and "task.missing_labels=drop" in line, (i, line)
+        assert not (tmp_path / f"refused{i}").exists()
+        caplog.clear()
+        done = cli(*_finetune_args(run_dir, tmp_path / f"dropped{i}", *data, *task, "task.missing_labels=drop"))
+        assert done.returncode == 0, (i, done.stderr[-3000:])
+        warned = [r.getMessage() for r in caplog.records if "task.missing_labels=drop" in r.getMessage()]
+        # one warning per data set read (training, held-out), each counting the cells it drops
+        assert len(warned) == 2 and all(f" {n} " in w for w in warned), (i, warned)
+        assert (tmp_path / f"dropped{i}" / "export" / "task.json").exists()
+    line = one_line_error(cli(*_finetune_args(run_dir, tmp_path / "x", *h5ad, "task.missing_labels=skip")))
+    assert "task.missing_labels" in line and "refuse, drop" in line, line
