@@ -731,3 +731,25 @@ def test_cells_without_a_label_are_refused_or_dropped_on_request(run_dir, atlas,
         assert (tmp_path / f"dropped{i}" / "export" / "task.json").exists()
     line = one_line_error(cli(*_finetune_args(run_dir, tmp_path / "x", *h5ad, "task.missing_labels=skip")))
     assert "task.missing_labels" in line and "refuse, drop" in line, line
+
+
+def test_prompt_programmes_reads_a_numeric_label_only_as_whole_number_categories(run_dir, atlas, tmp_path, cli):
+    import anndata
+    import numpy as np
+    import pandas as pd
+
+    ckpt = run_dir / "export"
+    cells = anndata.read_h5ad(atlas["h5ad"])
+    gene = cells.var["ensembl_id"].iloc[0]
+    cells.obs["size"] = np.asarray(cells.X.sum(1)).ravel() / 7.0  # a measurement: every cell its own "type"
+    cells.obs["cluster"] = (np.arange(cells.n_obs) % 3).astype(float)
+    cells.obs.loc[cells.obs_names[:4], "cluster"] = np.nan  # cluster ids as floats, as a NaN makes them
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    ask = ["prompt", "programmes", "--checkpoint", ckpt, "--species", "synth_alpha", "--data", tmp_path / "cells.h5ad",
+           "--candidates", gene, "--cells", "2", "--markers", "2"]
+    line = one_line_error(cli(*ask, "--label", "size", "--output", tmp_path / "p"))
+    assert "--label size: holds numbers such as" in line and "categorical or string obs column" in line, line
+    assert not (tmp_path / "p").exists()
+    done = cli(*ask, "--label", "cluster", "--output", tmp_path / "c")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert pd.read_csv(tmp_path / "c" / "markers.csv", dtype=str)["cluster"].tolist() == ["0", "1", "2"]
