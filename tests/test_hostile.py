@@ -753,3 +753,14 @@ def test_prompt_programmes_reads_a_numeric_label_only_as_whole_number_categories
     done = cli(*ask, "--label", "cluster", "--output", tmp_path / "c")
     assert done.returncode == 0, done.stderr[-2000:]
     assert pd.read_csv(tmp_path / "c" / "markers.csv", dtype=str)["cluster"].tolist() == ["0", "1", "2"]
+
+
+def test_more_devices_than_the_machine_has_are_refused_before_any_process_starts(atlas, tmp_path, cli):
+    cpus, gpus = os.cpu_count(), torch.cuda.device_count()
+    line = one_line_error(cli(*train_args(atlas, tmp_path / "run", "trainer.max_steps=1",
+                                          f"trainer.devices={cpus + 1}")))  # was that many processes
+    assert f"trainer.devices={cpus + 1} but this machine has {cpus} CPUs; set trainer.devices={cpus} or fewer" in line
+    line = one_line_error(cli(*train_args(atlas, tmp_path / "run", "trainer.max_steps=1", "trainer.accelerator=gpu",
+                                          f"trainer.devices={gpus + 1}", "trainer.num_nodes=2")))
+    assert f"trainer.devices={gpus + 1} but this machine has {gpus} CUDA devices" in line, line
+    assert not (tmp_path / "run").exists()
