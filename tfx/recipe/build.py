@@ -72,8 +72,6 @@ def build(cfg: DictConfig, src: str = "recipe", device: str | None = None) -> Bu
     objective_cls.check(r, src)
     registered(STRATEGIES, r.strategy.name, src)
     registered(LOGGERS, r.logger.name, src)
-    if device != "meta":  # --check may run where the training will not (a login node)
-        _check_devices(r.trainer, src)
     ft = finetune.settings(r, src) if objective_cls.needs_task else None
     model.seed(r.seed)  # a new model's random weights
     ckpt = model.checkpoint(r, src, device)
@@ -81,6 +79,8 @@ def build(cfg: DictConfig, src: str = "recipe", device: str | None = None) -> Bu
     objective = objective_cls(ObjectiveSettings(r.objective, r.optim, r.optim.total_steps or r.trainer.max_steps,
                                                 list(r.freeze), ckpt.task, ft))
     out = Path(r.output_dir)
+    if device != "meta":  # the recipe's own errors first; --check may run where the training will not (a login node)
+        _check_devices(r.trainer, src)
     return Build(
         output_dir=out, seed=r.seed, checkpoint=ckpt, objective=objective, sources=data.sources(r, ckpt, src),
         has_validation=bool(r.data.val_files if r.data.source == DataSource.h5ad else r.data.val_shards),
@@ -105,6 +105,9 @@ def _check_devices(t: TrainerSchema, src: str) -> None:
         have, what = os.cpu_count() or 1, "CPUs"
     else:
         return
+    if gpu and not have:
+        raise RecipeError(f"{src}: trainer.devices={t.devices} but this machine has no CUDA device; "
+                          "set trainer.accelerator=cpu, or run where the GPUs are")
     if t.devices > have:
         raise RecipeError(f"{src}: trainer.devices={t.devices} but this machine has {have} {what}; set "
                           f"trainer.devices={have} or fewer (per machine; trainer.num_nodes counts machines)")
