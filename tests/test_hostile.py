@@ -580,7 +580,7 @@ def test_a_full_disk_in_generate_export_and_train_is_exit_1_with_nothing_half_wr
         err = proc.stderr.strip().splitlines()
         assert err[-1].startswith(f"tfx {argv[0]}: failed: No space left on device"), (argv[0], err[-3:])
         assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-        assert sorted(p.name for p in disk.rglob("*") if p.is_file()) == ["filler"], argv[0]
+        assert sorted(p.name for p in disk.rglob("*")) == ["filler"], argv[0]  # no file, no folder it made
 
 
 @pytest.mark.parametrize("override,message", [
@@ -692,3 +692,76 @@ def test_prompt_counts_have_one_range_and_unlabelled_cells_are_no_cell_type(run_
     assert "--label cell_type: 7 of 120 cells have no label; they are left out" in caplog.text
     types = pd.read_csv(tmp_path / "p" / "markers.csv")["cell_type"].tolist()
     assert "nan" not in types and len(types) == cells.obs["cell_type"].nunique()
+
+
+def _finetune_args(run_dir, out, *extra):
+    return ["train", "finetune/tiny", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32",
+            "strategy=auto", "logger=csv", "data.num_workers=0", f"init={run_dir / 'export'}", "trainer.max_steps=2",
+            "trainer.val_check_interval=1", "data.token_budget=512", "data.max_cells=8", "data.shuffle_buffer=20",
+            f"output_dir={out}", *extra]
+
+
+def test_cells_without_a_label_are_refused_or_dropped_on_request(run_dir, atlas, tmp_path, cli, caplog):
+    import anndata
+    import pandas as pd
+
+    cells = anndata.read_h5ad(atlas["h5ad"])
+    labels = cells.obs["cell_type"].astype(object)
+    labels.iloc[:30] = None  # the first shard's cells (20) and half the second's
+    cells.obs["cell_type"] = pd.Categorical(labels)
+    cells.obs["size"] = cells.X.sum(1).A1.astype(float)
+    cells.obs.loc[cells.obs_names[:7], "size"] = float("nan")
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    write_shards([tmp_path / "cells.h5ad"], "synth_alpha", tmp_path / "shards", cells_per_shard=20, processes=1,
+                 obs_keys=["size"])
+    h5ad = [f"data.files=[{tmp_path / 'cells.h5ad'}]", f"data.val_files=[{tmp_path / 'cells.h5ad'}]"]
+    shards = ["data.source=shards", f"data.shards={tmp_path / 'shards'}", f"data.val_shards={tmp_path / 'shards'}"]
+    cases = [(h5ad, [], "cell_type", 30), (h5ad, ["task=regression", "task.label_key=size"], "size", 7),
+             (shards, [], "cell_type", 30), (shards, ["task=regression", "task.label_key=size"], "size", 7)]
+    for i, (data, task, key, n) in enumerate(cases):
+        line = one_line_error(cli(*_finetune_args(run_dir, tmp_path / f"refused{i}", *data, *task)))
+        assert f"obs '{key}' has no value for {n} cells" in line and "task.missing_labels=drop" in line, (i, line)
+        assert not (tmp_path / f"refused{i}").exists()
+        caplog.clear()
+        done = cli(*_finetune_args(run_dir, tmp_path / f"dropped{i}", *data, *task, "task.missing_labels=drop"))
+        assert done.returncode == 0, (i, done.stderr[-3000:])
+        warned = [r.getMessage() for r in caplog.records if "task.missing_labels=drop" in r.getMessage()]
+        # one warning per data set read (training, held-out), each counting the cells it drops
+        assert len(warned) == 2 and all(f" {n} " in w for w in warned), (i, warned)
+        assert (tmp_path / f"dropped{i}" / "export" / "task.json").exists()
+    line = one_line_error(cli(*_finetune_args(run_dir, tmp_path / "x", *h5ad, "task.missing_labels=skip")))
+    assert "task.missing_labels" in line and "refuse, drop" in line, line
+
+
+def test_prompt_programmes_reads_a_numeric_label_only_as_whole_number_categories(run_dir, atlas, tmp_path, cli):
+    import anndata
+    import numpy as np
+    import pandas as pd
+
+    ckpt = run_dir / "export"
+    cells = anndata.read_h5ad(atlas["h5ad"])
+    gene = cells.var["ensembl_id"].iloc[0]
+    cells.obs["size"] = np.asarray(cells.X.sum(1)).ravel() / 7.0  # a measurement: every cell its own "type"
+    cells.obs["cluster"] = (np.arange(cells.n_obs) % 3).astype(float)
+    cells.obs.loc[cells.obs_names[:4], "cluster"] = np.nan  # cluster ids as floats, as a NaN makes them
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    ask = ["prompt", "programmes", "--checkpoint", ckpt, "--species", "synth_alpha", "--data", tmp_path / "cells.h5ad",
+           "--candidates", gene, "--cells", "2", "--markers", "2"]
+    line = one_line_error(cli(*ask, "--label", "size", "--output", tmp_path / "p"))
+    assert "--label size: holds numbers such as" in line and "categorical or string obs column" in line, line
+    assert not (tmp_path / "p").exists()
+    done = cli(*ask, "--label", "cluster", "--output", tmp_path / "c")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert pd.read_csv(tmp_path / "c" / "markers.csv", dtype=str)["cluster"].tolist() == ["0", "1", "2"]
+
+
+def test_more_devices_than_the_machine_has_are_refused_before_any_process_starts(atlas, tmp_path, cli):
+    cpus, gpus = os.cpu_count(), torch.cuda.device_count()
+    line = one_line_error(cli(*train_args(atlas, tmp_path / "run", "trainer.max_steps=1",
+                                          f"trainer.devices={cpus + 1}")))  # was that many processes
+    assert f"trainer.devices={cpus + 1} but this machine has {cpus} CPUs; set trainer.devices={cpus} or fewer" in line
+    line = one_line_error(cli(*train_args(atlas, tmp_path / "run", "trainer.max_steps=1", "trainer.accelerator=gpu",
+                                          f"trainer.devices={gpus + 1}", "trainer.num_nodes=2")))
+    assert f"trainer.devices={gpus + 1} but this machine has {f'{gpus} CUDA devices' if gpus else 'no CUDA device'}" \
+        in line, line
+    assert not (tmp_path / "run").exists()

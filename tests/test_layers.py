@@ -33,6 +33,23 @@ def test_no_undefined_or_unused_names():
 HEAVY = ("lightning", "pytorch_lightning", "deepspeed")
 
 
+def _help_commands() -> list[list[str]]:
+    from tfx.cli import COMMANDS
+    from tfx.generate.options import QUESTIONS
+
+    return [[], *([c] for c in COMMANDS), *(["prompt", q] for q in QUESTIONS)]
+
+
+@pytest.mark.parametrize("command", _help_commands(), ids=lambda c: " ".join(c) or "tfx")
+def test_help_of_every_command_imports_no_torch(command):
+    """--help answers at once: a command's parser is built from its options, declared apart from its code."""
+    code = (f"import sys; from tfx.cli import main\ntry:\n    main({[*command, '--help']!r})\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'anndata', 'lightning') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and "usage: tfx" in done.stdout, done.stderr[-2000:]
+    assert "HEAVY []" in done.stdout
+
+
 @pytest.mark.parametrize("command", ["registry", "shard"])
 def test_commands_that_do_not_train_import_no_training_stack(command, tmp_path):
     args = ["registry"]

@@ -190,6 +190,7 @@ def test_a_preset_names_the_species_it_lacks(data, tmp_path):
     ("data.weights=[1,-1]", r"tiny\.yaml: data\.weights\[1\]=-1\.0 must be >= 0$"),
     ("trainer.devices=0", r"tiny\.yaml: trainer\.devices=0 must be a count \(at least 1\), -1 \(all\) or auto$"),
     ("model.embed_dim=31", r"tiny\.yaml: model: embed_dim 31 is not divisible by num_heads 4$"),
+    ("model.seq_len=1", r"tiny\.yaml: model: seq_len is 1; it must be at least 2 \(\[START\] and one gene\)$"),
 ])
 def test_schema_errors_are_one_line_with_key_and_recipe_file(override, message, data, tmp_path, capsys):
     with pytest.raises(RecipeError, match=message) as err:

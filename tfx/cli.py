@@ -16,8 +16,8 @@ from tfx.options import Help, Parser, add_arguments, from_args
 
 COMMANDS = {  # name: (help, its options dataclass: "module:Class", or a class of tfx.commands)
     "registry": ("list registered components, plugins included", "RegistryCommand"),
-    "infer": ("cell / contextual-gene embeddings and log-likelihoods for an h5ad", "tfx.infer.run:InferCommand"),
-    "generate": ("sample cells from a checkpoint (an h5ad of raw counts)", "tfx.generate.run:GenerateCommand"),
+    "infer": ("cell / contextual-gene embeddings and log-likelihoods for an h5ad", "tfx.infer.options:InferCommand"),
+    "generate": ("sample cells from a checkpoint (an h5ad of raw counts)", "tfx.generate.options:GenerateCommand"),
     "prompt": ("ask a checkpoint: next gene, gene-gene effects, cell-type programmes", None),
     "shard": ("h5ad files or SOMA experiments of one species -> WebDataset shards for any model", "ShardCommand"),
     "embed-proteins": ("per-gene ESM-2 embeddings of a protein FASTA, as a species gene h5", "EmbedProteinsCommand"),
@@ -223,7 +223,7 @@ def build_parser(only: str | None = None) -> Parser:
             p.set_defaults(options=getattr(import_module(module), cls))
             add_arguments(p, p.get_default("options"))
             continue
-        from tfx.generate.ask import QUESTIONS
+        from tfx.generate.options import QUESTIONS
 
         questions = p.add_subparsers(dest="query", required=True, help="the question asked")
         for query, cls in QUESTIONS.items():  # each one's help: its options' docstring

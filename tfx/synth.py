@@ -23,6 +23,7 @@ on import, so the other commands accept them by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -66,7 +67,22 @@ def synth_atlas(output: str | os.PathLike, species: int = 3, cells: int = 600, g
         raise ValueError(f"need at least 1 cell and 40 orthologous genes per species, got {cells} cells and "
                          f"{genes} genes x {ortholog_fraction} ortholog fraction")
     output = Path(output)
+    created = [p for p in (output, *output.parents) if not p.exists()]  # mkdir's, removed again on failure
     output.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        return _write_atlas(output, species, cells, genes, ortholog_fraction, embedding_dim, seed, written)
+    except BaseException:  # a full disk, Ctrl-C: leave nothing this call wrote (each file is written atomically)
+        for path in written:
+            path.unlink(missing_ok=True)
+        for directory in created:  # the deepest first
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+
+
+def _write_atlas(output: Path, species: int, cells: int, genes: int, ortholog_fraction: float, embedding_dim: int,
+                 seed: int, written: list[Path]) -> dict:
     shared = _shared_biology(np.random.default_rng(seed), round(genes * ortholog_fraction), embedding_dim)
     summary = {"output": str(output), "seed": seed, "embedding_dim": embedding_dim,
                "cell_types": list(CELL_TYPES), "species": {}}
@@ -75,7 +91,9 @@ def synth_atlas(output: str | os.PathLike, species: int = 3, cells: int = 600, g
         adata, table = _species_atlas(rng, name, k, shared, cells, genes)
         h5ad_path, gene_path = output / f"{name}.h5ad", output / f"{name}_gene.h5"
         write_h5ad(adata, h5ad_path)
+        written.append(h5ad_path)
         write_gene_embeddings(gene_path, list(adata.var["ensembl_id"]), table)
+        written.append(gene_path)
         per_cell = np.diff(adata.X.indptr)
         summary["species"][name] = {
             "h5ad": str(h5ad_path), "gene_h5": str(gene_path), "cells": adata.n_obs, "genes": adata.n_vars,

@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tfx.data import MAX_COUNT
 from tfx.data.labels import LabelCodec
 from tfx.errors import InputError
 from tfx.tokenize import Preprocessing
 from tfx.vocab.aux import aux_token_ids
 
 log = logging.getLogger(__name__)
-MAX_COUNT = 1e9  # no raw count of one gene in one cell comes near; 1e30 is a unit or scaling mistake
 
 
 def strip_version(gene_ids) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Training targets from an obs column, one codec for h5ad files and shards: class indices for a
-categorical task, numbers for regression. A cell without a value is refused, never a class "nan"."""
+categorical task, numbers for regression. A cell without a value is refused, never a class "nan";
+where the recipe asks (``task.missing_labels=drop``), the readers drop such cells instead."""
 
 from __future__ import annotations
 
@@ -12,17 +13,24 @@ import pandas as pd
 from tfx.errors import InputError
 
 
-def _missing(values) -> np.ndarray:
+def missing(values) -> np.ndarray:
+    """[cells] bool: the cells without a value (None, NaN, pd.NA)."""
     return pd.isna(pd.Series(values, dtype=object)).to_numpy()
 
 
-def discover_classes(values: Iterable, key: str, where: str) -> list[str]:
-    """The sorted classes of obs ``key``'s values; at least two, none missing."""
-    values = list(values)
-    missing = int(_missing(values).sum()) if values else 0
-    if missing:
-        raise InputError(f"{where}: obs '{key}' has no value for {missing} cells; drop those cells or fill the column")
-    classes = sorted({str(v) for v in values})
+def refuse_missing(key: str, n: int, where: str) -> None:
+    if n:
+        raise InputError(f"{where}: obs '{key}' has no value for {n} cells; fill the column, drop those cells, "
+                         "or set task.missing_labels=drop to train on the rest")
+
+
+def discover_classes(values: Iterable, key: str, where: str, drop_missing: bool = False) -> list[str]:
+    """The sorted classes of obs ``key``'s values; at least two, none missing (unless dropped)."""
+    values = np.asarray(list(values), dtype=object)
+    absent = missing(values) if len(values) else np.zeros(0, dtype=bool)
+    if not drop_missing:
+        refuse_missing(key, int(absent.sum()), where)
+    classes = sorted({str(v) for v in values[~absent]})
     if len(classes) < 2:
         raise InputError(f"{where}: the training data has {len(classes)} value(s) of '{key}'; "
                          "classification needs at least 2")
@@ -31,10 +39,12 @@ def discover_classes(values: Iterable, key: str, where: str) -> list[str]:
 
 @dataclass
 class LabelCodec:
-    """obs ``key`` as targets: the index in ``classes``, or (``classes`` None) the number itself."""
+    """obs ``key`` as targets: the index in ``classes``, or (``classes`` None) the number itself.
+    With ``drop_missing`` a cell without a value encodes as -1 (or NaN) and its reader drops it."""
 
     key: str
     classes: list[str] | None = None
+    drop_missing: bool = False
 
     def __post_init__(self):
         self._index = None if self.classes is None else {c: i for i, c in enumerate(self.classes)}
@@ -46,10 +56,15 @@ class LabelCodec:
     def encode(self, values, where: str) -> np.ndarray:
         """[cells] int64 class indices, or float32 numbers for regression."""
         values = np.asarray(values, dtype=object)
-        missing = _missing(values)
-        if missing.any():
-            raise InputError(f"{where}: obs '{self.key}' has no value for {int(missing.sum())} cells; "
-                             "drop those cells or fill the column")
+        absent = missing(values)
+        if absent.any():
+            if not self.drop_missing:
+                refuse_missing(self.key, int(absent.sum()), where)
+            out = np.full(len(values), np.nan if self._index is None else -1,
+                          dtype=np.float32 if self._index is None else np.int64)
+            if not absent.all():
+                out[~absent] = self.encode(values[~absent], where)
+            return out
         if self._index is None:
             try:
                 numbers = values.astype(np.float32)

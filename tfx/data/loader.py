@@ -30,7 +30,8 @@ resumes in the same epoch without them. Cells in flight at the checkpoint come a
 shard (a trainer that fetches a batch ahead may lose that one batch's cells instead). Resuming
 needs the same seed, rank and world size.
 
-Cells with no gene in the vocabulary are skipped and counted (``stats["skipped_cells"]``). A shard
+Cells with no gene in the vocabulary, and cells without a label that ``labels`` drops, are skipped and
+counted (``stats["skipped_cells"]``). A shard
 that cannot be opened, does not decode, or holds fewer cells than its header says (tar readers stop
 silently at a truncation) raises ``ShardError`` naming it, or with ``on_corrupt="skip"`` is logged by
 name, counted and left (cells read before the damage are kept).
@@ -52,7 +53,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from tfx.data.labels import LabelCodec
+from tfx.data.labels import LabelCodec, missing
 from tfx.data import store
 from tfx.data.shards import MANIFEST, ShardError, read_shard
 from tfx.data.store import is_url
@@ -123,11 +124,9 @@ def _manifest(data: bytes, where: str) -> list:
                          "re-write the shards with tfx shard") from None
 
 
-def manifest_classes(spec: str | list[str], key: str) -> list[str]:
-    """The classes of obs ``key`` that ``tfx shard`` recorded in the manifests a source names."""
-    if not isinstance(spec, str):
-        return sorted({c for part in spec for c in manifest_classes(part, key)})
-    values = None
+def _manifest_record(spec: str, field: str) -> dict:
+    """The manifest's ``field`` ({obs key: ...}) where ``spec`` names a manifest or a directory
+    holding one; {} without a manifest or the field."""
     if is_url(spec):
         path = spec if spec.endswith(".json") else store.join(spec, MANIFEST)
         data = store.read_bytes(path) if spec.endswith(".json") or store.kind(path) == "file" else None
@@ -141,16 +140,35 @@ def manifest_classes(spec: str | list[str], key: str) -> list[str]:
             except OSError as err:
                 raise InputError(f"{path}: not a readable shard manifest ({type(err).__name__}); "
                                  "re-write the shards with tfx shard") from None
-    if data is not None:
-        try:
-            values = json.loads(data).get("obs_values", {}).get(key)
-        except (ValueError, AttributeError) as err:
-            raise InputError(f"{path}: not a readable shard manifest ({type(err).__name__}); "
-                             "re-write the shards with tfx shard") from None
+    if data is None:
+        return {}
+    try:
+        record = json.loads(data).get(field, {})
+    except (ValueError, AttributeError) as err:
+        raise InputError(f"{path}: not a readable shard manifest ({type(err).__name__}); "
+                         "re-write the shards with tfx shard") from None
+    return record if isinstance(record, dict) else {}
+
+
+def manifest_classes(spec: str | list[str], key: str) -> list[str]:
+    """The classes of obs ``key`` that ``tfx shard`` recorded in the manifests a source names."""
+    if not isinstance(spec, str):
+        return sorted({c for part in spec for c in manifest_classes(part, key)})
+    values = _manifest_record(spec, "obs_values").get(key)
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise InputError(f"{spec}: no manifest lists the values of obs '{key}'; re-write the shards with "
                          f"tfx shard --obs-keys {key}, or name the classes (task.classes=[A,B,...])")
     return values
+
+
+def manifest_missing(spec: str | list[str], key: str) -> int | None:
+    """How many cells of a source have no value of obs ``key``, as ``tfx shard`` counted them; None
+    where no manifest counts them (shards written before the count, or named one by one)."""
+    counts = [manifest_missing(part, key) for part in spec] if not isinstance(spec, str) else \
+        [_manifest_record(spec, "obs_missing").get(key)]
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+        return None
+    return sum(counts)
 
 
 def _manifest_entry(name, manifest: str) -> str:
@@ -251,13 +269,14 @@ class _CellStream(torch.utils.data.IterableDataset):
                 read += 1
                 ids = table[genes]
                 keep = ids >= 0
-                if not keep.any():
+                label = ld.label(meta, url) if keep.any() else None
+                if label is None and (ld.labels is not None or not keep.any()):  # no gene, or a dropped label
                     progress.skipped += 1
                     continue
                 ids, counts = ld.preprocessing(ids[keep], counts[keep], rng)
                 progress.pending[shard] += 1
                 used += 1
-                yield shard, ids, counts, ld.aux_ids(meta), ld.label(meta, url)
+                yield shard, ids, counts, ld.aux_ids(meta), label
         except ShardError as err:
             if ld.on_corrupt == "raise":
                 raise ShardError(f"{err}; re-write the shard with tfx shard, or pass on_corrupt='skip' "
@@ -371,14 +390,18 @@ class ShardLoader:
         return aux_token_ids(self.aux_vocabs, {col: [obs.get(col)] for col in self.aux_vocabs}, 1)[0].tolist()
 
     def label(self, meta: dict, url: str):
-        """The cell's encoded label (``LabelCodec``), None without a task."""
+        """The cell's encoded label (``LabelCodec``); None without a task, or for a cell without a
+        value that the codec drops."""
         if self.labels is None:
             return None
         obs = meta.get("obs", {})
         if self.labels.key not in obs:
             raise InputError(f"{url}: a cell has no obs '{self.labels.key}'; re-write the shards with "
                              f"tfx shard --obs-keys {self.labels.key}")
-        return self.labels.encode([obs[self.labels.key]], url)[0]
+        value = obs[self.labels.key]
+        if self.labels.drop_missing and missing([value])[0]:
+            return None
+        return self.labels.encode([value], url)[0]
 
     def __iter__(self) -> Iterator[TokenBatch]:
         self._base, self._yielded = self._shard_state(), 0

@@ -8,6 +8,7 @@ continues exactly where it stopped.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -15,25 +16,36 @@ import torch
 from torch.utils.data import IterableDataset
 
 from tfx.data.anndata import CellReader
-from tfx.data.labels import LabelCodec
+from tfx.data.labels import LabelCodec, missing
 from tfx.errors import InputError
 from tfx.tokenize import Preprocessing
 from tfx.tokenize.batches import BatchPlanner, BatchSpec
 
+log = logging.getLogger(__name__)
+
 
 def read_cells(files, lookup, aux_vocabs: dict, gene_col: str, labels: LabelCodec | None = None):
-    """(cells, aux ids, labels) of every cell with an in-vocabulary gene in ``files``."""
+    """(cells, aux ids, labels) of every cell with an in-vocabulary gene in ``files`` (and, where
+    ``labels`` drops them, a label)."""
     cells, aux, encoded = [], [], []
+    dropped = total = 0
     for path in files:
         reader = CellReader(path, lookup, gene_col=gene_col, aux_vocabs=aux_vocabs, labels=labels)
+        total += reader.n_cells
         for chunk in reader.chunks():
-            keep = [i for i, (ids, _) in enumerate(chunk.cells) if len(ids)]  # a cell without genes teaches nothing
+            unlabelled = missing(chunk.obs[labels.key]) if labels is not None else np.zeros(len(chunk.cells), bool)
+            dropped += int(unlabelled.sum())
+            # a cell without genes teaches nothing; one without a label is here only when dropping is asked for
+            keep = [i for i, (ids, _) in enumerate(chunk.cells) if len(ids) and not unlabelled[i]]
             cells += [chunk.cells[i] for i in keep]
             if chunk.aux_ids is not None:
                 aux.append(chunk.aux_ids[keep])
             if chunk.labels is not None:
                 encoded.append(chunk.labels[keep])
         reader.close()
+    if dropped:
+        log.warning("%s: dropped %d of %d cells that have no value in obs '%s' (task.missing_labels=drop)",
+                    ", ".join(map(str, files)), dropped, total, labels.key)
     return cells, (np.concatenate(aux) if aux else None), (np.concatenate(encoded) if labels else None)
 
 

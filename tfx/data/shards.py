@@ -280,6 +280,7 @@ def _write_shard(opts: _Options, task: _Task) -> dict:
               "genes": table}
     chunk = max(16, min(4096, CHUNK_VALUES // len(table)))
     seen = {k: set() for k in keys}
+    unset = dict.fromkeys(keys, 0)  # cells without a value, per key
     with out.writing(task.name) as tmp:
         with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:  # fixed mtime: identical re-runs
             tar.write({"__key__": HEADER_KEY, "json": _dumps(header)})
@@ -287,6 +288,7 @@ def _write_shard(opts: _Options, task: _Task) -> dict:
                 obs = reader.obs.iloc[first : first + len(cells)]
                 values = [[_json_value(v) for v in obs[k].tolist()] for k in keys]
                 for k, col in zip(keys, values):
+                    unset[k] += col.count(None)
                     if seen[k] is not None:
                         seen[k].update(str(v) for v in col if v is not None)
                         seen[k] = seen[k] if len(seen[k]) <= MAX_LISTED_VALUES else None
@@ -302,7 +304,7 @@ def _write_shard(opts: _Options, task: _Task) -> dict:
     record = {"name": task.name, "source": task.source, "dataset": task.dataset, "rows": [task.start, task.stop],
               "cells": task.stop - task.start, "genes": int(expressed.sum()), "gene_table": len(table),
               "nonzero": nonzero, "bytes": size,
-              "obs_values": {k: None if v is None else sorted(v) for k, v in seen.items()}}
+              "obs_values": {k: None if v is None else sorted(v) for k, v in seen.items()}, "obs_missing": unset}
     out.write_text(f"{PROGRESS}/{task.name}.json", json.dumps(record, sort_keys=True))
     return record
 
@@ -431,10 +433,23 @@ def _write_planned(out: Location, opts: _Options, plan: dict, tasks: list, proce
         _remove_stale_temporaries(out)  # a killed worker cannot clean up
 
     manifest = {**plan, "cells": sum(r["cells"] for r in records.values()),
-                "obs_values": _obs_values(records.values()), "shards": [records[t.name] for t in tasks]}
+                "obs_values": _obs_values(records.values()), "obs_missing": _obs_missing(records.values()),
+                "shards": [records[t.name] for t in tasks]}
     out.write_text(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     return {"output": str(out), "manifest": out.child(MANIFEST), "shards": len(tasks), "written": len(todo),
             "cells": manifest["cells"], "seconds": time.perf_counter() - started}
+
+
+def _obs_missing(records) -> dict[str, int | None]:
+    """Each stored obs key's count of cells without a value; None where a shard's record (written
+    before this count) lacks it."""
+    total: dict[str, int | None] = {}
+    for record in records:
+        counts = record.get("obs_missing", {})
+        for key in record.get("obs_values", {}):
+            have, n = total.get(key, 0), counts.get(key)
+            total[key] = None if have is None or n is None else have + n
+    return total
 
 
 def _obs_values(records) -> dict[str, list[str] | None]:

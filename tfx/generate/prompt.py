@@ -171,6 +171,35 @@ def marker_recovery(ckpt: Checkpoint, species: Species, adata, *, cells: int = 6
     return {"cells": cells, "seed": seed, "types": types, "mean": mean}
 
 
+MAX_TYPES = 1000  # more distinct labels are cell ids or measurements, not cell types
+
+
+def cell_types(column: pd.Series, label: str) -> np.ndarray:
+    """[cells] each cell's type as a string, None where it has none. A numeric column is a set of
+    categories only when its values are whole numbers (cluster ids, often floats beside a NaN):
+    they read as "3", never "3.0"; other numbers are measurements, refused."""
+    labelled = column.notna().to_numpy()
+    if not labelled.any():
+        raise InputError(f"--label {label}: no cell of the data has a label; pass a labelled column")
+    if not labelled.all():  # not a type named 'nan'
+        log.warning("--label %s: %d of %d cells have no label; they are left out", label, (~labelled).sum(),
+                    len(labelled))
+    values = column.to_numpy()
+    if pd.api.types.is_float_dtype(column.dtype):
+        numbers = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        whole = np.isfinite(numbers) & (numbers == np.round(numbers)) & (np.abs(numbers) < 2**53)
+        if (labelled & ~whole).any():
+            raise InputError(f"--label {label}: holds numbers such as {numbers[labelled & ~whole][0]:g}, not cell "
+                             "types; pass a categorical or string obs column (or whole-number cluster ids)")
+        values = np.where(labelled, numbers, 0).astype(np.int64)
+    labels = np.where(labelled, values.astype(str), None)
+    n_types = len(set(labels[labelled]))
+    if n_types > MAX_TYPES:
+        raise InputError(f"--label {label}: holds {n_types} distinct values, more than {MAX_TYPES} cell types; "
+                         "pass an obs column of cell types")
+    return labels
+
+
 def type_markers(adata, label: str, vocab_ids: np.ndarray, n: int) -> dict[str, list[int]]:
     """Each label's ``n`` most expressed marker genes in the vocabulary: highest mean log1p of
     normalised counts in the type minus the mean over the other types."""
@@ -180,13 +209,8 @@ def type_markers(adata, label: str, vocab_ids: np.ndarray, n: int) -> dict[str, 
     totals = np.asarray(X.sum(axis=1)).ravel()
     logn = sp.diags(1e4 / np.maximum(totals, 1)) @ X
     logn.data = np.log1p(logn.data)
-    labelled = adata.obs[label].notna().to_numpy()
-    if not labelled.any():
-        raise InputError(f"--label {label}: no cell of the data has a label; pass a labelled column")
-    if not labelled.all():  # not a type named 'nan'
-        log.warning("--label %s: %d of %d cells have no label; they are left out", label, (~labelled).sum(),
-                    len(labelled))
-    labels = np.where(labelled, adata.obs[label].astype(str).to_numpy(), None)
+    labels = cell_types(adata.obs[label], label)
+    labelled = pd.notna(labels)
     types = sorted(set(labels[labelled]))
     means = np.stack([np.asarray(logn[labels == t].mean(axis=0)).ravel() for t in types])
     in_vocab = vocab_ids >= 0

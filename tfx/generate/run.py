@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
 
 import anndata
 import numpy as np
@@ -17,48 +15,14 @@ import torch
 from tfx.atomic import write_h5ad
 from tfx.checkpoint import Checkpoint
 from tfx.errors import InputError
-from tfx.generate.sample import ORDERS, parse_prompt, sample_cells, species_of
-from tfx.options import Device, Input, Options, Output, PositiveFloat, PositiveInt, Seed, group, option
-from tfx.outputs import FileOutput
+from tfx.generate.options import GenerateCommand, GenerateOptions  # noqa: F401 (tfx.generate.run's API)
+from tfx.generate.sample import parse_prompt, sample_cells, species_of
 
 log = logging.getLogger(__name__)
 
 EXACT = "exact: drawn from the checkpoint's causal count head"
 APPROXIMATE = ("approximate: the softmax count head's logit read as a per-position log-rate (its softmax over the "
                "whole cell and the cell's total count are not known while the cell is drawn)")
-
-
-@dataclass(frozen=True, kw_only=True)
-class GenerateOptions(Options):
-    """What is sampled: `tfx generate`'s options and ``tfx.generate``'s arguments."""
-
-    species: str = option(help="a species of the checkpoint's vocabulary")
-    n_cells: PositiveInt = option(help="cells to sample, %(type)s")
-    assay: str | None = option(None, help="assay token (default: unknown)")
-    prompt: str | None = option(None, help="GENE[:COUNT],... that every cell starts with")
-    order: Literal[ORDERS] = option(  # type: ignore[valid-type]
-        "var", help="var: genes in vocabulary (var) order, as cells are read; free: any order the model prefers "
-                    "(kept in obsm['generation_order'])")
-    temperature: PositiveFloat = option(1.0, help="softmax temperature of each gene draw, %(type)s")
-    top_k: PositiveInt | None = option(None, help="draw among the k likeliest genes only, %(type)s")
-    max_genes: PositiveInt | None = option(None, help="most genes per cell, %(type)s (default: seq_len - 1)")
-    seed: Seed = option(0, help="random seed, %(type)s")
-    batch_size: PositiveInt = option(64, help="cells sampled at once, %(type)s")
-    device: Device = option("auto", help="auto: CUDA when present")
-
-
-@dataclass(frozen=True, kw_only=True)
-class GenerateCommand(Options):
-    """`tfx generate`: the checkpoint read and the h5ad written, then what is sampled. In Python the
-    checkpoint is ``tfx.load(path, attention=...)``'s and ``tfx.generate(model, ...)`` returns the cells."""
-
-    checkpoint: Annotated[str, Input("dir")] = option(python=("path", "model"),
-                                                      help="checkpoint directory (official release or tfx export)")
-    output: Annotated[str, Output("file", "the .h5ad file", FileOutput("h5ad"))] = option(python=None, help="output h5ad")
-    overwrite: bool = option(False, python=None, help="replace an existing output of the kind this command writes "
-                                                       "(never anything else)")
-    attention: str | None = option(None, help="attention backend of the full forward (registry name)")
-    options: GenerateOptions = group(GenerateOptions)
 
 
 def generate_file(ckpt: Checkpoint, output: str | os.PathLike, opts: GenerateOptions, device: torch.device) -> dict:

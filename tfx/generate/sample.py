@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tfx.checkpoint import Checkpoint
-from tfx.data.anndata import MAX_COUNT
+from tfx.data import MAX_COUNT
 from tfx.data.preprocess import preprocessing
 from tfx.errors import ConfigError, InputError
 from tfx.model.likelihoods import log_expm1
@@ -30,7 +30,6 @@ from tfx.progress import progress
 from tfx.vocab.aux import aux_token_ids
 from tfx.vocab.species import species_for_file
 
-ORDERS = ("var", "free")
 
 
 @dataclass

@@ -69,6 +69,8 @@ class ModelConfig:
                 raise ConfigError(f"{f.name} is {value!r}, not {'an' if f.type == 'int' else 'a'} {f.type}")
             if f.type == "int" and f.name != "aux_len" and value < 1:
                 raise ConfigError(f"{f.name} is {value}; it must be at least 1")
+        if self.seq_len < 2:  # position 0 is [START]: a shorter cell holds no gene to learn or embed
+            raise ConfigError(f"seq_len is {self.seq_len}; it must be at least 2 ([START] and one gene)")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout is {self.dropout}; it must be from 0 up to (not including) 1")
         if self.embed_dim % self.num_heads:

@@ -9,6 +9,7 @@ layer imports neither Lightning nor DeepSpeed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from tfx.errors import RecipeError
 from tfx.recipe import data, finetune, model
 from tfx.recipe.compose import typed
 from tfx.recipe.objective import Objective, ObjectiveSettings
-from tfx.recipe.schema import DataSource, LoggerSchema, Recipe, registered
+from tfx.recipe.schema import Accelerator, DataSource, LoggerSchema, Recipe, TrainerSchema, registered
 from tfx.registry import LOGGERS, OBJECTIVES, STRATEGIES
 
 
@@ -78,12 +79,38 @@ def build(cfg: DictConfig, src: str = "recipe", device: str | None = None) -> Bu
     objective = objective_cls(ObjectiveSettings(r.objective, r.optim, r.optim.total_steps or r.trainer.max_steps,
                                                 list(r.freeze), ckpt.task, ft))
     out = Path(r.output_dir)
+    if device != "meta":  # the recipe's own errors first; --check may run where the training will not (a login node)
+        _check_devices(r.trainer, src)
     return Build(
         output_dir=out, seed=r.seed, checkpoint=ckpt, objective=objective, sources=data.sources(r, ckpt, src),
         has_validation=bool(r.data.val_files if r.data.source == DataSource.h5ad else r.data.val_shards),
         trainer=_trainer(r), resume=_resume(r.resume, out, src), config_yaml=OmegaConf.to_yaml(cfg),
         adapter=finetune.adapter_record(ft, r.init, src) if ft else None,
     )
+
+
+def _check_devices(t: TrainerSchema, src: str) -> None:
+    """A device count beyond this machine's: refused before any process starts (on CPU each device
+    is a process, and Lightning would start them all). trainer.devices counts one machine's;
+    trainer.num_nodes the machines."""
+    import torch
+
+    if not isinstance(t.devices, int) or t.devices < 1:  # auto, -1: whatever the machine has
+        return
+    gpu = t.accelerator in (Accelerator.gpu, Accelerator.cuda) or (t.accelerator == Accelerator.auto
+                                                                    and torch.cuda.is_available())
+    if gpu:
+        have, what = torch.cuda.device_count(), "CUDA devices"
+    elif t.accelerator in (Accelerator.cpu, Accelerator.auto) and not torch.backends.mps.is_available():
+        have, what = os.cpu_count() or 1, "CPUs"
+    else:
+        return
+    if gpu and not have:
+        raise RecipeError(f"{src}: trainer.devices={t.devices} but this machine has no CUDA device; "
+                          "set trainer.accelerator=cpu, or run where the GPUs are")
+    if t.devices > have:
+        raise RecipeError(f"{src}: trainer.devices={t.devices} but this machine has {have} {what}; set "
+                          f"trainer.devices={have} or fewer (per machine; trainer.num_nodes counts machines)")
 
 
 def _trainer(r: Recipe) -> TrainerSettings:

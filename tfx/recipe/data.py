@@ -3,6 +3,7 @@ a fine-tuning task's label column. Sources are built per process, once its rank 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import ListConfig
@@ -10,12 +11,14 @@ from omegaconf import ListConfig
 from tfx.checkpoint import Checkpoint
 from tfx.data import preprocess
 from tfx.data.anndata import CellReader
-from tfx.data.labels import LabelCodec, discover_classes
-from tfx.data.loader import ShardLoader, manifest_classes, resolve_urls
+from tfx.data.labels import LabelCodec, discover_classes, refuse_missing
+from tfx.data.loader import ShardLoader, manifest_classes, manifest_missing, resolve_urls
 from tfx.data.memory import CellBatches, read_cells
 from tfx.errors import RecipeError
-from tfx.recipe.schema import DataSource, Recipe, TaskSchema
+from tfx.recipe.schema import DataSource, MissingLabels, Recipe, TaskSchema
 from tfx.tokenize.batches import BatchPlanner, BatchSpec
+
+log = logging.getLogger(__name__)
 
 
 def _shard_specs(spec, what: str, src: str) -> dict[str, str | list[str]]:
@@ -46,7 +49,21 @@ def task_classes(t: TaskSchema, task_cls, r: Recipe, ckpt: Checkpoint, src: str)
             reader = CellReader(path, ckpt.vocab.lookup, gene_col=r.data.gene_col, labels=LabelCodec(t.label_key))
             values += list(reader.obs[t.label_key])
             reader.close()
-    return discover_classes(values, t.label_key, src)
+    return discover_classes(values, t.label_key, src, t.missing_labels == MissingLabels.drop)
+
+
+def _check_missing_labels(spec, labels: LabelCodec) -> None:
+    """Cells of a shard source without a label, as its manifest counts them: refused before compute,
+    or (``task.missing_labels=drop``) one warning; the loader leaves them out as they come."""
+    n = manifest_missing(spec, labels.key)
+    if not labels.drop_missing:
+        refuse_missing(labels.key, n or 0, str(spec))  # uncounted (older shards): the loader refuses the first
+    elif n:
+        log.warning("%s: dropping %d cells that have no value in obs '%s' (task.missing_labels=drop)",
+                    spec, n, labels.key)
+    elif n is None:
+        log.warning("%s: no manifest counts the cells without obs '%s' (shards written by an older tfx); "
+                    "those met are dropped (task.missing_labels=drop)", spec, labels.key)
 
 
 def sources(r: Recipe, ckpt: Checkpoint, src: str):
@@ -55,7 +72,10 @@ def sources(r: Recipe, ckpt: Checkpoint, src: str):
     seq_len, n_aux = ckpt.model_cfg.seq_len, len(ckpt.aux_vocabs)
     spec = BatchSpec(d.token_budget, d.max_cells, (d.pack_row_len or seq_len + n_aux) if d.pack else 0)
     BatchPlanner(seq_len, n_aux, spec)  # the batch knobs checked before compute
-    labels = LabelCodec(ckpt.task.label_key, ckpt.task.module.classes) if ckpt.task else None
+    labels = None
+    if ckpt.task:
+        labels = LabelCodec(ckpt.task.label_key, ckpt.task.module.classes,
+                            drop_missing=r.task.missing_labels == MissingLabels.drop)
     prep = preprocess.preprocessing(ckpt)
     if d.source == DataSource.shards:
         train_specs = _shard_specs(d.shards, "data.shards", src)
@@ -67,6 +87,8 @@ def sources(r: Recipe, ckpt: Checkpoint, src: str):
         val_specs = _shard_specs(d.val_shards, "data.val_shards", src)
         for s in (*train_specs.values(), *val_specs.values()):
             resolve_urls(s)  # a missing path or a refused manifest stops the run before compute
+            if labels is not None:
+                _check_missing_labels(s, labels)
 
         def sources(rank: int, world: int):
             def loader(sources: dict, seed: int) -> ShardLoader:

@@ -50,6 +50,11 @@ class Export(StrEnum):
     adapter = "adapter"  # adapter weights beside the init checkpoint
 
 
+class MissingLabels(StrEnum):
+    refuse = "refuse"  # a cell without a label stops the run before compute
+    drop = "drop"  # such cells are left out, with one warning that counts them
+
+
 class Accelerator(StrEnum):
     cpu = "cpu"
     gpu = "gpu"
@@ -197,6 +202,7 @@ class TaskSchema:
     name: str = "classification"  # a task registry key: classification | regression
     label_key: str = MISSING  # the obs column to predict (h5ad obs, or shard metadata)
     classes: Optional[list[str]] = None  # a classification's classes; null: every value in the training data
+    missing_labels: MissingLabels = MissingLabels.refuse  # cells whose label_key value is missing (NaN, empty)
 
 
 @dataclass
