@@ -5,6 +5,7 @@ work, and a programming error keeps its traceback."""
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import subprocess
 import sys
@@ -135,3 +136,14 @@ def test_only_the_command_run_is_imported():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_the_tfx_script_makes_openmp_threads_sleep_unless_the_user_chose(preset):
+    """OMP_WAIT_POLICY=PASSIVE before torch starts its pool: spinning threads cost many times the work
+    on a shared machine (tools/bench/threads.py). A policy the user set is kept."""
+    show = ("import os, sys; sys.argv = ['tfx', 'registry', '--help']; from tfx.cli import entry\n"
+            "try:\n    entry()\nexcept SystemExit:\n    print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": preset} if preset else {})
+    out = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    assert out.stdout.split()[-2:] == [preset or "PASSIVE", "False"], out.stdout + out.stderr

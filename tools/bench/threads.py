@@ -1,6 +1,7 @@
 """The quickstart on a shared machine: OpenMP's wait policy and torch's thread count, idle and busy.
 
-    python tools/bench/threads.py [--steps 200] [--cells 300] [--busy N] [--timeout 900] [--workdir DIR]
+    python tools/bench/threads.py [--steps 200] [--cells 300] [--busy N] [--timeout 900]
+        [--conditions as-found,busy] [--workdir DIR]
 
 The same short quickstart (synth -> shard -> pretrain -> infer -> eval -> prompt) runs as a fresh
 process under each setting, first on the machine as it is, then beside --busy processes (default:
@@ -74,6 +75,7 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=300, help="cells per species")
     ap.add_argument("--busy", type=int, default=os.cpu_count() or 1, help="busy processes beside the busy runs")
     ap.add_argument("--timeout", type=float, default=900, help="seconds before a run is cut")
+    ap.add_argument("--conditions", default="as-found,busy", help="comma list of: as-found, busy")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tfx-threads-"))
@@ -81,7 +83,8 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; quickstart --steps {args.steps} --cells {args.cells}")
     print("| condition | setting | total s | " + " | ".join(PHASES) + " | total vs libgomp default |")
     print("|---|---|---:|" + "---:|" * len(PHASES) + "---:|")
-    for condition, busy in (("as found", 0), (f"beside {args.busy} busy", args.busy)):
+    conditions = {"as-found": ("as found", 0), "busy": (f"beside {args.busy} busy", args.busy)}
+    for condition, busy in (conditions[c] for c in args.conditions.split(",")):
         loops = busy_loops(busy)
         try:
             base = None
