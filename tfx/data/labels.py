@@ -39,8 +39,8 @@ class LabelCodec:
     def __post_init__(self):
         self._index = None if self.classes is None else {c: i for i, c in enumerate(self.classes)}
 
-    def check_column(self, obs: pd.DataFrame, where: str) -> None:
-        if self.key not in obs.columns:
+    def check_column(self, columns, where: str) -> None:
+        if self.key not in columns:
             raise InputError(f"{where}: obs has no column '{self.key}'; set task.label_key to an obs column")
 
     def encode(self, values, where: str) -> np.ndarray:
