@@ -83,10 +83,10 @@ class H5Obs:
         return frame
 
     def _read_rows(self, elem, rows: slice):
-        """One column (or the index) at ``rows``. anndata reads no slice of an element through its public
-        API, so its readers run with their arrays read at ``rows``: every array of an obs column holds
-        one value per cell (a plain column, a categorical's codes, a nullable's values and mask), but
-        for a categorical's categories, read whole."""
+        """One column (or the index) at ``rows``. anndata's public readers read an element whole (its lazy
+        reader needs dask), so they run here with the arrays under them read at ``rows``: every array
+        of an obs column but a categorical's categories holds one value per cell (a plain column, a
+        categorical's codes, a nullable's values and mask); categories are read whole, once a column."""
         def read(read_elem_whole, name: str, sub, iospec):
             if not isinstance(sub, h5py.Dataset):
                 return read_elem_whole(sub)
