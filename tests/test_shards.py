@@ -145,8 +145,8 @@ def _values_removed(path: Path, column: str) -> Path:
 
 
 def test_obs_is_read_in_the_rows_and_columns_needed(tmp_path):
-    """A large obs column no option names is never read: sharding and the training road's chunks
-    (aux ids, labels) of a file whose column cannot be read match those of the intact file."""
+    """An obs column no option names is never read: the shards and the training road's chunks (aux
+    ids, labels) of a file whose column cannot be read at all equal those of the intact file."""
     rng = np.random.default_rng(3)
     n, genes = 50, [f"ENSG{i:05d}" for i in range(30)]
     obs = pd.DataFrame({"cell_type": pd.Categorical(rng.choice(["t1", "t2", "t3"], n)),
@@ -154,7 +154,8 @@ def test_obs_is_read_in_the_rows_and_columns_needed(tmp_path):
                         "depth": rng.integers(0, 9, n), "unused": rng.random(n)},
                        index=[f"cell{i}" for i in range(n)])
     counts = rng.integers(0, 4, size=(n, len(genes)))
-    (tmp_path / "intact").mkdir(), (tmp_path / "removed").mkdir()
+    for name in ("intact", "removed"):
+        (tmp_path / name).mkdir()
     intact = write_h5ad(tmp_path / "intact" / "a.h5ad", genes, counts, obs)
     removed = _values_removed(write_h5ad(tmp_path / "removed" / "a.h5ad", genes, counts, obs), "unused")
     with pytest.raises(OSError):  # reading the whole obs, as anndata's backed mode does, fails on it
@@ -169,7 +170,8 @@ def test_obs_is_read_in_the_rows_and_columns_needed(tmp_path):
 
     chunks = []
     for path in (intact, removed):
-        reader = CellReader(path, aux_vocabs={"assay": {"unknown": 0, "10x 3' v3": 1}}, labels=LabelCodec("cell_type", ["t1", "t2", "t3"]))
+        reader = CellReader(path, aux_vocabs={"assay": {"unknown": 0, "10x 3' v3": 1}},
+                            labels=LabelCodec("cell_type", ["t1", "t2", "t3"]))
         assert reader.read_obs([]).index.tolist() == obs.index.tolist()
         chunks.append([(c.first, c.aux_ids, c.labels) for c in reader.chunks(chunk_size=16)])
         reader.close()
