@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 import anndata
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,6 +21,8 @@ import webdataset as wds
 from conftest import MOUSE, write_h5ad
 from tfx.errors import InputError
 from tfx.data import shards
+from tfx.data.anndata import CellReader
+from tfx.data.labels import LabelCodec
 from tfx.data.shards import HEADER_KEY, ShardError, decode_expr, encode_expr, read_shard, write_shards
 
 
@@ -124,6 +127,61 @@ def test_odd_files_round_trip_with_safe_keys(tmp_path):
     big = np.arange(0, 140000, 2)  # a gene table beyond 16 bits
     genes, counts = decode_expr(encode_expr(big, np.full(len(big), 3.0, np.float32), 140001))
     assert genes.dtype == np.uint32 and (genes == big).all() and (counts == 3).all()
+
+
+def _values_removed(path: Path, column: str) -> Path:
+    """``path`` with obs ``column``'s values moved to an external file, then that file removed: the
+    column is still listed (its metadata is intact), and any read of its values fails."""
+    values_file = path.with_suffix(".values")
+    with h5py.File(path, "r+") as f:
+        values, attrs = f["obs"][column][()], dict(f["obs"][column].attrs)
+        del f["obs"][column]
+        values.tofile(values_file)
+        stored = f["obs"].create_dataset(column, shape=values.shape, dtype=values.dtype,
+                                         external=[(str(values_file), 0, values.nbytes)])
+        stored.attrs.update(attrs)
+    values_file.unlink()
+    return path
+
+
+def test_obs_is_read_in_the_rows_and_columns_needed(tmp_path):
+    """An obs column no option names is never read: the shards and the training road's chunks (aux
+    ids, labels) of a file whose column cannot be read at all equal those of the intact file."""
+    rng = np.random.default_rng(3)
+    n, genes = 50, [f"ENSG{i:05d}" for i in range(30)]
+    obs = pd.DataFrame({"cell_type": pd.Categorical(rng.choice(["t1", "t2", "t3"], n)),
+                        "assay": pd.Categorical(rng.choice(["10x 3' v3", "Smart-seq2"], n)),
+                        "depth": rng.integers(0, 9, n), "unused": rng.random(n)},
+                       index=[f"cell{i}" for i in range(n)])
+    counts = rng.integers(0, 4, size=(n, len(genes)))
+    for name in ("intact", "removed"):
+        (tmp_path / name).mkdir()
+    intact = write_h5ad(tmp_path / "intact" / "a.h5ad", genes, counts, obs)
+    removed = _values_removed(write_h5ad(tmp_path / "removed" / "a.h5ad", genes, counts, obs), "unused")
+    with pytest.raises(OSError):  # reading the whole obs, as anndata's backed mode does, fails on it
+        anndata.read_h5ad(removed, backed="r")
+
+    for path in (intact, removed):
+        write_shards([path], "homo_sapiens", path.parent / "shards", cells_per_shard=16, obs_keys=["depth"],
+                     processes=1)
+    shard_digests = [{k: v for k, v in digests(p.parent / "shards").items() if k.startswith("shard-")}
+                     for p in (intact, removed)]
+    assert len(shard_digests[0]) == 4 and shard_digests[0] == shard_digests[1]
+
+    chunks = []
+    for path in (intact, removed):
+        reader = CellReader(path, aux_vocabs={"assay": {"unknown": 0, "10x 3' v3": 1}},
+                            labels=LabelCodec("cell_type", ["t1", "t2", "t3"]))
+        assert reader.read_obs([]).index.tolist() == obs.index.tolist()
+        chunks.append([(c.first, c.aux_ids, c.labels) for c in reader.chunks(chunk_size=16)])
+        reader.close()
+    assert [first for first, _, _ in chunks[1]] == [0, 16, 32, 48]
+    for (_, aux, labels), (_, aux_removed, labels_removed) in zip(*chunks):
+        np.testing.assert_array_equal(aux, aux_removed)
+        np.testing.assert_array_equal(labels, labels_removed)
+    assert np.concatenate([labels for _, _, labels in chunks[1]]).tolist() == \
+        [["t1", "t2", "t3"].index(t) for t in obs["cell_type"]]
+    assert np.concatenate([aux[:, 0] for _, aux, _ in chunks[1]]).tolist() == list(obs["assay"] == "10x 3' v3")
 
 
 @pytest.fixture(scope="module")

@@ -76,8 +76,8 @@ def test_obs_filter_selects_what_pandas_selects(atlas, expr):
     reader = open_reader(atlas["soma"], obs_filter=expr)
     try:
         assert 0 < reader.n_cells < atlas["adata"].n_obs
-        assert list(reader.obs.index) == list(expected.index)
-        assert list(reader.obs["tissue_general"].astype(str)) == list(expected["tissue_general"].astype(str))
+        assert list(reader.read_obs().index) == list(expected.index)
+        assert list(reader.read_obs(["tissue_general"])["tissue_general"].astype(str)) == list(expected["tissue_general"].astype(str))
     finally:
         reader.close()
 

@@ -1,7 +1,7 @@
 """The cells of `tfx infer`'s inputs (and ``tfx.embed``'s), whatever they are, as one sequence.
 
     cells = open_inputs(["a.h5ad", "b.h5ad"], vocab.lookup, aux_vocabs=...)  # or "shards/", "s3://...", an AnnData
-    cells.n_cells, cells.obs                                                 # every input's, in order
+    cells.n_cells, cells.read_obs()                                          # every input's, in order
     for chunk in cells.chunks(4096, start, stop, tokenize=...): ...          # rows numbered across the inputs
 
 The inputs are one h5ad file (or an in-memory AnnData), several h5ad files, a directory of ``tfx
@@ -27,7 +27,6 @@ import json
 import logging
 import os
 from dataclasses import replace
-from functools import cached_property
 from pathlib import Path
 
 import anndata
@@ -98,8 +97,8 @@ def open_inputs(data, gene_index=None, *, species: list[str] | None = None, meas
 
 
 class CellSources:
-    """Readers one after another, as one reader: ``n_cells``, ``obs``, ``chunks`` over rows numbered
-    across them, ``samples`` of each and ``close``."""
+    """Readers one after another, as one reader: ``n_cells``, ``read_obs``, ``chunks`` over rows
+    numbered across them, ``samples`` of each and ``close``."""
 
     def __init__(self, readers: list):
         self.readers = readers
@@ -108,11 +107,11 @@ class CellSources:
         self.path = str(readers[0].path) if len(readers) == 1 else \
             f"{readers[0].path} and {len(readers) - 1} other input{'s' * (len(readers) > 2)}"
 
-    @cached_property
-    def obs(self) -> pd.DataFrame:
+    def read_obs(self) -> pd.DataFrame:
+        """Every input's obs, in order (read from the inputs at each call)."""
         if len(self.readers) == 1:
-            return self.readers[0].obs
-        obs = pd.concat([r.obs for r in self.readers])
+            return self.readers[0].read_obs()
+        obs = pd.concat([r.read_obs() for r in self.readers])
         if not obs.index.is_unique:
             if SOURCE_COLUMN in obs.columns:
                 raise InputError(f"--data: obs names repeat across the inputs, and obs already has a column "
@@ -137,7 +136,7 @@ class CellSources:
                 yield replace(pieces[0], first=first)
                 continue
             aux = None if pieces[0].aux_ids is None else np.concatenate([p.aux_ids for p in pieces])
-            yield Chunk(first, [cell for p in pieces for cell in p.cells], pd.concat([p.obs for p in pieces]), aux)
+            yield Chunk(first, [cell for p in pieces for cell in p.cells], aux)
 
     def samples(self, cells: int):
         """(input, its genes' ids in the gene index, the counts of its first ``cells`` cells) per input."""
@@ -244,15 +243,15 @@ class ShardDirReader:
         for first in range(start, stop, chunk_size):
             rows = [next(cells) for _ in range(min(chunk_size, stop - first))]
             metas = [meta.get("obs", {}) for _, _, meta in rows]
-            obs = pd.DataFrame(metas, index=pd.Index([str(meta["id"]) for _, _, meta in rows]))
             aux = aux_token_ids(self.aux_vocabs, {col: [m.get(col) for m in metas] for col in self.aux_vocabs},
                                 len(rows))
             pairs = [(ids, counts) for ids, counts, _ in rows]
-            yield Chunk(first, [tokenize(*pair, rng) for pair in pairs] if tokenize else pairs, obs, aux)
+            yield Chunk(first, [tokenize(*pair, rng) for pair in pairs] if tokenize else pairs, aux)
 
-    @cached_property
-    def obs(self) -> pd.DataFrame:
-        return pd.concat([chunk.obs for chunk in self.chunks(65536)]) if self.n_cells else pd.DataFrame()
+    def read_obs(self) -> pd.DataFrame:
+        """Every cell's name and the obs columns the shards kept (each shard read once)."""
+        metas = [meta for _, _, meta in self._cells(0, self.n_cells)]
+        return pd.DataFrame([m.get("obs", {}) for m in metas], index=pd.Index([str(m["id"]) for m in metas]))
 
     def sample(self, cells: int) -> tuple[np.ndarray, sp.csr_matrix]:
         """The first shard's gene table's ids, and its first ``cells`` cells' counts over that table."""

@@ -49,9 +49,13 @@ class LabelCodec:
     def __post_init__(self):
         self._index = None if self.classes is None else {c: i for i, c in enumerate(self.classes)}
 
-    def check_column(self, obs: pd.DataFrame, where: str) -> None:
-        if self.key not in obs.columns:
+    def check_column(self, columns, where: str) -> None:
+        if self.key not in columns:
             raise InputError(f"{where}: obs has no column '{self.key}'; set task.label_key to an obs column")
+
+    def unlabelled(self, encoded: np.ndarray) -> np.ndarray:
+        """[cells] bool: the cells ``encode`` marked as having no value (with ``drop_missing``)."""
+        return np.isnan(encoded) if self._index is None else encoded < 0
 
     def encode(self, values, where: str) -> np.ndarray:
         """[cells] int64 class indices, or float32 numbers for regression."""

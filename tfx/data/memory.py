@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from tfx.data.anndata import CellReader
-from tfx.data.labels import LabelCodec, missing
+from tfx.data.labels import LabelCodec
 from tfx.errors import InputError
 from tfx.tokenize import Preprocessing
 from tfx.tokenize.batches import BatchPlanner, BatchSpec
@@ -33,7 +33,7 @@ def read_cells(files, lookup, aux_vocabs: dict, gene_col: str, labels: LabelCode
         reader = CellReader(path, lookup, gene_col=gene_col, aux_vocabs=aux_vocabs, labels=labels)
         total += reader.n_cells
         for chunk in reader.chunks():
-            unlabelled = missing(chunk.obs[labels.key]) if labels is not None else np.zeros(len(chunk.cells), bool)
+            unlabelled = labels.unlabelled(chunk.labels) if labels is not None else np.zeros(len(chunk.cells), bool)
             dropped += int(unlabelled.sum())
             # a cell without genes teaches nothing; one without a label is here only when dropping is asked for
             keep = [i for i, (ids, _) in enumerate(chunk.cells) if len(ids) and not unlabelled[i]]

@@ -201,7 +201,8 @@ _open_reader: tuple[tuple, CellReader] | None = None  # per process: shards in a
 
 
 def _shared_reader(path, opts: _Options) -> CellReader:
-    """Opening a file reads its whole obs and var, so a writer keeps its last file open."""
+    """Opening a file reads its var (a SOMA query: also the selected cells' obs), so a writer keeps its
+    last file open."""
     global _open_reader
     if _open_reader is None or _open_reader[0] != (path, opts):
         _close_shared_reader()
@@ -233,7 +234,7 @@ def _plan(inputs, opts: _Options, cells_per_shard: int) -> tuple[dict, list[_Tas
         path = soma_source(given, opts.measurement, opts.obs_filter) if soma else Path(given)
         reader = _reader(path, opts)
         try:
-            n_cells, n_genes, columns = reader.n_cells, len(reader.genes), set(reader.obs.columns)
+            n_cells, n_genes, columns = reader.n_cells, len(reader.genes), set(reader.obs_columns)
             selected = hashlib.sha256(reader.joinids.tobytes()).hexdigest() if soma else None
         finally:
             reader.close()
@@ -270,8 +271,9 @@ def _write_shard(opts: _Options, task: _Task) -> dict:
     """Write one shard atomically; return its manifest record (also saved under .progress/)."""
     out = Location(opts.output)
     reader = _shared_reader(task.path, opts)
-    names = reader.obs.index
-    keys = [k for k in dict.fromkeys((*DEFAULT_OBS_KEYS, *opts.obs_keys)) if k in reader.obs.columns]
+    keys = [k for k in dict.fromkeys((*DEFAULT_OBS_KEYS, *opts.obs_keys)) if k in reader.obs_columns]
+    obs = reader.read_obs(keys, task.start, task.stop)  # this shard's names and keys only
+    names = obs.index
     table = [str(g) for g in reader.genes]
     expressed = np.zeros(len(table), dtype=bool)
     nonzero = 0
@@ -285,8 +287,8 @@ def _write_shard(opts: _Options, task: _Task) -> dict:
         with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:  # fixed mtime: identical re-runs
             tar.write({"__key__": HEADER_KEY, "json": _dumps(header)})
             for first, cells in reader.iter_chunks(chunk, task.start, task.stop):
-                obs = reader.obs.iloc[first : first + len(cells)]
-                values = [[_json_value(v) for v in obs[k].tolist()] for k in keys]
+                rows = obs.iloc[first - task.start : first - task.start + len(cells)]
+                values = [[_json_value(v) for v in rows[k].tolist()] for k in keys]
                 for k, col in zip(keys, values):
                     unset[k] += col.count(None)
                     if seen[k] is not None:
@@ -294,9 +296,10 @@ def _write_shard(opts: _Options, task: _Task) -> dict:
                         seen[k] = seen[k] if len(seen[k]) <= MAX_LISTED_VALUES else None
                 for i, (genes, counts) in enumerate(cells):
                     row = first + i
-                    meta = {"id": str(names[row]), "species": opts.species, "dataset": task.dataset,
+                    name = names[row - task.start]
+                    meta = {"id": str(name), "species": opts.species, "dataset": task.dataset,
                             "obs": {k: col[i] for k, col in zip(keys, values)}}
-                    tar.write({"__key__": cell_key(row, names[row]), "json": _dumps(meta),
+                    tar.write({"__key__": cell_key(row, name), "json": _dumps(meta),
                                "expr.npy": encode_expr(genes, counts, len(table))})
                     expressed[genes] = True
                     nonzero += len(genes)

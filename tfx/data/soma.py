@@ -3,7 +3,7 @@
     reader = SomaReader(SomaSource("path/or/uri", measurement="RNA",
                                    obs_filter="is_primary_data == True and tissue_general == 'lung'"), gene_index)
 
-A ``SomaReader`` is a ``CellReader``: the same ``genes``, ``obs``, ``n_cells``, ``column_ids``,
+A ``SomaReader`` is a ``CellReader``: the same ``genes``, ``read_obs``, ``n_cells``, ``column_ids``,
 ``read_rows``, ``iter_chunks``, ``chunks``, ``check_values`` and ``close``, so training, inference,
 sharding and prompting read an experiment as they read an h5ad. Its rows are the cells the obs
 filter selects, in ``soma_joinid`` order (an experiment written by ``tiledbsoma.io.from_anndata``
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from tfx.data.anndata import CellReader
+from tfx.data.anndata import CellReader, ObsFrame
 from tfx.data.labels import LabelCodec
 from tfx.errors import InputError
 
@@ -107,7 +107,7 @@ class SomaReader(CellReader):
         self.experiment = open_experiment(source)
         try:
             obs, var = self._open(source)
-            self._setup(obs, var, gene_index, gene_col, remove_duplicate_genes, aux_vocabs, labels)
+            self._setup(ObsFrame(obs), var, gene_index, gene_col, remove_duplicate_genes, aux_vocabs, labels)
         except BaseException:
             self.experiment.close()
             raise

@@ -103,7 +103,7 @@ def _read_counts(path: Path, embeddings_path: Path, cells: pd.Index) -> tuple[sp
         raise InputError(f"{path}: no such file; pass the h5ad of counts given to `tfx infer`")
     reader = CellReader(path, gene_col=_gene_col(path), remove_duplicate_genes=True)
     try:
-        names = reader.obs.index
+        names = reader.read_obs([]).index
         if not cells.is_unique or not names.is_unique or set(cells) != set(names):
             missing = next((c for c in cells if c not in names), None)
             raise InputError(

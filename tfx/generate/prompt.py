@@ -269,7 +269,7 @@ def run_programmes(ckpt: Checkpoint, species: Species, data: str | os.PathLike, 
         reader.check_values(counts.data, 0)
         if not counts.nnz:
             raise InputError(f"{data}: X holds no counts; programmes need the raw counts of labelled cells")
-        adata = anndata.AnnData(counts, obs=reader.obs)
+        adata = anndata.AnnData(counts, obs=reader.read_obs())
     finally:
         reader.close()
     vocab_ids = reader.column_ids

@@ -203,7 +203,7 @@ def infer_file(ckpt: Checkpoint, data: str | os.PathLike, output: str | os.PathL
         return _infer_ranked(ckpt, data, output, opts, rank, started)
     devices = resolve_devices(opts.device, opts.devices)
     reader = open_cells(ckpt, data, opts)
-    n_cells, obs = reader.n_cells, reader.obs.copy()
+    n_cells, obs = reader.n_cells, reader.read_obs()
     _report_overlap(reader, opts.chunk_size)
     if len(devices) == 1:
         try:
@@ -247,7 +247,7 @@ def _infer_ranked(ckpt: Checkpoint, data, output: Path, opts: InferOptions, rank
             device = _rank_device(opts.device, rank.local)
             reader = open_cells(ckpt, data, opts)
             n_cells, name = reader.n_cells, reader.path
-            obs = reader.obs.copy() if rank.rank == 0 else None  # only rank 0 writes the output
+            obs = reader.read_obs() if rank.rank == 0 else None  # only rank 0 writes the output
             if rank.rank == 0:
                 _report_overlap(reader, opts.chunk_size)
             reader.close()
@@ -380,7 +380,7 @@ def infer_cells(ckpt: Checkpoint, data, opts: InferOptions) -> tuple[pd.DataFram
             cge += _cge_pieces(res, first)
         _warn_cells(reader.path, empty, reader.path, non_finite, reader.n_cells)
         uns = _cge_uns(ckpt, opts, cge) if opts.embeddings and opts.emb_type == "cge" else {}
-        return reader.obs, arrays, uns
+        return reader.read_obs(), arrays, uns
     finally:
         reader.close()
 

@@ -47,7 +47,7 @@ def task_classes(t: TaskSchema, task_cls, r: Recipe, ckpt: Checkpoint, src: str)
         values = []
         for path in r.data.files:
             reader = CellReader(path, ckpt.vocab.lookup, gene_col=r.data.gene_col, labels=LabelCodec(t.label_key))
-            values += list(reader.obs[t.label_key])
+            values += list(reader.read_obs([t.label_key])[t.label_key])
             reader.close()
     return discover_classes(values, t.label_key, src, t.missing_labels == MissingLabels.drop)
 

@@ -126,7 +126,7 @@ def phase_h5ad(args) -> dict:
     reader = CellReader(args.input, vocab.lookup)
     rng, cells = np.random.default_rng(0), 0
     for start, chunk in reader.iter_chunks():
-        assays = reader.obs["assay"].iloc[start : start + len(chunk)].astype(str)
+        assays = reader.read_obs(["assay"], start, start + len(chunk))["assay"].astype(str)
         aux_ids = np.array([[aux["assay"].get(a, 0)] for a in assays], dtype=np.int64)
         tokens = [tokenizer(ids, counts, rng) for ids, counts in chunk]
         lengths = np.array([len(ids) + 2 for ids, _ in tokens])
