@@ -15,7 +15,6 @@ import scipy.sparse as sp
 
 from tfx.checkpoint import load_checkpoint, save_checkpoint
 from tfx.cli import build_parser, main
-from tfx.components import load_all
 from tfx.errors import InputError
 from tfx.eval.homology import homolog_share, load_genes, nearest_similarity
 from tfx.recipe import compose
@@ -33,7 +32,6 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("homology")
     atlas = synth_atlas(root / "atlas", species=2, cells=200, genes=300, seed=0)["species"]
     alpha, beta = atlas["synth_alpha"], atlas["synth_beta"]
-    load_all()
     made = build(compose("pretrain/tiny", ["data.source=h5ad", f"data.files=[{alpha['h5ad']}]",
                                            f"vocab.embeddings=[{alpha['gene_h5']}]", f"output_dir={root / 'run'}",
                                            "trainer.accelerator=cpu"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_cells, tiny_model
+from conftest import ROOT, random_cells, tiny_model
 from tfx.errors import ConfigError
-from tfx.registry import LIKELIHOODS, Registry, load_plugins
+import tfx.registry
+from tfx.registry import LIKELIHOODS, REGISTRIES, Registry, load_plugins
 from tfx.tokenize import collate
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tfx_plugin_demo"
@@ -49,6 +51,62 @@ def test_a_registry_loads_its_built_in_entries_itself():
     assert out.split("\n")[0] == "['continue', 'finetune', 'pretrain'] True tfx.train.loggers []"
 
 
+def test_declared_built_ins_are_what_their_modules_register():
+    """The names each registry declares beside a module are exactly those its import registers, with that
+    module as their origin. In a fresh process each module is imported in turn; the names it adds must be
+    those declared for it and for the declared modules it imported along the way."""
+    code = """
+import importlib, json, sys
+from tfx.registry import REGISTRIES
+modules = sorted({m for r in REGISTRIES.values() for m in r.builtins.values()})
+problems = []
+for module in modules:
+    before, imported = {k: set(r._entries) for k, r in REGISTRIES.items()}, set(sys.modules)
+    importlib.import_module(module)
+    for kind, r in REGISTRIES.items():
+        added = set(r._entries) - before[kind]
+        declared = {n for n, m in r.builtins.items() if m in set(sys.modules) - imported}
+        if added != declared:
+            problems.append([module, kind, sorted(added - declared), sorted(declared - added)])
+wrong_origin = [n for r in REGISTRIES.values() for n, m in r.builtins.items() if r._entries[n][1] != m]
+print(json.dumps([modules, problems, wrong_origin]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    modules, problems, wrong_origin = json.loads(out.splitlines()[-1])
+    assert "tfx.model.likelihoods" in modules and "tfx.synth" in modules
+    assert problems == []  # [module, registry, registered but not declared, declared but not registered]
+    assert wrong_origin == []
+
+
+def test_tfx_registry_lists_every_component_without_importing_torch():
+    code = ("import sys; from tfx.cli import main; rc = main(['registry']); "
+            "print('HEAVY', sorted(m for m in ('torch', 'anndata', 'lightning') if m in sys.modules)); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "HEAVY []"
+    listed = {tuple(line.split()) for line in done.stdout.splitlines() if line.startswith("  ")}
+    assert listed == {(n, m) for r in REGISTRIES.values() for n, m in r.builtins.items()}
+
+
+def test_a_built_in_is_listed_unimported_and_replaced_only_with_override(tmp_path, monkeypatch):
+    """Declared names answer without importing their module; registering one of them imports the built-in
+    first, so another object takes its place only with override=True, as when built-ins loaded eagerly."""
+    reg = Registry("widget", {"widget_builtins": ("square",)})
+    monkeypatch.setattr(tfx.registry, "WIDGETS", reg, raising=False)
+    (tmp_path / "widget_builtins.py").write_text(
+        "from tfx.registry import WIDGETS\nWIDGETS.register('square', lambda x: x * x)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "widget_builtins", raising=False)
+
+    assert "square" in reg and reg.names() == ["square"] and reg.origin("square") == "widget_builtins"
+    assert "widget_builtins" not in sys.modules
+    with pytest.raises(ValueError, match="'square' is already registered by widget_builtins; pass override=True"):
+        reg.register("square", lambda x: x)
+    assert reg.build("square", x=3) == 9
+    reg.register("square", lambda x: -x, override=True)
+    assert reg.build("square", x=3) == -3 and reg.origin("square") == __name__
+
+
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory):
     """pip-install the fixture plugin package into its own site directory."""
@@ -62,7 +120,7 @@ def plugin_site(tmp_path_factory):
 
 
 def test_plugin_appears_in_tfx_registry(plugin_site):
-    env = {**os.environ, "PYTHONPATH": str(plugin_site)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(ROOT)])}  # this tfx, and the plugin
     out = subprocess.run([sys.executable, "-m", "tfx.cli", "registry"], env=env, check=True,
                          capture_output=True, text=True).stdout
     line = next(l for l in out.splitlines() if "shifted_geometric" in l)
@@ -98,7 +156,7 @@ def test_plugin_likelihood_trains_and_evaluates_by_name(plugin_site, monkeypatch
 
 def test_membership_loads_plugins_as_get_does(plugin_site):
     """`name in REGISTRY` answers for plugins too, so every command accepts what `get` would build."""
-    env = {**os.environ, "PYTHONPATH": str(plugin_site)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(ROOT)])}  # this tfx, and the plugin
     code = "from tfx.registry import LIKELIHOODS; print('shifted_geometric' in LIKELIHOODS)"
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
     assert out.strip() == "True"

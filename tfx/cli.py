@@ -34,10 +34,8 @@ COMMANDS = {  # name: (help, its options dataclass: "module:Class", or a class o
 
 
 def cmd_registry(opts) -> None:
-    from tfx.components import load_all
     from tfx.registry import describe
 
-    load_all()
     current = None
     for kind, name, origin in describe():
         if kind != current:

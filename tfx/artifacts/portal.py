@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import h5py
-
 from tfx.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -170,6 +168,8 @@ def _download_one(client: PortalClient, ds: Dataset, out: Path, max_retries: int
     if (folder / MARKER).exists():
         return "present"
     folder.mkdir(exist_ok=True)
+    import h5py  # here, not at the top: every command imports this module for its error types
+
     for attempt in range(1, max_retries + 1):
         try:
             with atomic_path(folder / DATA_FILE) as tmp:

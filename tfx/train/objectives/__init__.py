@@ -8,9 +8,10 @@
   optionally with LoRA adapters.
 
 Each module owns its objective's whole setup: which parameters train, its LightningModule, what it
-does around fitting. Adding an objective is one module here plus its recipes: the registry imports
-this package when a recipe first names an objective, and the package imports every module in it.
-Lightning is imported only when a module is built, so listing them (``tfx registry``) stays light.
+does around fitting. Adding an objective is one module here, its name beside the module in
+``OBJECTIVES`` (``tfx/registry.py``), and its recipes: the registry imports the module when a recipe
+first names the objective, and this package imports every module in it. Lightning is imported only
+when a module is built; listing the objectives (``tfx registry``) imports none of them.
 """
 
 import importlib
