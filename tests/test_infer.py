@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 import anndata
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from anndata.io import write_elem
 
 import reference
 from conftest import write_h5ad
@@ -57,6 +59,20 @@ def test_streamed_chunks_equal_one_pass_and_empty_cells_are_kept(ckpt, tmp_path,
     assert a.n_obs == 40 and np.isnan(a.obs["llh"].iloc[3])
     np.testing.assert_allclose(a.obsm["embeddings"], b.obsm["embeddings"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a.obs["llh"], b.obs["llh"], rtol=1e-5)
+
+
+def test_the_inputs_obs_columns_reach_the_output_whatever_their_dtype(ckpt, tmp_path):
+    """Nullable strings, integers and booleans (anndata >= 0.11 writes them) pass through to the output."""
+    donor = pd.array(["d1", None] * 20, dtype="string")
+    obs = _obs(40).assign(donor=donor, age=pd.array([30, None] * 20, dtype="Int64"),
+                          sorted=pd.array([True, None] * 20, dtype="boolean"))
+    data = write_h5ad(tmp_path / "in.h5ad", GENES, _counts(), obs)
+    with h5py.File(data, "a") as f, anndata.settings.override(allow_write_nullable_strings=True):
+        del f["obs/donor"]  # write_h5ad stores strings as categories; other writers keep them strings
+        write_elem(f["obs"], "donor", donor)
+    assert _run(ckpt, data, tmp_path / "out.h5ad") == 0
+    out = anndata.read_h5ad(tmp_path / "out.h5ad").obs
+    pd.testing.assert_frame_equal(out[obs.columns], anndata.read_h5ad(data).obs[obs.columns])
 
 
 def test_raw_layer_gene_index_and_versions(ckpt, tmp_path):

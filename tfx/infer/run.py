@@ -22,6 +22,7 @@ from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
+import anndata
 import h5py
 import numpy as np
 import pandas as pd
@@ -455,8 +456,10 @@ def _obsm_dataset(f: h5py.File, name: str, shape: tuple[int, int]) -> h5py.Datas
 
 
 def _write_anndata_skeleton(f: h5py.File, obs: pd.DataFrame, uns: dict) -> None:
-    """Everything of an h5ad but the streamed obsm arrays, in anndata's own encoding."""
-    with warnings.catch_warnings():
+    """Everything of an h5ad but the streamed obsm arrays, in anndata's own encoding. The input's
+    nullable-string obs columns are written as they were read (an input that has them needs anndata
+    >= 0.11 already)."""
+    with warnings.catch_warnings(), anndata.settings.override(allow_write_nullable_strings=True):
         warnings.simplefilter("ignore")
         write_elem(f, "obs", obs)
         write_elem(f, "var", pd.DataFrame(index=pd.Index([], dtype=str)))
