@@ -100,6 +100,17 @@ def test_top_k_1_draws_the_same_genes_whatever_the_seed(teacher, tmp_path):
     assert not np.array_equal(runs[0].X.toarray(), runs[1].X.toarray())  # counts still sampled
 
 
+def test_a_tiny_temperature_draws_the_likeliest_gene_as_top_k_1_does(teacher, tmp_path):
+    """1e-300 divides logits past float range: each draw is then the argmax, not a NaN distribution."""
+    runs = []
+    for name, flags in (("cold", ["--temperature", "1e-300"]), ("top1", ["--top-k", "1"])):
+        out = tmp_path / f"{name}.h5ad"
+        assert main(["generate", "--checkpoint", str(teacher), "--species", SPECIES, "--n-cells", "4", "--output",
+                     str(out), "--order", "free", "--max-genes", "5", *flags]) == 0
+        runs.append(anndata.read_h5ad(out).obsm["generation_order"])
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
 @pytest.mark.parametrize("order", ["free", "var"])
 def test_every_cell_holds_the_prompt(teacher, tmp_path, order):
     """free: the cell starts with the prompt; var: the prompt genes sit in their var places, genes

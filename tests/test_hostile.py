@@ -765,3 +765,18 @@ def test_more_devices_than_the_machine_has_are_refused_before_any_process_starts
     assert f"trainer.devices={gpus + 1} but this machine has {f'{gpus} CUDA devices' if gpus else 'no CUDA device'}" \
         in line, line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_fifo_given_as_an_input_is_refused_at_once(run_dir, atlas, tmp_path, cli):
+    """HDF5 cannot read a pipe, and opening a FIFO no one writes waits forever: refused when parsed.
+    The first command runs in its own process, so that a regression times out instead of hanging."""
+    fifo = tmp_path / "cells.h5ad"
+    os.mkfifo(fifo)
+    line = one_line_error(tfx("infer", "--checkpoint", run_dir / "export", "--data", fifo, "--output",
+                              tmp_path / "o.h5ad", timeout=120))
+    assert f"{fifo}: is a FIFO, which this command cannot read" in line, line
+    for argv in (["shard", "--input", fifo, "--species", "synth_alpha", "--output", tmp_path / "shards"],
+                 ["eval", "--embeddings", fifo, "--output", tmp_path / "report", "--no-cz-benchmarks"]):
+        line = one_line_error(cli(*argv))
+        assert f"{fifo}: is a FIFO, which this command cannot read" in line, line
+    assert not (tmp_path / "o.h5ad").exists() and not (tmp_path / "shards").exists()

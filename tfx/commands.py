@@ -49,14 +49,14 @@ class ShardCommand(Options):
 
 @dataclass(frozen=True, kw_only=True)
 class EmbedProteinsCommand(Options):
-    fasta: Annotated[str, Input("file")] = option(
+    fasta: Annotated[str, Input("file", stream=True)] = option(
         help="protein FASTA (.fa or .fa.gz); Ensembl peptide headers carry gene:ID")
     model: str = option("esm2_t36_3B_UR50D",
                         help="fair-esm model name (read from the torch hub cache) or a local .pt file")
     output: Annotated[str, Output("file", "the SPECIES_gene.h5 file", FileOutput("h5"))] = option(
         help="output SPECIES_gene.h5")
     overwrite: bool = option(False, help="replace an existing gene embedding file at --output")
-    gene_map: Annotated[str, Input("file")] | None = option(
+    gene_map: Annotated[str, Input("file", stream=True)] | None = option(
         None, help="TSV of protein_id<TAB>gene_id, for headers without gene:ID")
     layer: int = option(33, help="representation layer (0 = token embeddings, -1 = the last)")
     isoforms: Literal["first", "longest", "mean"] = option(

@@ -25,6 +25,7 @@ import dataclasses
 import math
 import numbers
 import os
+import stat
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -70,9 +71,23 @@ class Range:
 @dataclasses.dataclass(frozen=True)
 class Input:
     """A path the command reads: a ``file`` or a ``dir`` (a checkpoint, a run). Readers check it
-    with their own messages; the mark says which options are inputs (an output must not lie in one)."""
+    with their own messages; the mark says which options are inputs (an output must not lie in one).
+    A FIFO, socket or device is refused unless ``stream`` (a file read once from its start, such as a
+    FASTA given as ``<(zcat x.fa.gz)``): HDF5 and the other readers seek, and a FIFO no one writes
+    would wait forever."""
 
     kind: Literal["file", "dir"] = "file"
+    stream: bool = False
+
+    def problem(self, path: str) -> str | None:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:  # absent, or a URI: the reader names it
+            return None
+        if self.stream or stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            return None
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        return f"{path}: is {kind}, which this command cannot read; name a regular file"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +234,7 @@ class Spec:
             value = os.fspath(value)
         if not isinstance(value, str):
             raise bad
-        problem = self.path.problem(value) if isinstance(self.path, Output) else None
+        problem = self.path.problem(value) if self.path is not None else None
         if problem:
             raise ValueError(problem)
         return value

@@ -156,7 +156,11 @@ def allowed_next(in_species: Tensor, drawn: Tensor, last: Tensor, n_read: int, o
 def restrict(logits: Tensor, allowed: Tensor, temperature: float, top_k: int | None) -> Tensor:
     """Log-probabilities of the distribution actually sampled: allowed genes only, logits / T,
     the top k kept (ties at the k-th value all kept), renormalised."""
-    logits = (logits / temperature).masked_fill(~allowed, float("-inf"))
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    # shifted to a maximum of 0, so that a tiny temperature (0 in float32) leaves the likeliest genes
+    # at 0 and the others at -inf: the argmax, never inf - inf or 0 / 0
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    logits = torch.where(shifted == 0, 0.0, shifted / temperature)
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
