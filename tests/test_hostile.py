@@ -780,3 +780,21 @@ def test_a_fifo_given_as_an_input_is_refused_at_once(run_dir, atlas, tmp_path, c
         line = one_line_error(cli(*argv))
         assert f"{fifo}: is a FIFO, which this command cannot read" in line, line
     assert not (tmp_path / "o.h5ad").exists() and not (tmp_path / "shards").exists()
+
+
+def test_gene_embeddings_holding_nan_are_refused_where_they_are_read(tmp_path, cli):
+    """A NaN protein embedding would make every cell holding that gene NaN: add-species, training and
+    --species-embedding all read gene files through one reader, which refuses it in one line."""
+    import numpy as np
+
+    from teacher import build_teacher
+    from tfx.vocab.genes import write_gene_embeddings
+
+    ckpt = build_teacher(tmp_path / "ckpt", n_genes=10)
+    table = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
+    table[1, 4] = np.nan
+    nan_file = tmp_path / "newsp_gene.h5"
+    write_gene_embeddings(nan_file, ["NEW_0", "NEW_1", "NEW_2"], table)
+    r = cli("add-species", "--checkpoint", ckpt, "--embeddings", nan_file, "--output", tmp_path / "out")
+    assert "NaN or inf (first: NEW_1)" in one_line_error(r) and str(nan_file) in r.stderr
+    assert not (tmp_path / "out").exists()

@@ -71,11 +71,15 @@ def test_a_directory_output_must_be_empty_or_hold_only_what_the_command_writes(t
     out.mkdir()
     assert check_output(out, REPORT) == out  # empty
     (out / "plots").mkdir()
-    (out / "plots" / "umap.png").write_bytes(b"png")
+    (out / "plots" / "umap.png").write_bytes(b"\x89PNG\r\n\x1a\n an earlier run's plot")
     (out / "summary.md").write_text("# old")
     with pytest.raises(InputError, match="is not empty; pass --overwrite"):
         check_output(out, REPORT)
     assert check_output(out, REPORT, overwrite=True) == out
+    (out / "report.json").write_text("my notes, not the report")  # a name the command writes, a user's content
+    with pytest.raises(InputError, match="holds report.json, which the command does not write"):
+        check_output(out, REPORT, overwrite=True)
+    (out / "report.json").unlink()
     for foreign in (out / "mine.txt", out / "plots" / "deeper" / "x.png", out / "plots" / "mine"):
         foreign.parent.mkdir(parents=True, exist_ok=True)
         if foreign.name == "mine":
@@ -91,6 +95,21 @@ def test_a_directory_output_must_be_empty_or_hold_only_what_the_command_writes(t
     (out / "plots" / "link.png").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(InputError, match="link.png, which the command does not write"):
         check_output(out, REPORT, overwrite=True)
+
+
+def test_overwrite_keeps_a_users_file_that_bears_a_name_the_command_writes(tmp_path, capsys):
+    from tfx.cli import main
+
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "synth_alpha.h5ad").write_text("my own file")
+    code = main(["synth", "--output", str(out), "--overwrite", "--species", "1", "--cells", "5", "--genes", "60"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "synth_alpha.h5ad, which the command does not write" in err[0], err
+    assert (out / "synth_alpha.h5ad").read_text() == "my own file" and len(list(out.iterdir())) == 1
+    (out / "synth_alpha.h5ad").unlink()  # an earlier run's output, of its kind, is replaced
+    assert main(["synth", "--output", str(out), "--species", "1", "--cells", "5", "--genes", "60"]) == 0
+    assert main(["synth", "--output", str(out), "--overwrite", "--species", "1", "--cells", "5", "--genes", "60"]) == 0
 
 
 def test_an_unwritable_place_is_refused_before_any_work(tmp_path):

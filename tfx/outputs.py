@@ -6,7 +6,8 @@
 - An output inside one of the command's inputs (a checkpoint, run or shard directory, or the
   input file itself) is refused.
 - A directory output is written only when it is absent or empty; with ``overwrite``, only when
-  every file in it (recursively) is one the command writes itself.
+  every file in it (recursively) is one the command writes itself: by name, and for an h5ad, h5,
+  CSV, PNG or JSON name also by content.
 - The parent directory must exist or be creatable, and be writable: checked before any work.
 
 Each refusal is one ``InputError`` line naming the path and the fix.
@@ -61,6 +62,13 @@ def _is_kind(path: Path, kind: str) -> bool:
     except (OSError, ValueError, UnicodeDecodeError):
         return False
     return False
+
+
+def _not_its_kind(path: Path) -> bool:
+    """A file named as the command's output whose content is not of the kind its name says: the
+    user's own file under that name."""
+    kind = path.suffix.lower().lstrip(".")
+    return kind in ("h5ad", "h5", "png", "json", "csv") and not _is_kind(path, kind)
 
 
 def _written(name: str, patterns: Iterable[str]) -> bool:
@@ -148,7 +156,7 @@ def check_output(path: str | os.PathLike, output: FileOutput | DirOutput, *, ove
         raise InputError(f"{option} {path}: is not empty; pass {flag} to replace the {output.what} there, "
                          f"or choose an empty or new {option}")
     foreign = [f for f in found if not _written(f, output.writes) or (path / f).is_symlink()
-               or _kind_of(os.lstat(path / f).st_mode)]
+               or _kind_of(os.lstat(path / f).st_mode) or _not_its_kind(path / f)]
     foreign += [d for d in (str(p.relative_to(path)) for p in path.rglob("*") if p.is_dir() and not p.is_symlink())
                 if not any(w.startswith(d + "/") for w in output.writes) and not _written(d, output.writes)]
     if foreign:

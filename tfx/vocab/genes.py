@@ -38,6 +38,10 @@ def read_gene_embeddings(path: str | os.PathLike, arrays: bool = True) -> tuple[
             if arrays:
                 group = f["arrays"]
                 table = np.stack([group[g][:] for g in genes]).astype(np.float32, copy=False)
+                bad = np.flatnonzero(~np.isfinite(table).all(axis=1))
+                if len(bad):  # a NaN row would make every cell holding that gene NaN, silently
+                    raise VocabError(f"{path}: the embeddings of {len(bad)} genes hold NaN or inf (first: "
+                                     f"{genes[bad[0]]}); re-embed them (tfx embed-proteins) or leave them out")
     except OSError as err:
         raise VocabError(f"{path}: cannot read gene embeddings ({err})") from err
     return genes, table
