@@ -680,6 +680,10 @@ def test_prompt_counts_have_one_range_and_unlabelled_cells_are_no_cell_type(run_
         assert "argument --count" in line and "is not a number from 1 to 1e+09" in line, line
     line = one_line_error(cli("prompt", "next", "--checkpoint", ckpt, "--species", "synth_alpha", "--prompt", f"{gene}:"))
     assert f"count '' of gene {gene} is not a number" in line, line  # was read as a count of 1
+    line = one_line_error(cli("prompt", "next", "--checkpoint", ckpt, "--species", "synth_alpha", "--prompt", ":5"))
+    assert "':5' names no gene" in line, line  # was "gene  is not in ..."
+    line = one_line_error(cli(*ask[:-1], tmp_path / "nosuch.txt", "--output", tmp_path / "gg"))
+    assert "nosuch.txt: no such file" in line, line  # was "gene .../nosuch.txt is not in ..."
     assert not (tmp_path / "gg").exists()
     cells = anndata.read_h5ad(atlas["h5ad"])
     labels = cells.obs["cell_type"].astype(object)

@@ -39,6 +39,8 @@ def test_a_file_output_replaces_only_a_file_of_its_kind(tmp_path, overwrite):
     before = {p.name: (p.lstat().st_mode, p.read_bytes() if p.is_file() and not p.is_symlink() else None)
               for p in t.iterdir()}
     assert check_output(t / "new.csv", CSV) == t / "new.csv"
+    with pytest.raises(InputError, match="ends with '/', so it names a directory"):  # not a file named 'new'
+        check_output(f"{t / 'new'}/", CSV, overwrite=overwrite)
     refused = {"user.txt", "fifo", "sock", "dev", "full", *(f"link-{n}" for n in ("ours.csv", "user.txt", "fifo", "dev", "full"))}
     if not overwrite:
         refused.add("ours.csv")

@@ -121,6 +121,9 @@ def check_writable(directory: str | os.PathLike, label: str) -> None:
 def check_output(path: str | os.PathLike, output: FileOutput | DirOutput, *, overwrite: bool = False,
                  inputs: Sequence[str | os.PathLike | None] = (), option: str = "--output") -> Path:
     """``path`` if the command may write ``output`` there (see the module docstring); else InputError."""
+    if isinstance(output, FileOutput) and str(path).endswith(("/", os.sep)):  # Path() would drop the slash
+        raise InputError(f"{option} {path}: ends with '/', so it names a directory; name the .{output.kind} file "
+                         "to write")
     path = Path(path)
     source = _inside(path, inputs)
     if source is not None:

@@ -246,6 +246,8 @@ def gene_list(ckpt: Checkpoint, species: Species, text: str, option: str) -> lis
     if os.path.isfile(text):
         with open(text) as f:
             text = ",".join(line.split()[0] for line in f if line.strip() and not line.startswith("#"))
+    elif "," not in text and ("/" in text or os.path.splitext(text)[1].lower() in (".txt", ".csv", ".tsv", ".list")):
+        raise InputError(f"{option} {text}: no such file; give the path of a file with one gene per line, or G1,G2,...")
     ids = parse_genes(ckpt, species, text, option).ids
     if not ids:
         raise InputError(f"{option}: names no gene; give G1,G2,... or a file with one gene per line")

@@ -81,6 +81,8 @@ def parse_genes(ckpt: Checkpoint, species: Species, text: str | None, option: st
         gene, colon, count = item.strip().partition(":")
         if colon and not counts:
             raise InputError(f"{option}: '{item.strip()}' gives a count; {option} lists genes only (G1,G2,...)")
+        if not gene:
+            raise InputError(f"{option}: '{item.strip()}' names no gene; write GENE:COUNT")
         if gene not in in_species:
             others = [species_for_file(f) for f, genes in ckpt.vocab.files if gene in genes]
             where = f"it is a gene of {', '.join(others)}" if others else "no species of this checkpoint has it"
