@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 # Parallel workers (pytest-xdist) share the cores: each gets its share of threads, set before numpy and
 # torch start their pools, and the commands the tests launch inherit it.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
-from pathlib import Path
 
 import anndata
 import numpy as np

@@ -58,8 +58,8 @@ def quickstart(command: list[str], changes: dict, out: Path, args) -> dict:
     try:
         log = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout, check=True).stdout
         total = time.perf_counter() - started
-    except subprocess.TimeoutExpired as cut:
-        log, total = (cut.stdout or b"").decode() if isinstance(cut.stdout, bytes) else cut.stdout or "", None
+    except subprocess.TimeoutExpired as cut:  # its output comes as bytes, even with text=True
+        log, total = (cut.stdout or b"").decode(), None
     marks = [(float(m[1]), m[2]) for m in map(STEP.match, log.splitlines()) if m]
     phases = {name: later - at for (at, name), (later, _) in zip(marks, marks[1:])}
     return {"total": total, **{p: phases.get(p) for p in PHASES}}
