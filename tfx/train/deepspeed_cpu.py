@@ -4,7 +4,9 @@ Lightning's DeepSpeedStrategy refuses non-CUDA accelerators, while DeepSpeed its
 CPU (DS_ACCELERATOR=cpu, gloo). ``CPUCapableDeepSpeedStrategy`` lifts that one refusal: on CPU
 it sets up the environment and the process group as DDP does (without the check that device
 indices equal local ranks), and gives each process a CPU device indexed by its local rank
-(DeepSpeed reads the index as its device rank). On CUDA it is Lightning's strategy as is.
+(DeepSpeed reads the index as its device rank), and all-reduces through gloo rather than
+DeepSpeed's shared-memory op, which DeepSpeed would compile with the machine's C++ compiler on
+first use (minutes, and a compiler the user may not have). On CUDA it is Lightning's strategy as is.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ class CPUCapableDeepSpeedStrategy(DeepSpeedStrategy):
     def setup_environment(self) -> None:
         if self._on_cpu():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # read when its comm backend starts
             _DDP.setup_environment(self)  # skips only DeepSpeedStrategy's CUDA check
         else:
             super().setup_environment()
