@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -147,14 +148,40 @@ def _train_species(tmp, name, n_genes, n_cells, seed, dim=16):
                        index=[f"{name}{i}" for i in range(n_cells)])
     write_h5ad(tmp / f"{name}.h5ad", genes, x[: n_cells * 3 // 4], obs.iloc[: n_cells * 3 // 4])
     write_h5ad(tmp / f"{name}_val.h5ad", genes, x[n_cells * 3 // 4 :], obs.iloc[n_cells * 3 // 4 :])
+
+
+def _species_files(tmp, name):
+    """(gene file, training cells, validation cells) that ``_train_species`` wrote."""
     return tmp / f"{name}_gene.h5", tmp / f"{name}.h5ad", tmp / f"{name}_val.h5ad"
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The directory ``build(dir)`` fills, built once per test run: parallel workers (pytest-xdist)
+    share it, the first builds while the others wait, so a slow fixture costs its time once."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's own directory either way
+    path, done = root / "built_once" / name, root / "built_once" / f"{name}.done"
+    path.parent.mkdir(exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # what a failed build left
+            path.mkdir()
+            build(path)
+            done.touch()
+    return path
 
 
 @pytest.fixture(scope="session")
 def atlas(tmp_path_factory):
     """Two species of three cell types each (training and validation h5ad, gene files), for training tests."""
-    tmp = tmp_path_factory.mktemp("train_data")
-    return {"alpha": _train_species(tmp, "alpha", 150, 320, 0), "beta": _train_species(tmp, "beta", 120, 240, 1)}
+    def build(tmp):
+        _train_species(tmp, "alpha", 150, 320, 0)
+        _train_species(tmp, "beta", 120, 240, 1)
+
+    tmp = built_once(tmp_path_factory, "train_data", build)
+    return {name: _species_files(tmp, name) for name in ("alpha", "beta")}
 
 
 def train_overrides(atlas, out, steps, *extra):
@@ -177,9 +204,10 @@ def pretrained(atlas, tmp_path_factory):
     from tfx.recipe import compose
     from tfx.train.run import train
 
-    out = tmp_path_factory.mktemp("pretrain") / "run"
-    train(compose("pretrain/tiny", train_overrides(atlas, out, 60, "trainer.val_check_interval=30")))
-    return out
+    def build(root):
+        train(compose("pretrain/tiny", train_overrides(atlas, root / "run", 60, "trainer.val_check_interval=30")))
+
+    return built_once(tmp_path_factory, "pretrain", build) / "run"
 
 
 def tiny_model(vocab_size: int = 40, emb_dim: int = 12, seed: int = 0, **cfg):

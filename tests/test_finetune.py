@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import reference
-from conftest import TYPES, file_tokens, train_metrics as _metrics
+from conftest import TYPES, built_once, file_tokens, train_metrics as _metrics
 from tfx.checkpoint import CheckpointError, load_checkpoint
 from tfx.cli import main
 from tfx.errors import InputError, RecipeError
@@ -64,10 +64,11 @@ def _module_outputs(overrides, data) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def lora_run(pretrained, atlas, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lora") / "run"
-    overrides = _finetune(pretrained, atlas, out, 40, *LORA)
-    train(compose("finetune/tiny", overrides))
-    return out, overrides
+    def build(root):
+        train(compose("finetune/tiny", _finetune(pretrained, atlas, root / "run", 40, *LORA)))
+
+    out = built_once(tmp_path_factory, "lora", build) / "run"
+    return out, _finetune(pretrained, atlas, out, 40, *LORA)
 
 
 def test_lora_trains_only_adapters_and_head(lora_run, pretrained):

@@ -17,6 +17,7 @@ import lightning.pytorch  # noqa: F401  (imported here, its log handler writes t
 import pytest
 import torch
 
+from conftest import built_once
 from tfx.data.loader import resolve_urls
 from tfx.data.shards import write_shards
 from tfx.errors import InputError
@@ -64,10 +65,13 @@ def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory):
     """One synthetic species: its h5ad, gene embeddings and six shards of 20 cells."""
-    tmp = tmp_path_factory.mktemp("hostile")
-    s = synth_atlas(tmp / "synth", species=1, cells=120, genes=200, seed=0)["species"]["synth_alpha"]
-    write_shards([s["h5ad"]], "synth_alpha", tmp / "shards", cells_per_shard=20, processes=1)
-    return {"h5ad": Path(s["h5ad"]), "genes": Path(s["gene_h5"]), "shards": tmp / "shards"}
+    def build(tmp):
+        s = synth_atlas(tmp / "synth", species=1, cells=120, genes=200, seed=0)["species"]["synth_alpha"]
+        write_shards([s["h5ad"]], "synth_alpha", tmp / "shards", cells_per_shard=20, processes=1)
+
+    tmp = built_once(tmp_path_factory, "hostile", build)
+    return {"h5ad": tmp / "synth" / "synth_alpha.h5ad", "genes": tmp / "synth" / "synth_alpha_gene.h5",
+            "shards": tmp / "shards"}
 
 
 def train_args(atlas, out, *extra, shards=None):
@@ -140,11 +144,12 @@ def test_a_gene_id_that_is_a_path_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def run_dir(atlas, tmp_path_factory):
     """A finished two-step run (exported)."""
-    out = tmp_path_factory.mktemp("run") / "run"
-    done = tfx(*train_args(atlas, out, "trainer.max_steps=2"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    (out / "train.log").write_text(done.stdout + done.stderr)
-    return out
+    def build(root):
+        done = tfx(*train_args(atlas, root / "run", "trainer.max_steps=2"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        (root / "run" / "train.log").write_text(done.stdout + done.stderr)
+
+    return built_once(tmp_path_factory, "hostile_run", build) / "run"
 
 
 def _tree(path: Path) -> dict:
