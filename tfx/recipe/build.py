@@ -9,7 +9,6 @@ layer imports neither Lightning nor DeepSpeed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tfx.checkpoint import Checkpoint
 from tfx.errors import RecipeError
+from tfx.options import check_device_count
 from tfx.recipe import data, finetune, model
 from tfx.recipe.compose import typed
 from tfx.recipe.objective import Objective, ObjectiveSettings
@@ -99,18 +99,10 @@ def _check_devices(t: TrainerSchema, src: str) -> None:
         return
     gpu = t.accelerator in (Accelerator.gpu, Accelerator.cuda) or (t.accelerator == Accelerator.auto
                                                                     and torch.cuda.is_available())
-    if gpu:
-        have, what = torch.cuda.device_count(), "CUDA devices"
-    elif t.accelerator in (Accelerator.cpu, Accelerator.auto) and not torch.backends.mps.is_available():
-        have, what = os.cpu_count() or 1, "CPUs"
-    else:
-        return
-    if gpu and not have:
-        raise RecipeError(f"{src}: trainer.devices={t.devices} but this machine has no CUDA device; "
-                          "set trainer.accelerator=cpu, or run where the GPUs are")
-    if t.devices > have:
-        raise RecipeError(f"{src}: trainer.devices={t.devices} but this machine has {have} {what}; set "
-                          f"trainer.devices={have} or fewer (per machine; trainer.num_nodes counts machines)")
+    if gpu or (t.accelerator in (Accelerator.cpu, Accelerator.auto) and not torch.backends.mps.is_available()):
+        check_device_count(t.devices, gpu, f"{src}: trainer.devices={t.devices}",
+                           "trainer.devices={have} or fewer (per machine; trainer.num_nodes counts machines)",
+                           no_gpu="set trainer.accelerator=cpu, or run where the GPUs are", error=RecipeError)
 
 
 def _trainer(r: Recipe) -> TrainerSettings:
