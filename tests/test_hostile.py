@@ -628,6 +628,24 @@ def test_a_refused_training_run_leaves_its_output_dir_as_it_found_it(run_dir, at
     assert not list((tmp_path / "empty").iterdir())
 
 
+def test_a_training_output_dir_inside_what_the_run_reads_is_refused(run_dir, atlas, tmp_path, cli):
+    """As every command's outputs: the shards, h5ad files, gene embeddings and init checkpoint a run reads."""
+    shards = tmp_path / "shards"
+    shutil.copytree(atlas["shards"], shards)
+    before = sorted(p.name for p in shards.iterdir())
+    for out in (shards / "run", shards):
+        line = one_line_error(cli(*train_args(atlas, out, "trainer.max_steps=1", shards=shards)))
+        assert f"output_dir={out}: lies in the input {shards}, which the command reads" in line, line
+    assert sorted(p.name for p in shards.iterdir()) == before
+    init = tmp_path / "init"
+    shutil.copytree(run_dir / "export", init)
+    line = one_line_error(cli("train", "finetune/tiny", "trainer.accelerator=cpu", "trainer.devices=1",
+                              f"init={init}", f"data.files=[{atlas['h5ad']}]", "trainer.max_steps=1",
+                              f"output_dir={init / 'ft'}"))
+    assert f"output_dir={init / 'ft'}: lies in the input {init}" in line, line
+    assert not (init / "ft").exists()
+
+
 def test_a_shard_run_refused_for_a_bad_cell_leaves_its_output_as_it_found_it(atlas, tmp_path, cli):
     import anndata
 
