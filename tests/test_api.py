@@ -111,6 +111,14 @@ def test_api_refusals_name_the_argument(ckpt, data, tmp_path):
     (tmp_path / "full" / "mine.txt").write_text("kept")
     with pytest.raises(InputError, match=r"^output_dir .*full: is not empty; pass overwrite=True to replace"):
         tfx.evaluate(adata, output_dir=tmp_path / "full")
+    # arguments of the wrong type: one InputError naming the argument, not a TypeError from inside
+    with pytest.raises(InputError, match=r"^output_dir: expected a directory path, got int"):
+        tfx.evaluate(adata, output_dir=123)
+    with pytest.raises(InputError, match=r"^compare: expected obsm keys \(a string or a list of them\), got 5"):
+        tfx.evaluate(adata, compare=5)
+    adata.obsm["X_tfx"] = adata.obsm["X_tfx"].astype(object)
+    with pytest.raises(InputError, match=r"^adata.obsm\['X_tfx'\] holds object values, not real numbers"):
+        tfx.evaluate(adata)
 
 
 def test_import_tfx_stays_light():

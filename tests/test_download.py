@@ -187,6 +187,23 @@ def test_download_unpacks_the_official_layout_and_a_second_run_does_nothing(mirr
     assert again["status"] == "present" and len(mirror.requests) == seen  # not even a request
 
 
+def test_a_checkpoint_dir_that_cannot_be_written_or_a_base_url_that_is_no_url_is_one_line(tmp_path, capsys):
+    """Refused before any request, exit 2 (was a NotADirectoryError / ValueError traceback); a
+    read-only mount is refused the same way (not testable as root with chmod)."""
+    from tfx.cli import main
+
+    (tmp_path / "afile").write_text("mine")
+    for extra, message in [(["--checkpoint-dir", tmp_path / "afile" / "ckpts"],
+                            f"--checkpoint-dir {tmp_path / 'afile' / 'ckpts'}: {tmp_path / 'afile'} is not a "
+                            "writable directory"),
+                           (["--checkpoint-dir", tmp_path / "c", "--base-url", "not a url"],
+                            "--base-url not a url: not an http://, https:// or file:// URL")]:
+        assert main(["download", "tf-sapiens", *map(str, extra)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert (tmp_path / "afile").read_text() == "mine" and not (tmp_path / "c").exists()
+
+
 def test_all_fetches_every_model_and_the_embeddings(mirror, release, tmp_path):
     publish_all(mirror, release, checksums=False)  # no checksum published: the size is still verified
     records = download_artifacts("all", tmp_path, base_url=mirror.url, retry_wait=0)

@@ -101,6 +101,16 @@ def test_plots_fall_back_to_pca_when_umap_cannot_run(caplog):
     assert "UMAP failed" in caplog.text
 
 
+def test_quickstart_with_too_few_cells_for_eval_is_refused_before_training(tmp_path, capsys):
+    """It was refused by eval, after the pretraining and inference, with a fix (--label) quickstart lacks."""
+    from tfx.cli import main
+
+    assert main(["quickstart", "--output", str(tmp_path / "q"), "--species", "1", "--cells", "30", "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cells 30: the atlas has fewer than 2 cell types of 10 cells or more" in err[0], err
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["atlas"]  # nothing trained
+
+
 @pytest.mark.slow
 def test_quickstart_runs_every_step_and_reports(tmp_path, capsys):
     from tfx.cli import main

@@ -161,6 +161,9 @@ def test_export_never_replaces_what_it_did_not_write(run_dir, tmp_path, monkeypa
     for target in [run_dir, run_dir / "checkpoints", run_dir / "export" / "vocabs", run_dir.parent]:
         line = one_line_error(cli("export", run_dir, "--output", target, "--overwrite"))
         assert "lies in the input" in line or "which the command does not write" in line, line
+    for flags in ([], ["--overwrite"]):  # the run's own export/ too: only tfx train fills it
+        line = one_line_error(cli("export", run_dir, "--output", run_dir / "export", *flags))
+        assert f"--output {run_dir / 'export'}: lies in the input {run_dir}" in line, line
     assert _tree(run_dir) == before
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -172,7 +175,6 @@ def test_export_never_replaces_what_it_did_not_write(run_dir, tmp_path, monkeypa
     assert "--output .: is not empty; pass --overwrite" in one_line_error(cli("export", run_dir, "--output", "."))
     assert "--output .: holds notes.txt" in one_line_error(cli("export", run_dir, "--output", ".", "--overwrite"))
     # an existing checkpoint is replaced only with --overwrite; a killed run's temporaries are cleaned
-    assert "pass --overwrite" in one_line_error(cli("export", run_dir, "--output", run_dir / "export"))
     stale = tmp_path / f".again.tmp-{_dead_pid()}"
     stale.mkdir()
     assert cli("export", run_dir, "--output", tmp_path / "again").returncode == 0
@@ -631,6 +633,24 @@ def test_a_refused_training_run_leaves_its_output_dir_as_it_found_it(run_dir, at
     assert not list((tmp_path / "empty").iterdir())
 
 
+def test_a_training_output_dir_inside_what_the_run_reads_is_refused(run_dir, atlas, tmp_path, cli):
+    """As every command's outputs: the shards, h5ad files, gene embeddings and init checkpoint a run reads."""
+    shards = tmp_path / "shards"
+    shutil.copytree(atlas["shards"], shards)
+    before = sorted(p.name for p in shards.iterdir())
+    for out in (shards / "run", shards):
+        line = one_line_error(cli(*train_args(atlas, out, "trainer.max_steps=1", shards=shards)))
+        assert f"output_dir={out}: lies in the input {shards}, which the command reads" in line, line
+    assert sorted(p.name for p in shards.iterdir()) == before
+    init = tmp_path / "init"
+    shutil.copytree(run_dir / "export", init)
+    line = one_line_error(cli("train", "finetune/tiny", "trainer.accelerator=cpu", "trainer.devices=1",
+                              f"init={init}", f"data.files=[{atlas['h5ad']}]", "trainer.max_steps=1",
+                              f"output_dir={init / 'ft'}"))
+    assert f"output_dir={init / 'ft'}: lies in the input {init}" in line, line
+    assert not (init / "ft").exists()
+
+
 def test_a_shard_run_refused_for_a_bad_cell_leaves_its_output_as_it_found_it(atlas, tmp_path, cli):
     import anndata
 
@@ -774,6 +794,17 @@ def test_more_devices_than_the_machine_has_are_refused_before_any_process_starts
     assert f"trainer.devices={gpus + 1} but this machine has {f'{gpus} CUDA devices' if gpus else 'no CUDA device'}" \
         in line, line
     assert not (tmp_path / "run").exists()
+
+
+def test_infer_refuses_more_devices_than_the_machine_has(run_dir, atlas, tmp_path, cli):
+    """The same check as training's: on CPU each device would be a process, all started at once."""
+    gpu = torch.cuda.is_available()
+    have = torch.cuda.device_count() if gpu else os.cpu_count()
+    line = one_line_error(cli("infer", "--checkpoint", run_dir / "export", "--data", atlas["h5ad"], "--output",
+                              tmp_path / "e.h5ad", "--devices", have + 1))
+    assert (f"--devices {have + 1} but this machine has {have} {'CUDA devices' if gpu else 'CPUs'}; "
+            f"set --devices {have} or fewer") in line, line
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_fifo_given_as_an_input_is_refused_at_once(run_dir, atlas, tmp_path, cli):

@@ -128,6 +128,8 @@ def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type
     from tfx.outputs import check_output
 
     if output_dir is not None:
+        if not isinstance(output_dir, (str, os.PathLike)):
+            raise InputError(f"output_dir: expected a directory path, got {type(output_dir).__name__}")
         check_output(output_dir, REPORT, overwrite=overwrite, option="output_dir")
 
     opts = EvalOptions(label=label, batch=batch, seed=seed, cz_benchmarks=cz_benchmarks)
@@ -138,7 +140,9 @@ def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type
     for option, column in (("label", label), ("batch", batch)):
         if column is not None and column not in adata.obs:
             raise InputError(f"{option}: adata.obs has no column '{column}' (columns: {', '.join(adata.obs.columns)})")
-    compare = [compare] if isinstance(compare, str) else list(compare or [])
+    compare = [compare] if isinstance(compare, str) else compare or []
+    if not isinstance(compare, (list, tuple)) or not all(isinstance(key, str) for key in compare):
+        raise InputError(f"compare: expected obsm keys (a string or a list of them), got {compare!r}")
     if len(set(compare)) < len(compare):
         raise InputError(f"compare: {compare} names a key twice; name each obsm key once")
     for key in compare:

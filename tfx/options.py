@@ -30,7 +30,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from tfx.errors import InputError
+from tfx.errors import InputError, TfxError
 from tfx.outputs import DirOutput, FileOutput, check_output
 
 REQUIRED = dataclasses.MISSING
@@ -115,6 +115,21 @@ Count = Annotated[int, Range(int, lo=0)]
 Seed = Annotated[int, Range(int, lo=0, hi=2**32 - 1)]  # numpy's and torch's generators take it
 PositiveFloat = Annotated[float, Range(float, above=0)]
 Device = Literal["auto", "cpu", "cuda"]
+
+
+def check_device_count(count: int, gpu: bool, asked: str, fewer: str, *,
+                       no_gpu: str = "use the CPU, or run where the GPUs are", error: type[TfxError] = InputError) -> None:
+    """``count`` devices beyond this machine's are refused in one line before any process starts: on
+    CPU each device is a process (all of them would start), on GPU each is a CUDA device. ``asked``
+    names the setting as the user wrote it; ``fewer`` says how to ask for fewer (``{have}``: what the
+    machine has); ``no_gpu``: the fix where it has no CUDA device at all."""
+    import torch
+
+    have, what = (torch.cuda.device_count(), "CUDA devices") if gpu else (os.cpu_count() or 1, "CPUs")
+    if gpu and not have:
+        raise error(f"{asked} but this machine has no CUDA device; {no_gpu}")
+    if count > have:
+        raise error(f"{asked} but this machine has {have} {what}; set {fewer.format(have=have)}")
 
 
 def option(default: Any = REQUIRED, *, help: str, flags: tuple[str, ...] = (), python: Any = _SAME,

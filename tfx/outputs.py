@@ -92,15 +92,17 @@ def _kind_of(mode: int) -> str | None:
     return None
 
 
-def _inside(path: Path, inputs: Iterable[str | os.PathLike]) -> Path | None:
+def check_outside(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], label: str) -> None:
+    """``path`` is none of ``inputs`` and lies in none of them (URLs aside); else one InputError line
+    that starts with ``label``."""
     real = Path(os.path.realpath(path))
     for given in inputs:
         if given is None or "://" in str(given):
             continue
         src = Path(os.path.realpath(given))
         if real == src or (src.is_dir() and src in real.parents):
-            return Path(given)
-    return None
+            raise InputError(f"{label}: lies in the input {given}, which the command reads; choose an output "
+                             "outside it")
 
 
 def _check_parent(path: Path, option: str) -> None:
@@ -125,10 +127,7 @@ def check_output(path: str | os.PathLike, output: FileOutput | DirOutput, *, ove
         raise InputError(f"{option} {path}: ends with '/', so it names a directory; name the .{output.kind} file "
                          "to write")
     path = Path(path)
-    source = _inside(path, inputs)
-    if source is not None:
-        raise InputError(f"{option} {path}: lies in the input {source}, which the command reads; choose an output "
-                         "outside it")
+    check_outside(path, inputs, f"{option} {path}")
     _check_parent(path, option)
     if path.is_symlink():
         raise InputError(f"{option} {path}: is a symbolic link; name the real path to write, or another output")

@@ -20,10 +20,13 @@ PROMPT_CELLS = 64  # sampled cells per prompt: about 30 s for the atlas's 8 type
 def quickstart(output: str | Path = "quickstart", species: int = 3, cells: int = 600, steps: int = STEPS,
                seed: int = 0) -> dict:
     import anndata
+    import pandas as pd
 
     from tfx.atomic import atomic_path
     from tfx.checkpoint import load_checkpoint
     from tfx.data.shards import write_shards
+    from tfx.errors import InputError
+    from tfx.eval.probes import MIN_CLASS_CELLS
     from tfx.eval.report import evaluate
     from tfx.generate.prompt import marker_recovery
     from tfx.generate.sample import species_of
@@ -40,6 +43,10 @@ def quickstart(output: str | Path = "quickstart", species: int = 3, cells: int =
 
     step(f"synth: {species} species x {cells} cells -> {out / 'atlas'}")
     atlas = synth_atlas(out / "atlas", species=species, cells=cells, seed=seed)["species"]
+    types = pd.concat([anndata.read_h5ad(files["h5ad"]).obs["cell_type"] for files in atlas.values()]).value_counts()
+    if (types >= MIN_CLASS_CELLS).sum() < 2:  # eval would refuse it after the training: refused before it
+        raise InputError(f"--cells {cells}: the atlas has fewer than 2 cell types of {MIN_CLASS_CELLS} cells or more, "
+                         f"which eval's probes need; raise --cells (default 600), with --overwrite for this --output")
     step("shard: h5ad -> WebDataset shards")
     for name, files in atlas.items():
         write_shards([files["h5ad"]], name, out / "shards" / name, cells_per_shard=max(1, cells // 4), processes=1)

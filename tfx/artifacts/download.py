@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from http.client import HTTPException
@@ -28,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 
 from tfx.atomic import atomic_path
+from tfx.outputs import check_writable
 from tfx.progress import progress
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ def download_artifacts(name: str, checkpoint_dir: str | os.PathLike, *, base_url
         raise DownloadError(f"unknown artifact {name!r}; choose one of {', '.join(ARCHIVES)}")
     checkpoint_dir = Path(checkpoint_dir)
     base_url = base_url or DEFAULT_BASE_URL
+    if urllib.parse.urlsplit(base_url).scheme not in ("http", "https", "file"):
+        raise DownloadError(f"--base-url {base_url}: not an http://, https:// or file:// URL; name the mirror's URL")
     return [fetch_archive(archive, checkpoint_dir, base_url, retries, retry_wait) for archive in ARCHIVES[name]]
 
 
@@ -96,6 +100,7 @@ def fetch_archive(archive: str, checkpoint_dir: Path, base_url: str, retries: in
         raise DownloadError(f"{target}: exists and is not a complete {archive} release ({problem}); tfx does not "
                             "replace what it did not write: move it away, then run the same command again")
 
+    check_writable(checkpoint_dir, f"--checkpoint-dir {checkpoint_dir}")  # a read-only place: refused, not a failed disk
     work = checkpoint_dir / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     part = work / f"{archive}.tar.gz.part"

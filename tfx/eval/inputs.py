@@ -69,6 +69,8 @@ def check_embeddings(emb: np.ndarray, n_cells: int, where: str) -> None:
     line naming ``where`` (a file's obsm key, or adata.obsm['key'] in tfx.evaluate)."""
     if emb.ndim != 2 or len(emb) != n_cells or not emb.shape[1]:
         raise InputError(f"{where} has shape {emb.shape} for {n_cells} cells; rewrite it with `tfx infer`")
+    if not (np.issubdtype(emb.dtype, np.floating) or np.issubdtype(emb.dtype, np.integer)):
+        raise InputError(f"{where} holds {emb.dtype} values, not real numbers; rewrite it with `tfx infer`")
     if not np.isfinite(emb).all():
         raise InputError(f"{where} holds NaN or infinite values; rerun `tfx infer` (check --precision) or drop "
                          "those cells")

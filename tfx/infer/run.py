@@ -38,8 +38,9 @@ from tfx.data.inputs import CellSources, input_list, open_inputs
 from tfx.data.shards import MANIFEST
 from tfx.errors import InputError
 from tfx.infer.engine import Outputs, run_cells
-from tfx.infer.parts import Rank, launched, load_chunk, missing, parts_dir, plan, run_key, save_chunk
 from tfx.infer.options import OUTPUTS, InferCommand, InferOptions, LoadOptions  # noqa: F401 (tfx.infer.run's API)
+from tfx.infer.parts import Rank, launched, load_chunk, missing, parts_dir, plan, run_key, save_chunk
+from tfx.options import check_device_count
 from tfx.tokenize.batches import BatchSpec
 from tfx.vocab import species_for_file
 
@@ -64,10 +65,11 @@ def resolve_devices(name: str, count: int = 1) -> list[torch.device]:
         if available == 0:
             raise InputError("--device cuda: no CUDA device is available; use --device cpu or auto")
         count = available if count == -1 else count
-        if count > available:
-            raise InputError(f"--devices {count}: only {available} CUDA devices are visible")
+    count = max(1, count)  # -1 on CPU: one process
+    check_device_count(count, kind == "cuda", f"--devices {count}", "--devices {have} or fewer")
+    if kind == "cuda":
         return [torch.device("cuda", i) for i in range(count)]
-    return [torch.device("cpu")] * max(1, count)  # several CPU processes split the cores
+    return [torch.device("cpu")] * count  # several CPU processes split the cores
 
 
 def open_cells(ckpt: Checkpoint, data, opts: InferOptions) -> CellSources:

@@ -9,16 +9,17 @@ layer imports neither Lightning nor DeepSpeed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tfx.checkpoint import Checkpoint
 from tfx.errors import RecipeError
+from tfx.options import check_device_count
+from tfx.outputs import check_outside
 from tfx.recipe import data, finetune, model
 from tfx.recipe.compose import typed
 from tfx.recipe.objective import Objective, ObjectiveSettings
@@ -79,6 +80,7 @@ def build(cfg: DictConfig, src: str = "recipe", device: str | None = None) -> Bu
     objective = objective_cls(ObjectiveSettings(r.objective, r.optim, r.optim.total_steps or r.trainer.max_steps,
                                                 list(r.freeze), ckpt.task, ft))
     out = Path(r.output_dir)
+    check_outside(out, _inputs(r), f"output_dir={out}")
     if device != "meta":  # the recipe's own errors first; --check may run where the training will not (a login node)
         _check_devices(r.trainer, src)
     return Build(
@@ -87,6 +89,14 @@ def build(cfg: DictConfig, src: str = "recipe", device: str | None = None) -> Bu
         trainer=_trainer(r), resume=_resume(r.resume, out, src), config_yaml=OmegaConf.to_yaml(cfg),
         adapter=finetune.adapter_record(ft, r.init, src) if ft else None,
     )
+
+
+def _inputs(r: Recipe) -> list[str]:
+    """The files and directories a run reads (globs and URLs are never an output's parent)."""
+    shards = [s for entry in (r.data.shards, r.data.val_shards) if entry
+              for s in (entry if isinstance(entry, (list, ListConfig)) else [entry])]
+    return [*map(str, shards), *r.data.files, *r.data.val_files, *r.vocab.embeddings, *r.vocab.add,
+            *([r.init] if r.init else [])]
 
 
 def _check_devices(t: TrainerSchema, src: str) -> None:
@@ -99,18 +109,10 @@ def _check_devices(t: TrainerSchema, src: str) -> None:
         return
     gpu = t.accelerator in (Accelerator.gpu, Accelerator.cuda) or (t.accelerator == Accelerator.auto
                                                                     and torch.cuda.is_available())
-    if gpu:
-        have, what = torch.cuda.device_count(), "CUDA devices"
-    elif t.accelerator in (Accelerator.cpu, Accelerator.auto) and not torch.backends.mps.is_available():
-        have, what = os.cpu_count() or 1, "CPUs"
-    else:
-        return
-    if gpu and not have:
-        raise RecipeError(f"{src}: trainer.devices={t.devices} but this machine has no CUDA device; "
-                          "set trainer.accelerator=cpu, or run where the GPUs are")
-    if t.devices > have:
-        raise RecipeError(f"{src}: trainer.devices={t.devices} but this machine has {have} {what}; set "
-                          f"trainer.devices={have} or fewer (per machine; trainer.num_nodes counts machines)")
+    if gpu or (t.accelerator in (Accelerator.cpu, Accelerator.auto) and not torch.backends.mps.is_available()):
+        check_device_count(t.devices, gpu, f"{src}: trainer.devices={t.devices}",
+                           "trainer.devices={have} or fewer (per machine; trainer.num_nodes counts machines)",
+                           no_gpu="set trainer.accelerator=cpu, or run where the GPUs are", error=RecipeError)
 
 
 def _trainer(r: Recipe) -> TrainerSettings:

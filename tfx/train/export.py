@@ -57,10 +57,15 @@ def latest_checkpoint(run_dir: Path) -> Path:
 def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path | None = None,
                overwrite: bool = False, lora_form: str | None = None) -> Path:
     """``overwrite``: an existing checkpoint at ``out_dir`` may be replaced (nothing else ever is);
-    ``lora_form``: merged | adapter, for a LoRA run (default: what its recipe chose)."""
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    own = out_dir.resolve() == (run_dir / "export").resolve()  # the run's own export slot, as tfx train fills it
-    check_output_dir(out_dir, overwrite, inputs=() if own else [run_dir])
+    ``lora_form``: merged | adapter, for a LoRA run (default: what its recipe chose). ``out_dir`` may
+    not lie in the run it reads, its ``export/`` included (`tfx train` fills that one)."""
+    check_output_dir(out_dir, overwrite, inputs=[run_dir])
+    return write_export(Path(run_dir), Path(out_dir), checkpoint, lora_form)
+
+
+def write_export(run_dir: Path, out_dir: Path, checkpoint: str | Path | None = None,
+                 lora_form: str | None = None) -> Path:
+    """``export_run`` once its output is checked: `tfx train` writes its own ``export/`` with it."""
     template = run_dir / "checkpoint_template"
     if not (template / "config.json").exists():
         raise CheckpointError(f"{template}: missing; export needs a run directory written by `tfx train`")

@@ -159,7 +159,7 @@ def fit(run: Build) -> Path:
 
 def _fit(run: Build, trainer, module, stop) -> Path:
     from tfx.train.datamodule import RecipeData
-    from tfx.train.export import export_run, write_template
+    from tfx.train.export import write_export, write_template
 
     out = run.output_dir
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and _rank() == 0:
@@ -181,7 +181,8 @@ def _fit(run: Build, trainer, module, stop) -> Path:
     final = out / "checkpoints" / "final.ckpt"
     trainer.save_checkpoint(str(final), weights_only=False)  # collective under DeepSpeed: every rank writes its shard
     if trainer.is_global_zero:
-        export_run(out, out / "export", final, overwrite=True)
+        check_output_dir(out / "export", overwrite=True)  # as check_run_dir did: a user's file there is never replaced
+        write_export(out, out / "export", final)
         log.info("exported the inference checkpoint to %s", out / "export")
         run.objective.after_fit(run, out / "export")
     trainer.strategy.barrier()
