@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -236,7 +237,6 @@ def _losses(run: Path) -> dict[int, float]:
 def test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(atlas, tmp_path):
     """SLURM's preemption mid-shard: a checkpoint at the next step, exit 143, and the resumed run
     trains on exactly the batches the uninterrupted one does."""
-    import signal
     import time
 
     common = ["trainer.max_steps=24", "trainer.checkpoint_every_n_steps=3", "optim.total_steps=24"]
@@ -322,14 +322,11 @@ def _alive(pids) -> list[int]:
 def _ctrl_c_as_in_a_terminal() -> None:
     """A command started in the background by a shell (nohup, `&`, some CI runners) inherits SIGINT
     ignored; a terminal's Ctrl-C finds it at its default, which these tests reproduce."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
 def test_shard_workers_end_with_their_parent(tmp_path, how):
-    import signal
     import time
 
     data = _big_h5ad(tmp_path / "a.h5ad")
@@ -512,9 +509,8 @@ def test_exit_codes_agree_across_commands(cli, tmp_path):
     assert "argument --species" in one_line_error(cli("synth", "--output", tmp_path / "s", "--species", "9"))
 
 
-def test_ctrl_c_in_infer_is_exit_130_without_a_traceback(run_dir, atlas, tmp_path):
-    import signal
-
+@pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_signal_in_infer_ends_it_in_one_line_without_a_traceback(run_dir, atlas, tmp_path, sig, code, name):
     import anndata
 
     adata = anndata.read_h5ad(atlas["h5ad"])
@@ -526,10 +522,10 @@ def test_ctrl_c_in_infer_is_exit_130_without_a_traceback(run_dir, atlas, tmp_pat
     lines = []
     while not any("tfx.progress" in x for x in lines) and proc.poll() is None:
         lines.append(proc.stderr.readline())
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     err = "".join(lines) + proc.communicate(timeout=180)[1]
-    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
-    assert "tfx infer: interrupted (Ctrl-C)" in err
+    assert proc.returncode == code and "Traceback" not in err, err[-3000:]
+    assert f"tfx infer: interrupted ({name})" in err
     assert not (tmp_path / "o.h5ad").exists() and not list(tmp_path.glob(".o.h5ad.tmp-*"))
 
 

@@ -256,10 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_third_parties()
     from tfx.artifacts import DownloadError, PortalError
-    from tfx.errors import Interrupted, TfxError
+    from tfx.errors import Interrupted, Terminated, TfxError, sigterm_ends_as_ctrl_c
 
     try:
-        args.run(from_args(args.options, args))  # prints what it did; any failure raises
+        with sigterm_ends_as_ctrl_c():
+            args.run(from_args(args.options, args))  # prints what it did; any failure raises
         return 0
     except (TfxError, DownloadError, PortalError) as err:
         print(f"tfx {args.command}: error: {err}", file=sys.stderr)
@@ -271,11 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
             raise
         failure = os.strerror(err.errno) + (f" ({err.filename})" if err.filename else "")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         kept = INTERRUPTED.get(args.command, "nothing half-written is kept, run the same command again")
-        print(f"tfx {args.command}: interrupted (Ctrl-C); {kept.format(output=getattr(args, 'output', ''))}",
+        name, code = ("SIGTERM", 143) if isinstance(stop, Terminated) else ("Ctrl-C", 130)
+        print(f"tfx {args.command}: interrupted ({name}); {kept.format(output=getattr(args, 'output', ''))}",
               file=sys.stderr)
-        return 130
+        return code
     print(f"tfx {args.command}: failed: {failure}; nothing half-written is kept: free the space and run the same "
           "command again", file=sys.stderr)
     return 1

@@ -1,5 +1,9 @@
 """The exception types every layer raises. Each is a user's mistake: the CLI prints it as one line
-and exits with 2 (see ``tfx.cli``)."""
+and exits with 2 (see ``tfx.cli``). Also how a signal ends a command."""
+
+import signal
+import threading
+from contextlib import contextmanager
 
 
 class TfxError(ValueError):
@@ -40,3 +44,26 @@ class Interrupted(Exception):
     def __init__(self, message: str, code: int):
         super().__init__(message)
         self.code = code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's time limit) ended a command as Ctrl-C does: its cleanup ran,
+    and the CLI prints one line and exits 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextmanager
+def sigterm_ends_as_ctrl_c():
+    """Within it, SIGTERM raises ``Terminated`` in the main thread (training installs its own handler
+    while it fits, which saves a checkpoint first)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
