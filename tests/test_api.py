@@ -93,6 +93,9 @@ def test_api_refusals_name_the_argument(ckpt, data, tmp_path):
         tfx.embed(adata, model, outputs=("embeddings", "lhh"))
     with pytest.raises(InputError, match=r"^--model-type esm2ce has no transformer"):
         tfx.embed(adata, model, model_type="esm2ce", outputs=("llh",))
+    for key in ("", "a/b"):
+        with pytest.raises(InputError, match=rf"^key: {key!r} is not a name for the obsm key"):
+            tfx.embed(adata, model, key=key)
     with pytest.raises(InputError, match=r"^AnnData: var has no gene column 'gene_ids'"):
         tfx.embed(adata, model, gene_col="gene_ids")
     adata.obsm["X_tfx"] = np.zeros((adata.n_obs, 4), np.float32)

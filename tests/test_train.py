@@ -132,10 +132,18 @@ def test_finetuning_classifies_cell_types(pretrained, atlas, tmp_path):
     assert (out / "export" / "task_head.pt").exists()
 
 
+def test_finetuning_without_files_names_data_files(pretrained, tmp_path):
+    with pytest.raises(RecipeError, match=r"data.files lists no h5ad file; set data.files=\[cells.h5ad\]"):
+        train(compose("finetune/tiny", [f"init={pretrained / 'export'}", "data.files=[]",
+                                        f"output_dir={tmp_path / 'ft'}"]))
+    assert not (tmp_path / "ft").exists()
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.likelihood=zinb", "unknown likelihood 'zinb'"),
     ("model.embed_dim=30", "not divisible by num_heads"),
     ("strategy=deepspeed_zero9", "Could not find 'strategy/deepspeed_zero9'"),
+    ("output_dir=", "output_dir is empty; name the run's directory"),
 ])
 def test_recipe_errors_before_compute(atlas, tmp_path, override, message):
     with pytest.raises(RecipeError, match=message):

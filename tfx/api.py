@@ -74,8 +74,9 @@ def embed(adata: anndata.AnnData, model: Checkpoint, key: str = "X_tfx", *, emb_
     if opts.predictions:
         raise InputError("outputs: predictions are written by tfx infer only (obs <label>_pred, <label>_prob); "
                          "run it on a file, or ask embeddings, llh, gene_llh or nll")
-    if not isinstance(key, str):
-        raise InputError(f"key: {key!r} is not a string (the obsm key of the embeddings)")
+    if not isinstance(key, str) or not key.strip() or "/" in key:  # an h5ad cannot store "" or a '/' in a key
+        raise InputError(f"key: {key!r} is not a name for the obsm key of the embeddings (a non-empty string "
+                         "without '/'), e.g. key='X_tfx'")
     if isinstance(adata, anndata.AnnData):
         arrays, uns = infer_memory(_model(model), adata, opts)
     elif isinstance(adata, (str, os.PathLike, SomaSource, list, tuple)):

@@ -45,11 +45,17 @@ def task_classes(t: TaskSchema, task_cls, r: Recipe, ckpt: Checkpoint, src: str)
         values = manifest_classes(list(_shard_specs(r.data.shards, "data.shards", src).values()), t.label_key)
     else:
         values = []
-        for path in r.data.files:
+        for path in _h5ad_files(r.data, src):
             reader = CellReader(path, ckpt.vocab.lookup, gene_col=r.data.gene_col, labels=LabelCodec(t.label_key))
             values += list(reader.read_obs([t.label_key])[t.label_key])
             reader.close()
     return discover_classes(values, t.label_key, src, t.missing_labels == MissingLabels.drop)
+
+
+def _h5ad_files(d, src: str) -> list[str]:
+    if not d.files:
+        raise RecipeError(f"{src}: data.files lists no h5ad file; set data.files=[cells.h5ad]")
+    return d.files
 
 
 def _check_missing_labels(spec, labels: LabelCodec) -> None:
@@ -101,8 +107,7 @@ def sources(r: Recipe, ckpt: Checkpoint, src: str):
             return train, {n: loader({n: {"urls": u}}, r.seed + 1) for n, u in val_specs.items()}
 
         return sources
-    if not d.files:
-        raise RecipeError(f"{src}: data.files lists no h5ad file; set data.files=[cells.h5ad]")
+    _h5ad_files(d, src)
 
     def sources(rank: int, world: int):
         def batches(files, seed):

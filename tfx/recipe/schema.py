@@ -246,6 +246,8 @@ class Recipe:
 
     def __post_init__(self):
         check_bounds(self)
+        if isinstance(self.output_dir, str) and not self.output_dir.strip():  # "" would be the current directory
+            raise RecipeError("output_dir is empty; name the run's directory, e.g. output_dir=runs/mine")
 
 
 def registered(registry: Registry, name: str, src: str) -> Any:
