@@ -132,6 +132,23 @@ def test_an_unwritable_place_is_refused_before_any_work(tmp_path):
             check_output(where, CSV)
 
 
+def test_an_output_through_a_symlink_to_nothing_is_one_line(tmp_path):
+    """Nothing can be made through a dangling symlink (mkdir raised FileExistsError: a traceback in
+    every command, tfx shard --output LINK included)."""
+    from conftest import write_h5ad
+    from tfx.data.shards import write_shards
+
+    dead = tmp_path / "dead"
+    dead.symlink_to(tmp_path / "nowhere" / "x")
+    for where in (dead / "out.csv", dead / "sub" / "out.csv"):
+        with pytest.raises(InputError, match="dead is a symbolic link to nothing"):
+            check_output(where, CSV)
+    cells = write_h5ad(tmp_path / "cells.h5ad", [f"SYNTH_ALPHA_{i:05d}" for i in range(3)], [[1, 2, 3]])
+    with pytest.raises(InputError, match="--output .*dead is a symbolic link to nothing"):
+        write_shards(cells, "synth_alpha", dead, processes=1)
+    assert not (tmp_path / "nowhere").exists()
+
+
 WRITERS = {  # command line with {out}, the kind of output, and a path inside one of its inputs
     "infer": (["infer", "--checkpoint", "{ckpt}", "--data", "{cells}", "--output", "{out}"], "file", "{ckpt}/x.h5ad"),
     "generate": (["generate", "--checkpoint", "{ckpt}", "--species", "synth_alpha", "--n-cells", "1", "--output",

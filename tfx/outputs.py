@@ -114,8 +114,10 @@ def check_writable(directory: str | os.PathLike, label: str) -> None:
     ancestor is a directory this process may write (a read-only mount is not, even for root).
     Checked before any work; else one InputError line that starts with ``label``."""
     parent = Path(os.path.abspath(directory))
-    while not parent.exists():
+    while not os.path.lexists(parent):  # a dangling symlink on the way stops here: nothing can be made through it
         parent = parent.parent
+    if parent.is_symlink() and not parent.exists():
+        raise InputError(f"{label}: {parent} is a symbolic link to nothing; choose an output where you can write")
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{label}: {parent} is not a writable directory; choose an output where you can write")
 
