@@ -216,3 +216,26 @@ def test_an_empty_directory_alone_names_both_kinds_of_directory(ckpt, tmp_path, 
     line = _error(capsys)
     assert "no TileDB-SOMA experiment there" in line and "a tfx shard directory by its manifest.json" in line
     assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_a_directory_holding_a_fifo_or_an_empty_path_is_refused_not_waited_on(tmp_path):
+    """tiledb opened each file of a directory given as --data/--input to find an experiment, and
+    waited forever on a FIFO there; '' named the current directory (tfx.embed('') hung on one)."""
+    import os
+    import subprocess
+    import sys
+
+    from tfx.data.inputs import input_list
+    from tfx.errors import InputError
+
+    pytest.importorskip("tiledbsoma")
+    (tmp_path / "d").mkdir()
+    os.mkfifo(tmp_path / "d" / "pipe")
+    done = subprocess.run([sys.executable, "-m", "tfx.cli", "shard", "--input", str(tmp_path / "d"), "--species",
+                           "synth_alpha", "--output", str(tmp_path / "sh")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "no TileDB-SOMA experiment there" in done.stderr, done.stderr
+    assert not (tmp_path / "sh").exists()
+    for empty in ("", [tmp_path / "d", ""]):
+        with pytest.raises(InputError, match="--data: name an h5ad file"):
+            input_list(empty)

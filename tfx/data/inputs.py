@@ -51,7 +51,7 @@ def input_list(data) -> list:
     ``Path``. Refuses in one line an empty list, a SOMA experiment beside other inputs, and a shard
     directory that ``tfx shard`` did not finish."""
     items = [data] if isinstance(data, (anndata.AnnData, SomaSource, str, os.PathLike)) else list(data)
-    if not items:
+    if not items or any(isinstance(d, (str, os.PathLike)) and not os.fspath(d) for d in items):  # '' is the cwd
         raise InputError("--data: name an h5ad file, several, a tfx shard directory or a TileDB-SOMA experiment")
     inputs = [d if isinstance(d, (anndata.AnnData, SomaSource)) or isinstance(d, str) and URL.match(d)
               and not d.startswith("file://") else Path(d) for d in items]

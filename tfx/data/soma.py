@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -82,13 +83,18 @@ def filter_columns(expr: str) -> list[str]:
 
 def open_experiment(source: SomaSource):
     """The experiment at ``source.uri``, open for reading; a wrong URI is one InputError."""
+    absent = InputError(f"{source.uri}: no TileDB-SOMA experiment there; check the path or URI "
+                        "(an h5ad file is read as a file, a tfx shard directory by its manifest.json)")
+    # a local directory without a TileDB group's marker is none: tiledb would open each file in it to
+    # find out, and would wait forever on a FIFO there
+    if "://" not in source.uri and not os.path.exists(os.path.join(source.uri, "__tiledb_group.tdb")):
+        raise absent
     soma = tiledbsoma_module()
     context = soma.SOMATileDBContext(tiledb_config=dict(source.config)) if source.config else None
     try:
         return soma.Experiment.open(source.uri, context=context)
     except soma.DoesNotExistError:
-        raise InputError(f"{source.uri}: no TileDB-SOMA experiment there; check the path or URI "
-                         "(an h5ad file is read as a file, a tfx shard directory by its manifest.json)") from None
+        raise absent from None
     except Exception as err:  # tiledb reports a wrong object type, a network or permission failure alike
         raise InputError(f"{source.uri}: not a readable TileDB-SOMA experiment ({_first_line(err)})") from None
 
