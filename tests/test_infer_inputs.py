@@ -239,3 +239,5 @@ def test_a_directory_holding_a_fifo_or_an_empty_path_is_refused_not_waited_on(tm
     for empty in ("", [tmp_path / "d", ""]):
         with pytest.raises(InputError, match="--data: name an h5ad file"):
             input_list(empty)
+    with pytest.raises(InputError, match="--data: None is a NoneType"):
+        input_list([tmp_path / "d", None])  # was a TypeError from pathlib

@@ -53,6 +53,10 @@ def input_list(data) -> list:
     items = [data] if isinstance(data, (anndata.AnnData, SomaSource, str, os.PathLike)) else list(data)
     if not items or any(isinstance(d, (str, os.PathLike)) and not os.fspath(d) for d in items):  # '' is the cwd
         raise InputError("--data: name an h5ad file, several, a tfx shard directory or a TileDB-SOMA experiment")
+    for d in items:
+        if not isinstance(d, (anndata.AnnData, SomaSource, str, os.PathLike)):
+            raise InputError(f"--data: {d!r} is a {type(d).__name__}; name h5ad files, tfx shard directories or "
+                             "a TileDB-SOMA experiment")
     inputs = [d if isinstance(d, (anndata.AnnData, SomaSource)) or isinstance(d, str) and URL.match(d)
               and not d.startswith("file://") else Path(d) for d in items]
     for item in inputs:
