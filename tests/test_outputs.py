@@ -56,6 +56,23 @@ def test_a_file_output_replaces_only_a_file_of_its_kind(tmp_path, overwrite):
     sock.close()
 
 
+def test_overwrite_replaces_an_h5ad_but_not_another_hdf5_file(tmp_path):
+    """A gene embedding file is HDF5 as an h5ad is: --overwrite must not take one for the other."""
+    import anndata
+    import numpy as np
+
+    from tfx.vocab import write_gene_embeddings
+
+    anndata.AnnData(np.ones((2, 2), np.float32)).write_h5ad(tmp_path / "cells.h5ad")
+    write_gene_embeddings(tmp_path / "genes.h5", ["A", "B"], np.ones((2, 4), np.float32))
+    (tmp_path / "genes.h5ad").write_bytes((tmp_path / "genes.h5").read_bytes())
+    h5ad = FileOutput("h5ad")
+    assert check_output(tmp_path / "cells.h5ad", h5ad, overwrite=True) == tmp_path / "cells.h5ad"
+    for name in ("genes.h5", "genes.h5ad"):
+        with pytest.raises(InputError, match=rf"^--output .*{name}: "):
+            check_output(tmp_path / name, h5ad, overwrite=True)
+
+
 def test_an_output_inside_an_input_is_refused(tmp_path):
     ckpt = tmp_path / "ckpt"
     (ckpt / "vocabs").mkdir(parents=True)

@@ -50,6 +50,11 @@ def _is_kind(path: Path, kind: str) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
+        if kind == "h5ad" and head.startswith(_SIGNATURES[kind]):  # anndata's root mark, not any HDF5 file
+            import h5py  # (a gene embedding .h5 is HDF5 too)
+
+            with h5py.File(path, "r") as f:
+                return f.attrs.get("encoding-type") in ("anndata", b"anndata")
         if kind in _SIGNATURES:
             return head.startswith(_SIGNATURES[kind])
         if kind == "json":
