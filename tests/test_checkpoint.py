@@ -116,6 +116,18 @@ def test_vocabulary_of_another_model_is_refused(ckpt_copy):
         load_checkpoint(ckpt_copy)
 
 
+def test_an_unreadable_gene_file_is_one_line(tmp_path):
+    from tfx.errors import VocabError
+    from tfx.vocab import read_gene_embeddings
+
+    (tmp_path / "text.h5").write_text("not HDF5")
+    for path, reason in [(tmp_path, "it is a directory"), (tmp_path / "text.h5", "file signature not found"),
+                         (tmp_path / "missing.h5", "No such file or directory")]:
+        with pytest.raises(VocabError, match=reason) as err:
+            read_gene_embeddings(path)
+        assert "\n" not in str(err.value)
+
+
 def test_special_token_rows_follow_the_reference(ckpt_copy):
     """Rebuilding the frozen table from the h5 files gives the reference's table, special rows included."""
     from tfx.vocab import GeneVocab

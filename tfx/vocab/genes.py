@@ -42,8 +42,9 @@ def read_gene_embeddings(path: str | os.PathLike, arrays: bool = True) -> tuple[
                 if len(bad):  # a NaN row would make every cell holding that gene NaN, silently
                     raise VocabError(f"{path}: the embeddings of {len(bad)} genes hold NaN or inf (first: "
                                      f"{genes[bad[0]]}); re-embed them (tfx embed-proteins) or leave them out")
-    except OSError as err:
-        raise VocabError(f"{path}: cannot read gene embeddings ({err})") from err
+    except OSError as err:  # h5py's messages run over several lines
+        reason = "it is a directory" if path.is_dir() else str(err).strip().splitlines()[0]
+        raise VocabError(f"{path}: cannot read gene embeddings ({reason})") from err
     return genes, table
 
 
