@@ -147,6 +147,9 @@ def test_an_unwritable_place_is_refused_before_any_work(tmp_path):
     for where in (tmp_path / "a-file" / "out.csv", "/proc/version/x.csv"):
         with pytest.raises(InputError, match="not a writable directory"):
             check_output(where, CSV)
+    if Path("/proc/self").is_dir():  # Linux: /proc shows root every permission bit, yet nothing can be made there
+        with pytest.raises(InputError, match="^--output /proc/report: /proc is not a writable directory"):
+            check_output("/proc/report", REPORT)
 
 
 def test_an_output_through_a_symlink_to_nothing_is_one_line(tmp_path):

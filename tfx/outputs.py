@@ -20,6 +20,7 @@ import fnmatch
 import json
 import os
 import stat
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -123,8 +124,18 @@ def check_writable(directory: str | os.PathLike, label: str) -> None:
         parent = parent.parent
     if parent.is_symlink() and not parent.exists():
         raise InputError(f"{label}: {parent} is a symbolic link to nothing; choose an output where you can write")
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK) or not _can_create_in(parent):
         raise InputError(f"{label}: {parent} is not a writable directory; choose an output where you can write")
+
+
+def _can_create_in(directory: Path) -> bool:
+    """The kernel's own answer (an unnamed file where the filesystem allows one): /proc and /sys show
+    root every permission bit, yet nothing can be made there."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
 
 
 def check_output(path: str | os.PathLike, output: FileOutput | DirOutput, *, overwrite: bool = False,
