@@ -67,6 +67,7 @@ def test_eval_reports_every_task_with_the_package_baselines_and_version(eval_atl
     assert f"cz-benchmarks {cz['version']} tasks" in summary and "### cross species label prediction" in summary
 
 
+@pytest.mark.slow
 def test_cross_species_prediction_uses_the_classes_every_species_has_enough_of():
     """The package's cross-species task fails on classes a species has few cells of; they are left
     out (its label-prediction rule, 10+ cells), and with fewer than 2 such classes it is not run."""

@@ -270,6 +270,7 @@ def test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(atl
         torch.testing.assert_close(a[k], b[k], rtol=1e-2, atol=5e-3)
 
 
+@pytest.mark.slow
 def test_a_source_of_corrupt_shards_ends_the_run_with_one_line(atlas, tmp_path):
     junk = tmp_path / "junk"
     junk.mkdir()
@@ -325,6 +326,7 @@ def _ctrl_c_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
 def test_shard_workers_end_with_their_parent(tmp_path, how):
     import time

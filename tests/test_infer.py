@@ -190,6 +190,7 @@ def test_normalised_values_warn(ckpt, tmp_path, caplog):
     assert "non-integer values" in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("emb_type", ["cell", "cge"])
 def test_one_process_per_device_equals_one_process(ckpt, tmp_path, emb_type):
     """--devices N splits the rows over N processes (one per GPU; CPU processes here)."""

@@ -23,6 +23,7 @@ def _attention_inputs(b, length, embed, docs=None, seed=0):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("embed", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
 def test_flex_attention_equals_eager(embed, packed):

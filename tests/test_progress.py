@@ -50,6 +50,7 @@ def teacher(tmp_path_factory):
     return build_teacher(tmp_path_factory.mktemp("progress") / "ckpt", n_genes=200, seq_len=512, end_bias=-30.0)
 
 
+@pytest.mark.slow
 def test_generate_logs_progress_while_sampling(teacher, tmp_path):
     # free order and a suppressed [END]: each cell runs through all 200 genes, in batches of 64 cells
     arrivals, text = _run_logged(tmp_path, "generate", "--checkpoint", teacher, "--species", "synth_alpha",
@@ -60,6 +61,7 @@ def test_generate_logs_progress_while_sampling(teacher, tmp_path):
     assert silence < PATIENCE
 
 
+@pytest.mark.slow
 def test_programmes_log_progress_per_type_and_while_sampling(teacher, tmp_path):
     genes = [f"SYNTH_ALPHA_{i:05d}" for i in range(200)]
     rng = np.random.default_rng(0)

@@ -96,7 +96,7 @@ def test_rows_equal_the_h5ad_rows(atlas):
         h5ad.close()
 
 
-@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_soma_shards_are_byte_identical_to_h5ad_shards(atlas, tmp_path, processes):
     h5ad = _subset(atlas, LUNG, "lung_h5ad")
     common = dict(cells_per_shard=20, obs_keys=["tissue_general"], processes=processes)
