@@ -4,6 +4,7 @@ and `tfx eval`'s numbers, and scanpy reads the result."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -93,12 +94,14 @@ def test_api_refusals_name_the_argument(ckpt, data, tmp_path):
         tfx.embed(adata, model, outputs=("embeddings", "lhh"))
     with pytest.raises(InputError, match=r"^--model-type esm2ce has no transformer"):
         tfx.embed(adata, model, model_type="esm2ce", outputs=("llh",))
-    for key in ("", "a/b"):
-        with pytest.raises(InputError, match=rf"^key: {key!r} is not a name for the obsm key"):
+    for key in ("", "a/b", "X_tfx\n"):
+        with pytest.raises(InputError, match=rf"^key: {re.escape(repr(key))} is not a name for the obsm key"):
             tfx.embed(adata, model, key=key)
     with pytest.raises(InputError, match=r"^AnnData: var has no gene column 'gene_ids'"):
         tfx.embed(adata, model, gene_col="gene_ids")
     adata.obsm["X_tfx"] = np.zeros((adata.n_obs, 4), np.float32)
+    with pytest.raises(InputError, match=r"^overwrite: 'no' is not True or False"):
+        tfx.evaluate(adata, overwrite="no")
     with pytest.raises(InputError, match=r"^label: adata.obs has no column 'celltype'"):
         tfx.evaluate(adata, label="celltype")
     with pytest.raises(InputError, match=r"^compare: 'X_pca' is not in adata.obsm; pass other obsm keys \(none\)"):

@@ -74,9 +74,9 @@ def embed(adata: anndata.AnnData, model: Checkpoint, key: str = "X_tfx", *, emb_
     if opts.predictions:
         raise InputError("outputs: predictions are written by tfx infer only (obs <label>_pred, <label>_prob); "
                          "run it on a file, or ask embeddings, llh, gene_llh or nll")
-    if not isinstance(key, str) or not key.strip() or "/" in key:  # an h5ad cannot store "" or a '/' in a key
+    if not isinstance(key, str) or not key.strip() or "/" in key or not key.isprintable():  # what an h5ad can store
         raise InputError(f"key: {key!r} is not a name for the obsm key of the embeddings (a non-empty string "
-                         "without '/'), e.g. key='X_tfx'")
+                         "without '/' or control characters), e.g. key='X_tfx'")
     if isinstance(adata, anndata.AnnData):
         arrays, uns = infer_memory(_model(model), adata, opts)
     elif isinstance(adata, (str, os.PathLike, SomaSource, list, tuple)):
@@ -128,6 +128,8 @@ def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type
     from tfx.eval.run import REPORT
     from tfx.outputs import check_output
 
+    if not isinstance(overwrite, bool):  # a string such as "no" would be true
+        raise InputError(f"overwrite: {overwrite!r} is not True or False")
     if output_dir is not None:
         if not isinstance(output_dir, (str, os.PathLike)):
             raise InputError(f"output_dir: expected a directory path, got {type(output_dir).__name__}")
