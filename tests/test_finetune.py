@@ -64,11 +64,14 @@ def _module_outputs(overrides, data) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def lora_run(pretrained, atlas, tmp_path_factory):
+    def overrides(out):
+        return _finetune(pretrained, atlas, out, 40, *LORA)
+
     def build(root):
-        train(compose("finetune/tiny", _finetune(pretrained, atlas, root / "run", 40, *LORA)))
+        train(compose("finetune/tiny", overrides(root / "run")))
 
     out = built_once(tmp_path_factory, "lora", build) / "run"
-    return out, _finetune(pretrained, atlas, out, 40, *LORA)
+    return out, overrides(out)
 
 
 def test_lora_trains_only_adapters_and_head(lora_run, pretrained):
