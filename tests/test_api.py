@@ -74,8 +74,9 @@ def test_evaluate_equals_tfx_eval_and_scanpy_reads_the_embeddings(ckpt, data, tm
 
     _infer(ckpt, data, tmp_path / "emb.h5ad")
     assert main(["eval", "--embeddings", str(tmp_path / "emb.h5ad"), "--counts", str(data), "--label", "cell_type",
-                 "--batch", "species", "--no-cz-benchmarks", "--output", str(tmp_path / "report")]) == 0
+                 "--batch", "species", "--no-cz-benchmarks", "--maps", "pca", "--output", str(tmp_path / "report")]) == 0
     cli = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert cli["plots"] == ["pca_cell_type.png", "pca_species.png"]
     adata = tfx.embed(anndata.read_h5ad(data), tfx.load(ckpt), device="cpu")
     report = tfx.evaluate(adata, rep="X_tfx", label="cell_type", batch="species", counts="X", cz_benchmarks=False)
     assert report["representations"] == cli["representations"]
@@ -141,13 +142,14 @@ def test_eval_with_the_checkpoint_scores_esm2ce_as_tfx_infer_computes_it(ckpt, d
     _infer(ckpt, data, tmp_path / "emb.h5ad")
     _infer(ckpt, data, tmp_path / "esm.h5ad", "--model-type", "esm2ce")
     assert main(["eval", "--embeddings", str(tmp_path / "emb.h5ad"), "--counts", str(data), "--checkpoint", str(ckpt),
-                 "--label", "cell_type", "--no-cz-benchmarks", "--output", str(tmp_path / "with")]) == 0
+                 "--label", "cell_type", "--no-cz-benchmarks", "--maps", "none", "--output", str(tmp_path / "with")]) == 0
     adata = anndata.read_h5ad(tmp_path / "esm.h5ad")
     alone = tfx.evaluate(adata, rep="embeddings", label="cell_type", cz_benchmarks=False)
     report = json.loads((tmp_path / "with" / "report.json").read_text())
     assert report["representations"]["esm2ce"] == alone["representations"]["embeddings"]
     assert report["headline"]["esm2ce_knn_macro_f1"] == alone["headline"]["knn_macro_f1"]
     assert "ESM2-CE" in (tmp_path / "with" / "summary.md").read_text()
+    assert report["plots"] == [] and not list((tmp_path / "with").glob("*.png"))  # --maps none
     # tfx.evaluate computes the same baseline from the counts in memory
     model = tfx.load(ckpt)
     cells = tfx.embed(anndata.read_h5ad(data), model, device="cpu")

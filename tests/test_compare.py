@@ -37,7 +37,7 @@ def test_compare_tells_a_worse_representation_from_the_same_one(tmp_path, capsys
     same = _write(tmp_path / "same.h5ad", features[order], obs.iloc[order])
     with threadpool_limits(1):
         assert main(["eval", "--embeddings", a, "--compare", b, same, "--label", "cell_type", "--no-cz-benchmarks",
-                     "--output", str(tmp_path / "report")]) == 0
+                     "--maps", "none", "--output", str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     c = report["compare"]
     assert c["baseline"] == a and list(c["differences"]) == [b, same]

@@ -48,7 +48,7 @@ def test_label_prediction_agrees_with_the_light_probes_on_the_same_folds():
 def test_eval_reports_every_task_with_the_package_baselines_and_version(eval_atlas, tmp_path):
     out = tmp_path / "report"
     report = evaluate(eval_atlas["embeddings"], "cell_type", batch="species", counts_path=eval_atlas["counts"],
-                      output_dir=out)
+                      output_dir=out, maps="none")
     cz = report["cz_benchmarks"]
     assert cz["version"] == importlib.metadata.version("cz-benchmarks") and cz["seed"] == 42
     tasks = cz["tasks"]
@@ -116,7 +116,7 @@ def test_without_the_package_the_light_probes_run_and_the_report_says_so(eval_at
     """A machine without the extra, made by hiding the installed package from the import system."""
     out = tmp_path / "report"
     run = subprocess.run([sys.executable, "-c", BLOCK_CZ, "eval", "--embeddings", *map(str, eval_atlas["embeddings"]),
-                          "--label", "cell_type", "--output", str(out)],
+                          "--label", "cell_type", "--maps", "none", "--output", str(out)],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
     assert run.returncode == 0, run.stderr
     report = json.loads((out / "report.json").read_text())

@@ -78,7 +78,7 @@ def test_programmes_log_progress_per_type_and_while_sampling(teacher, tmp_path):
 def test_eval_logs_progress(eval_atlas, tmp_path):
     arrivals, text = _run_logged(tmp_path, "eval", "--embeddings", *eval_atlas["embeddings"], "--counts",
                                  *eval_atlas["counts"], "--label", "cell_type", "--batch", "species",
-                                 "--no-cz-benchmarks", "--output", tmp_path / "report")
+                                 "--no-cz-benchmarks", "--maps", "pca", "--output", tmp_path / "report")
     silence = _longest_silence(arrivals, text, r"eval: .*\d+/\d+")
     assert silence < PATIENCE
 

@@ -111,12 +111,13 @@ def generate_cells(model: Checkpoint, species: str, n_cells: int, *, assay: str 
 
 def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type", *, batch: str | None = None,
              counts: str | None = None, seed: int = 42, output_dir: str | os.PathLike | None = None,
-             compare: list[str] | None = None, cz_benchmarks: bool = True, model: Checkpoint | None = None,
-             overwrite: bool = False) -> dict:
+             compare: list[str] | None = None, maps: str = "umap", cz_benchmarks: bool = True,
+             model: Checkpoint | None = None, overwrite: bool = False) -> dict:
     """``tfx eval``'s report on ``adata.obsm[rep]`` for ``adata.obs[label]``, as a dict: label
     probes, silhouettes and, with ``batch`` (an obs column such as species), mixing and transfer.
     ``counts``: ``"X"`` or a layer of raw counts, for the PCA-of-log-counts baseline beside it.
-    ``output_dir``: also write report.json, summary.md and the UMAPs there. ``compare``: other obsm
+    ``output_dir``: also write report.json, summary.md and the ``maps`` there ("umap", "pca": instant,
+    or "none"). ``compare``: other obsm
     keys (``"X_esm2ce"``, another model's embeddings), compared with ``rep`` on identical folds
     (per-fold paired differences and a bootstrap CI, ``report["compare"]``). ``cz_benchmarks``: also
     run the cz-benchmarks tasks and their baselines (``report["cz_benchmarks"]``) where installed.
@@ -135,7 +136,7 @@ def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type
             raise InputError(f"output_dir: expected a directory path, got {type(output_dir).__name__}")
         check_output(output_dir, REPORT, overwrite=overwrite, option="output_dir")
 
-    opts = EvalOptions(label=label, batch=batch, seed=seed, cz_benchmarks=cz_benchmarks)
+    opts = EvalOptions(label=label, batch=batch, seed=seed, maps=maps, cz_benchmarks=cz_benchmarks)
     adata = _adata(adata)
     if rep not in adata.obsm:
         raise InputError(f"rep: adata.obsm has no '{rep}' (keys: {', '.join(adata.obsm) or 'none'}); "
@@ -173,4 +174,4 @@ def evaluate(adata: anndata.AnnData, rep: str = "X_tfx", label: str = "cell_type
     compared = {key: adata.obsm[key] for key in [rep, *compare]} if compare else None
     return evaluate_cells(adata.obsm[rep], adata.obs, opts.label, inputs, batch=opts.batch, counts=matrix,
                           seed=opts.seed, output_dir=output_dir, source=f"adata.obsm['{rep}']", compared=compared,
-                          baselines=baselines, cz_benchmarks=opts.cz_benchmarks)
+                          baselines=baselines, maps=opts.maps, cz_benchmarks=opts.cz_benchmarks)

@@ -1,4 +1,4 @@
-"""2-D maps of cell representations (UMAP; PCA when UMAP cannot run), saved as PNGs."""
+"""2-D maps of cell representations (UMAP, or PCA: asked for, or where UMAP cannot run), saved as PNGs."""
 
 from __future__ import annotations
 
@@ -16,21 +16,23 @@ from tfx.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 
-def layout_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
-    """UMAP coordinates, or the first two principal components when UMAP fails (tiny inputs)."""
-    try:
-        import umap
+def layout_2d(features: np.ndarray, seed: int = 0, method: str = "umap") -> tuple[np.ndarray, str]:
+    """UMAP coordinates, or the first two principal components (``method="pca"``, or when UMAP fails
+    on tiny inputs), and the name of the method used."""
+    if method == "umap":
+        try:
+            import umap
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # umap's notes on seeding and tiny graphs
-            reducer = umap.UMAP(n_neighbors=min(15, len(features) - 1), random_state=seed, n_jobs=1)
-            coords = reducer.fit_transform(features)
-        if np.isfinite(coords).all():
-            return coords, "UMAP"
-        raise ValueError("non-finite coordinates")
-    except Exception as err:  # umap raises many types on degenerate inputs
-        log.warning("UMAP failed on %d cells (%s); plotting the first two principal components instead",
-                    len(features), err)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # umap's notes on seeding and tiny graphs
+                reducer = umap.UMAP(n_neighbors=min(15, len(features) - 1), random_state=seed, n_jobs=1)
+                coords = reducer.fit_transform(features)
+            if np.isfinite(coords).all():
+                return coords, "UMAP"
+            raise ValueError("non-finite coordinates")
+        except Exception as err:  # umap raises many types on degenerate inputs
+            log.warning("UMAP failed on %d cells (%s); plotting the first two principal components instead",
+                        len(features), err)
     return PCA(2, random_state=seed).fit_transform(features), "PCA"
 
 

@@ -1,5 +1,5 @@
 """`tfx eval`: score cell embeddings beside a PCA-of-log-counts baseline on the same cells, and
-write ``report.json``, ``summary.md`` and UMAP PNGs (each written whole, then renamed)."""
+write ``report.json``, ``summary.md`` and 2-D maps (UMAP or PCA PNGs) (each written whole, then renamed)."""
 
 from __future__ import annotations
 
@@ -26,13 +26,14 @@ PathOrPaths = str | os.PathLike | list[str | os.PathLike]
 def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.PathLike,
              batch: str | None = None, counts_path: PathOrPaths | None = None, seed: int = 42,
              compare_paths: list[str | os.PathLike] | None = None, esm2ce: list[pd.DataFrame] | None = None,
-             homology: homology_.HomologyGenes | None = None, cz_benchmarks: bool = True) -> dict:
+             homology: homology_.HomologyGenes | None = None, maps: str = "umap", cz_benchmarks: bool = True) -> dict:
     """Score obsm["embeddings"] of one or more `tfx infer` outputs (stacked in order; counts files,
     if given, pair with them one to one) and write the report under ``output_dir``. Each of
     ``compare_paths`` holds other embeddings of the same cells, compared on identical folds.
     ``esm2ce``: the ESM2-CE baseline of the cells (per file, indexed by cell name), scored beside.
     ``homology``: the held-out species' genes and the checkpoint's (``tfx.eval.homology.load_genes``):
-    adds the homology-leakage section (needs ``counts_path``).
+    adds the homology-leakage section (needs ``counts_path``). ``maps``: the 2-D maps plotted,
+    "umap", "pca" or "none".
     ``cz_benchmarks``: also run the cz-benchmarks tasks where the package is installed."""
     emb_paths = _as_list(embeddings_path)
     counts_paths = _as_list(counts_path) if counts_path is not None else None
@@ -51,16 +52,17 @@ def evaluate(embeddings_path: PathOrPaths, label: str, *, output_dir: str | os.P
     section = homology_.for_cells(homology, cells, label, emb_paths) if homology is not None else None
     return evaluate_cells(cells.embeddings, cells.obs, label, inputs, batch=batch, counts=cells.counts, seed=seed,
                           output_dir=output_dir, source=str(emb_paths[0]), compared=compared, baselines=baselines,
-                          homology=section, cz_benchmarks=cz_benchmarks)
+                          homology=section, maps=maps, cz_benchmarks=cz_benchmarks)
 
 
 def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs: dict, *, batch: str | None = None,
                    counts: sp.csr_matrix | None = None, seed: int = 42, output_dir: str | os.PathLike | None = None,
                    source: str = "", compared: dict[str, np.ndarray] | None = None,
                    baselines: dict[str, np.ndarray] | None = None, homology: dict | None = None,
-                   cz_benchmarks: bool = True) -> dict:
+                   maps: str = "umap", cz_benchmarks: bool = True) -> dict:
     """The report on ``embeddings`` (cells x dim) for ``obs[label]``, beside the PCA of ``counts``
-    (cells x genes, raw) when given; with ``output_dir``, also report.json, summary.md and UMAPs there.
+    (cells x genes, raw) when given; with ``output_dir``, also report.json, summary.md and the ``maps``
+    ("umap", "pca" or "none") there.
     ``inputs`` is recorded as it is; ``source`` names the cells in errors. ``compared``: named
     representations of the same cells (the first the baseline), compared on identical folds.
     ``baselines``: more representations of the same cells scored beside (``esm2ce``).
@@ -83,7 +85,8 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
 
     representations = {"embeddings": np.asarray(embeddings)[keep]}
     n_reps = 1 + (counts is not None) + len(baselines or {})
-    bar = progress(total=n_reps * (1 + (output_dir is not None)) + 1 + bool(compared), desc="eval", unit="step")
+    plotted = output_dir is not None and maps != "none"
+    bar = progress(total=n_reps * (1 + plotted) + 1 + bool(compared), desc="eval", unit="step")
 
     def step(what: str, result):
         bar.set_postfix_str(what, refresh=False)
@@ -97,17 +100,17 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
               for name, features in representations.items()}
 
     plot_files = []
-    if output_dir is not None:
-        output_dir = Path(output_dir)
-        layouts = {name: step(f"layout {name}", plots.layout_2d(features, seed))
+    output_dir = Path(output_dir) if output_dir is not None else None
+    if plotted:
+        layouts = {name: step(f"layout {name}", plots.layout_2d(features, seed, maps))
                    for name, features in representations.items()}
         for column, colours in [(label, labels)] + ([(batch, batches)] if batch else []):
-            path = output_dir / f"umap_{re.sub(r'[^A-Za-z0-9_.-]+', '_', column)}.png"
+            path = output_dir / f"{maps}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', column)}.png"
             plots.scatter_png(path, layouts, colours, f"coloured by {column}")
             plot_files.append(path.name)
-        if homology is not None:
-            homology_.plot_png(output_dir / "homology.png", homology)
-            plot_files.append("homology.png")
+    if output_dir is not None and homology is not None:
+        homology_.plot_png(output_dir / "homology.png", homology)
+        plot_files.append("homology.png")
 
     report = {
         "inputs": inputs,

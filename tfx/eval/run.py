@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from tfx.errors import InputError
 from tfx.options import Input, Options, Output, Range, Seed, group, option
 from tfx.outputs import DirOutput
 
-REPORT = DirOutput(("report.json", "summary.md", "umap_*.png", "homology.png"), "report")  # what eval writes
+MAPS = ("umap", "pca")
+REPORT = DirOutput(("report.json", "summary.md", *(f"{m}_*.png" for m in MAPS), "homology.png"), "report")  # what eval writes
 
 Files = list[Annotated[str, Input("file")]]
 
@@ -22,6 +23,9 @@ class EvalOptions(Options):
     batch: str | None = option(None, help="obs column for mixing metrics, e.g. species")
     seed: Seed = option(42, help="the cz-benchmarks package's random_seed and the probes' folds (its default: 42), "
                                  "%(type)s")
+    maps: Literal["umap", "pca", "none"] = option(
+        "umap", help="the report's 2-D maps of the cells, one PNG per obs column scored: umap; pca (instant, where "
+                     "UMAP compiles for ~20 s in each new process and takes minutes on a million cells); none")
     cz_benchmarks: bool = option(
         True, flags=("--no-cz-benchmarks",),
         help="skip the cz-benchmarks tasks (run when the package is installed); the light probes still run")
@@ -82,7 +86,7 @@ def eval_files(cmd: EvalCommand) -> dict:
 
     return evaluate(cmd.embeddings, o.label, batch=o.batch, counts_path=cmd.counts, output_dir=cmd.output,
                     seed=o.seed, compare_paths=cmd.compare, esm2ce=esm2ce, homology=homology,
-                    cz_benchmarks=o.cz_benchmarks)
+                    maps=o.maps, cz_benchmarks=o.cz_benchmarks)
 
 
 def summary_lines(report: dict) -> list[str]:
