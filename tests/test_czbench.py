@@ -19,7 +19,8 @@ from tfx.eval import czbench, evaluate
 from tfx.eval.probes import label_prediction
 
 pytestmark = [pytest.mark.skipif(czbench.version() is None, reason="the cz extra is not installed"),
-              pytest.mark.usefixtures("one_blas_thread")]
+              pytest.mark.usefixtures("one_blas_thread"),
+              pytest.mark.slow]  # each process pays the package's import (jax, scib-metrics: ~8 s) and numba compiles
 
 
 def _metric(results: list[dict], metric: str, classifier: str) -> float:
@@ -44,7 +45,6 @@ def test_label_prediction_agrees_with_the_light_probes_on_the_same_folds():
     assert _metric(other_folds, "mean_fold_f1", "knn") != pytest.approx(light["knn"]["macro_f1"], abs=1e-9)
 
 
-@pytest.mark.slow
 def test_eval_reports_every_task_with_the_package_baselines_and_version(eval_atlas, tmp_path):
     out = tmp_path / "report"
     report = evaluate(eval_atlas["embeddings"], "cell_type", batch="species", counts_path=eval_atlas["counts"],
@@ -67,7 +67,6 @@ def test_eval_reports_every_task_with_the_package_baselines_and_version(eval_atl
     assert f"cz-benchmarks {cz['version']} tasks" in summary and "### cross species label prediction" in summary
 
 
-@pytest.mark.slow
 def test_cross_species_prediction_uses_the_classes_every_species_has_enough_of():
     """The package's cross-species task fails on classes a species has few cells of; they are left
     out (its label-prediction rule, 10+ cells), and with fewer than 2 such classes it is not run."""
@@ -111,7 +110,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.slow
 def test_without_the_package_the_light_probes_run_and_the_report_says_so(eval_atlas, tmp_path):
     """A machine without the extra, made by hiding the installed package from the import system."""
     out = tmp_path / "report"

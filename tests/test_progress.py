@@ -93,4 +93,5 @@ def test_training_logs_steps_loss_throughput_and_time_left(eval_atlas, tmp_path)
     lines = re.findall(r"train: step (\d+)/30, loss [\d.]+, \d+ tokens/s, \d+:\d\d:\d\d left", text)
     assert len(lines) >= 3 and lines[-1] == "30"
     assert "Epoch" not in text  # Lightning's bar stays off where stderr is no terminal
+    assert "Tip:" not in text and "deprecat" not in text.lower(), text[-3000:]  # no library's adverts or notes
     assert _longest_silence(arrivals, text, r"train: step") < PATIENCE
