@@ -106,12 +106,16 @@ def test_every_packaged_recipe_is_covered():
     assert all(description for _, description in available().values())
 
 
+TF_SIZED = {"pretrain/sapiens", "pretrain/exemplar", "pretrain/metazoa"}  # 2048 wide, 12 layers, as shipped
+
+
 def _parameters(check_output: str) -> tuple[int, int]:
     counts = re.search(r"^objective \w+: ([\d,]+) parameters, ([\d,]+) trainable$", check_output, re.M).groups()
     return tuple(int(n.replace(",", "")) for n in counts)
 
 
-@pytest.mark.parametrize("name", sorted(available()))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in TF_SIZED else n  # ~5 s a build
+                                  for n in sorted(available())])
 def test_recipe_composes_and_builds_as_shipped(name, data, base, tmp_path):
     """Shipped sizes (no shrinking): the builder reads every key, the TF-sized model included; and
     `--check`'s parameter count (a new model built on the meta device) is the real model's."""
