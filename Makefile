@@ -25,7 +25,8 @@ PYTEST := $(BIN)/python -m pytest -q -n logical --dist worksteal
 test: $(STAMP)
 	$(PYTEST)
 
-# the everyday loop: everything but the tests marked slow (multi-process, end-to-end, TF-sized builds)
+# the everyday loop: everything but the tests marked slow (multi-process, end-to-end, TF-sized builds,
+# a tfx command started in a new process)
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow"
 

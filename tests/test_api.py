@@ -128,6 +128,7 @@ def test_api_refusals_name_the_argument(ckpt, data, tmp_path):
         tfx.evaluate(adata)
 
 
+@pytest.mark.slow  # starts a tfx command in a new process (torch's import: ~4 s)
 def test_import_tfx_stays_light():
     code = ("import sys, tfx; heavy = sorted(m for m in ('torch', 'anndata', 'sklearn', 'tfx.api') if m in sys.modules); "
             "print('HEAVY', heavy); assert callable(tfx.embed) and 'tfx.api' in sys.modules")

@@ -486,6 +486,7 @@ def test_nan_weights_are_reported_with_the_number_of_cells(run_dir, atlas, tmp_p
 
 # ---- the reference's flags, the overlap report, progress in a log, quiet libraries -----------------
 
+@pytest.mark.slow  # starts a tfx command in a new process (torch's import: ~4 s)
 def test_reference_flags_overlap_and_progress_in_a_log(run_dir, atlas, tmp_path):
     import anndata
 
@@ -512,6 +513,7 @@ def test_exit_codes_agree_across_commands(cli, tmp_path):
     assert "argument --species" in one_line_error(cli("synth", "--output", tmp_path / "s", "--species", "9"))
 
 
+@pytest.mark.slow  # starts a tfx command in a new process (torch's import: ~4 s)
 @pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_a_signal_in_infer_ends_it_in_one_line_without_a_traceback(run_dir, atlas, tmp_path, sig, code, name):
     import anndata

@@ -218,6 +218,7 @@ def test_an_empty_directory_alone_names_both_kinds_of_directory(ckpt, tmp_path, 
     assert not (tmp_path / "o.h5ad").exists()
 
 
+@pytest.mark.slow  # starts a tfx command in a new process (torch's import: ~4 s)
 def test_a_directory_holding_a_fifo_or_an_empty_path_is_refused_not_waited_on(tmp_path):
     """tiledb opened each file of a directory given as --data/--input to find an experiment, and
     waited forever on a FIFO there; '' named the current directory (tfx.embed('') hung on one)."""

@@ -50,7 +50,7 @@ def test_help_of_every_command_imports_no_torch(command):
     assert "HEAVY []" in done.stdout
 
 
-@pytest.mark.parametrize("command", ["registry", "shard"])
+@pytest.mark.parametrize("command", ["registry", pytest.param("shard", marks=pytest.mark.slow)])  # shard imports torch: ~4 s
 def test_commands_that_do_not_train_import_no_training_stack(command, tmp_path):
     args = ["registry"]
     if command == "shard":

@@ -364,6 +364,7 @@ def test_check_prints_the_resolved_recipe_and_parameters_and_writes_nothing(data
     assert all(p.is_meta for p in meta.parameters() if p is not table)
 
 
+@pytest.mark.slow  # starts a tfx command in a new process (torch's import: ~4 s)
 def test_build_loads_its_own_registries(data, tmp_path):
     """`from tfx.recipe import build` on its own (nothing has imported tfx.train) builds a recipe; its
     objective comes from the registry, and Lightning is still not imported."""

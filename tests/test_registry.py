@@ -51,6 +51,7 @@ def test_a_registry_loads_its_built_in_entries_itself():
     assert out.split("\n")[0] == "['continue', 'finetune', 'pretrain'] True tfx.train.loggers []"
 
 
+@pytest.mark.slow  # starts a tfx command in a new process (torch's import: ~4 s)
 def test_declared_built_ins_are_what_their_modules_register():
     """The names each registry declares beside a module are exactly those its import registers, with that
     module as their origin. In a fresh process each module is imported in turn; the names it adds must be

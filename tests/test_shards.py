@@ -290,6 +290,7 @@ def test_output_of_another_run_is_refused(tmp_path):
         write_shards([data], "homo_sapiens", tmp_path / "other")
 
 
+@pytest.mark.slow  # starts a tfx command in a new process (torch's import: ~4 s)
 def test_a_second_run_into_the_same_output_is_refused_while_the_first_writes(tmp_path):
     """The lock a running tfx shard holds (taken here in another process, as a second run would)."""
     data = write_h5ad(tmp_path / "in.h5ad", ["ENSG1", "ENSG2"], [[1, 2], [3, 0]])
