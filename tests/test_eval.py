@@ -72,6 +72,9 @@ def test_evaluate_writes_the_report_summary_and_plots(eval_atlas, tmp_path):
         png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert sorted(p.name for p in out.iterdir()) == sorted(["report.json", "summary.md", *report["plots"]])
+    # written again without maps (as --overwrite lets it): no plot of the earlier report is left
+    again = evaluate(eval_atlas["embeddings"], "cell_type", output_dir=out, maps="none", cz_benchmarks=False)
+    assert again["plots"] == [] and sorted(p.name for p in out.iterdir()) == ["report.json", "summary.md"]
 
 
 def test_bad_input_gets_a_one_line_error_naming_the_file(eval_atlas, tmp_path):

@@ -137,7 +137,16 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
             tmp.write_text(_markdown(report))
         with atomic_path(output_dir / "report.json") as tmp:  # last: its presence means the report is complete
             tmp.write_text(json.dumps(report, indent=2))
+        _remove_stale_plots(output_dir, plot_files)
     return report
+
+
+def _remove_stale_plots(output_dir: Path, drawn: list[str]) -> None:
+    """An earlier report's plots that this one did not draw (other --maps, --batch or no --homology),
+    in a directory the output check let this report replace: removed once the new report is whole."""
+    for path in output_dir.glob("*.png"):
+        if path.name not in drawn and re.fullmatch(r"(umap|pca)_[A-Za-z0-9_.-]+\.png|homology\.png", path.name):
+            path.unlink()
 
 
 def check_report_dir(output_dir: str | os.PathLike | None) -> None:
