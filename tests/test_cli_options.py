@@ -69,6 +69,7 @@ CASES = [  # command, flag, text; the Python function and its arguments
     ("generate", "--top-k", "0", tfx.generate_cells, {"top_k": 0}),
     ("generate", "--order", "random", tfx.generate_cells, {"order": "random"}),
     ("eval", "--seed", "-1", tfx.evaluate, {"seed": -1}),
+    ("eval", "--maps", "tsne", tfx.evaluate, {"maps": "tsne"}),
 ]
 BASE = {
     "infer": ["--checkpoint", "ck", "--data", "in.h5ad", "--output", "out.h5ad"],

@@ -102,6 +102,7 @@ def _watch(path: Path, proc: subprocess.Popen, until=lambda report: False, timeo
                 f = open(path)
             except FileNotFoundError:
                 assert running, proc.communicate()[0][-3000:]
+                time.sleep(0.01)
                 continue
             inode, text = os.fstat(f.fileno()).st_ino, f.read()
             if inode in held:

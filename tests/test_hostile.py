@@ -38,16 +38,24 @@ def tfx(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env, **kw)
 
 
+def _main(*args) -> int:
+    """tfx's ``main`` in this process; the log handler it adds is removed after (it writes to the
+    stderr of the moment it ran: a test's captured one)."""
+    from tfx.cli import main
+
+    handlers = logging.root.handlers[:]
+    try:
+        return main([str(a) for a in args])
+    finally:
+        logging.root.handlers[:] = handlers
+
+
 @pytest.fixture
 def cli(capsys):
     """The `tfx` command in this process (faster: torch is imported once); same result fields as ``tfx``."""
-    from tfx.cli import main
-
     def run(*args):
         capsys.readouterr()
-        handlers = logging.root.handlers[:]
-        code = main([str(a) for a in args])
-        logging.root.handlers[:] = handlers  # main's handler writes to this test's captured stderr
+        code = _main(*args)
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out, err)
 
@@ -145,14 +153,8 @@ def test_a_gene_id_that_is_a_path_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def run_dir(atlas, tmp_path_factory):
     """A finished two-step run (exported), trained in this process."""
-    from tfx.cli import main
-
     def build(root):
-        handlers = logging.root.handlers[:]
-        try:
-            assert main([str(a) for a in train_args(atlas, root / "run", "trainer.max_steps=2")]) == 0
-        finally:
-            logging.root.handlers[:] = handlers
+        assert _main(*train_args(atlas, root / "run", "trainer.max_steps=2")) == 0
 
     return built_once(tmp_path_factory, "hostile_run", build) / "run"
 
