@@ -3,7 +3,6 @@ write ``report.json``, ``summary.md`` and 2-D maps of the cells as PNGs (each wr
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -145,10 +144,8 @@ def evaluate_cells(embeddings: np.ndarray, obs: pd.DataFrame, label: str, inputs
 def _remove_stale_plots(output_dir: Path, drawn: list[str]) -> None:
     """An earlier report's plots that this one did not draw (other --maps, --batch or no --homology),
     in a directory the output check let this report replace: removed once the new report is whole."""
-    from tfx.eval.run import REPORT  # the patterns of what eval writes
-
-    for path in output_dir.glob("*.png"):
-        if path.name not in drawn and any(fnmatch.fnmatchcase(path.name, p) for p in REPORT.writes):
+    for path in output_dir.glob("*.png"):  # (tfx.eval.run.REPORT's patterns; importing it would be a circle)
+        if path.name not in drawn and re.fullmatch(r"(umap|pca)_[A-Za-z0-9_.-]+\.png|homology\.png", path.name):
             path.unlink()
 
 
